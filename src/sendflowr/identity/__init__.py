@@ -1,0 +1,1 @@
+"""Identity: identifiers, hashing and the universal-id resolver port."""

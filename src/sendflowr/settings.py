@@ -1,0 +1,257 @@
+"""Typed settings: SENDFLOWR_* environment variables, then an optional TOML file, then defaults.
+
+Every port's backend is chosen by a URL. A bad URL fails at start-up with one line naming the
+setting (`SettingsError`), never later in a request.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import parse_qs, unquote, urlsplit
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+CONFIG_ENV = "SENDFLOWR_CONFIG"
+DEFAULT_CONFIG_FILE = Path("sendflowr.toml")
+
+
+class SettingsError(ValueError):
+    """A setting is wrong; the message is one line per problem, naming the setting."""
+
+
+@dataclass(frozen=True, slots=True)
+class EventStoreURL:
+    kind: Literal["chdb", "clickhouse"]
+    path: Path | None = None  # chdb: data directory
+    database: str = "sendflowr"
+    host: str = ""
+    port: int = 8123
+    username: str = "default"
+    password: str = ""
+    secure: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class MetadataURL:
+    kind: Literal["sqlite", "postgresql"]
+    sqlalchemy_url: str
+
+
+@dataclass(frozen=True, slots=True)
+class BusURL:
+    kind: Literal["inline", "kafka"]
+    bootstrap: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class CacheURL:
+    kind: Literal["memory", "redis"]
+    url: str = ""
+
+
+def _db_name(raw: str, setting: str) -> str:
+    name = raw.strip("/") or "sendflowr"
+    if not name.replace("_", "").isalnum():
+        raise ValueError(f"database name {name!r} may hold only letters, digits and '_'")
+    return name
+
+
+def parse_event_store_url(raw: str) -> EventStoreURL:
+    parts = urlsplit(raw)
+    query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
+    match parts.scheme:
+        case "chdb":
+            # chdb://var/events is relative (netloc 'var'); chdb:///abs/path is absolute.
+            path = unquote(parts.netloc + parts.path)
+            if not path:
+                raise ValueError("chdb:// needs a directory, e.g. chdb://var/events")
+            db = _db_name(query.get("database", "sendflowr"), "database")
+            return EventStoreURL("chdb", path=Path(path), database=db)
+        case "clickhouse" | "clickhouses":
+            if not parts.hostname:
+                raise ValueError("clickhouse:// needs a host, e.g. clickhouse://user:pass@host:8123/db")
+            try:
+                port = parts.port or 8123
+            except ValueError:
+                raise ValueError("the port is not a number") from None
+            return EventStoreURL(
+                "clickhouse",
+                database=_db_name(parts.path, "database"),
+                host=parts.hostname,
+                port=port,
+                username=unquote(parts.username or "default"),
+                password=unquote(parts.password or ""),
+                secure=parts.scheme == "clickhouses",
+            )
+        case _:
+            raise ValueError(
+                f"unknown scheme {parts.scheme or raw!r}; expected chdb://DIR or "
+                "clickhouse://user:pass@host:8123/db"
+            )
+
+
+def parse_metadata_url(raw: str) -> MetadataURL:
+    parts = urlsplit(raw)
+    match parts.scheme:
+        case "sqlite":
+            if not raw.startswith("sqlite:///") or len(raw) <= len("sqlite:///"):
+                raise ValueError("expected sqlite:///relative/path.db or sqlite:////absolute/path.db")
+            return MetadataURL("sqlite", raw)
+        case "postgresql" | "postgres" | "postgresql+psycopg":
+            if not parts.hostname and "host=" not in parts.query:
+                raise ValueError("postgresql:// needs a host, e.g. postgresql://user@host:5432/db")
+            try:
+                _ = parts.port
+            except ValueError:
+                raise ValueError("the port is not a number") from None
+            rest = raw.split("://", 1)[1]
+            return MetadataURL("postgresql", f"postgresql+psycopg://{rest}")
+        case _:
+            raise ValueError(
+                f"unknown scheme {parts.scheme or raw!r}; expected sqlite:///path.db or "
+                "postgresql://user:pass@host:5432/db"
+            )
+
+
+def parse_bus_url(raw: str) -> BusURL:
+    if raw == "inline":
+        return BusURL("inline")
+    parts = urlsplit(raw)
+    if parts.scheme == "kafka":
+        hosts = parts.netloc
+        if not hosts:
+            raise ValueError("kafka:// needs host:port[,host:port...], e.g. kafka://localhost:9092")
+        for hp in hosts.split(","):
+            host, _, port = hp.rpartition(":")
+            if not host or not port.isdigit():
+                raise ValueError(f"{hp!r} is not host:port")
+        return BusURL("kafka", bootstrap=hosts)
+    raise ValueError(f"unknown bus {raw!r}; expected 'inline' or kafka://host:9092")
+
+
+def parse_cache_url(raw: str) -> CacheURL:
+    if raw == "memory":
+        return CacheURL("memory")
+    parts = urlsplit(raw)
+    if parts.scheme in ("redis", "rediss"):
+        if not parts.hostname:
+            raise ValueError("redis:// needs a host, e.g. redis://localhost:6379/0")
+        try:
+            _ = parts.port
+        except ValueError:
+            raise ValueError("the port is not a number") from None
+        return CacheURL("redis", raw)
+    raise ValueError(f"unknown feature cache {raw!r}; expected 'memory' or redis://host:6379/0")
+
+
+class Settings(BaseSettings):
+    """All of SendFlowr's configuration. Environment: SENDFLOWR_<FIELD>."""
+
+    model_config = SettingsConfigDict(env_prefix="SENDFLOWR_", extra="forbid", frozen=True)
+
+    event_store_url: str = Field("chdb://var/events", description="chdb://DIR or clickhouse://")
+    metadata_url: str = Field("sqlite:///var/meta.db", description="sqlite:/// or postgresql://")
+    bus_url: str = Field("inline", description="inline or kafka://host:9092")
+    feature_cache_url: str = Field("memory", description="memory or redis://host:6379/0")
+    data_dir: Path = Field(Path("var"), description="where embedded state and keys live")
+    hash_key: SecretStr | None = Field(
+        None, description="key for hashing emails; generated under data_dir when unset"
+    )
+    host: str = "127.0.0.1"
+    port: int = Field(8001, ge=1, le=65535)
+    demo_tenant: str = Field("demo", pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$")
+    demo_profiles: int = Field(2000, ge=0, le=1_000_000)
+    demo_days: int = Field(60, ge=1, le=730)
+    max_future_skew_seconds: int = Field(
+        86_400, ge=0, description="events dated further ahead than this are rejected"
+    )
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    @field_validator("event_store_url")
+    @classmethod
+    def _check_event_store(cls, v: str) -> str:
+        parse_event_store_url(v)
+        return v
+
+    @field_validator("metadata_url")
+    @classmethod
+    def _check_metadata(cls, v: str) -> str:
+        parse_metadata_url(v)
+        return v
+
+    @field_validator("bus_url")
+    @classmethod
+    def _check_bus(cls, v: str) -> str:
+        parse_bus_url(v)
+        return v
+
+    @field_validator("feature_cache_url")
+    @classmethod
+    def _check_cache(cls, v: str) -> str:
+        parse_cache_url(v)
+        return v
+
+    @property
+    def event_store(self) -> EventStoreURL:
+        return parse_event_store_url(self.event_store_url)
+
+    @property
+    def metadata(self) -> MetadataURL:
+        return parse_metadata_url(self.metadata_url)
+
+    @property
+    def bus(self) -> BusURL:
+        return parse_bus_url(self.bus_url)
+
+    @property
+    def feature_cache(self) -> CacheURL:
+        return parse_cache_url(self.feature_cache_url)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        toml = _config_file()
+        if toml is not None:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=toml))
+        return tuple(sources)
+
+
+def _config_file() -> Path | None:
+    explicit = os.environ.get(CONFIG_ENV)
+    if explicit:
+        path = Path(explicit)
+        if not path.is_file():
+            raise SettingsError(f"{CONFIG_ENV}: no such file {explicit!r}")
+        return path
+    return DEFAULT_CONFIG_FILE if DEFAULT_CONFIG_FILE.is_file() else None
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Build settings or raise SettingsError with one line per bad setting."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors():
+            field = ".".join(str(p) for p in err["loc"]) or "settings"
+            reason = str(err["msg"]).removeprefix("Value error, ")
+            lines.append(f"SENDFLOWR_{field.upper()} ({field}): {reason}")
+        raise SettingsError("\n".join(lines)) from None
+    except ValueError as exc:  # a malformed TOML file
+        raise SettingsError(f"{CONFIG_ENV}: {exc}") from None

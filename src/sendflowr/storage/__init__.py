@@ -1,0 +1,1 @@
+"""Ports: one interface per kind of state, each with an embedded and a scale backend."""

@@ -1,0 +1,202 @@
+"""The event-store interface and the SQL both ClickHouse backends share."""
+
+from __future__ import annotations
+
+import abc
+import threading
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+import pyarrow as pa
+
+from sendflowr.storage.events.migrations import MIGRATIONS, STATUS_TABLE, Migration
+from sendflowr.storage.health import BackendHealth
+
+
+class EventStoreError(RuntimeError):
+    """The store could not do what was asked (an infrastructure fault, not bad input)."""
+
+
+@dataclass(frozen=True, slots=True)
+class StoredEvent:
+    event_id: str
+    universal_id: str
+    event_type: str
+    occurred_at: datetime
+    esp: str
+    esp_event_id: str
+    campaign_id: str
+    flow_id: str
+    message_id: str
+    is_machine_open: bool
+    properties: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class AppliedMigration:
+    id: str
+    applied_at: datetime
+
+
+class EventStore(abc.ABC):
+    """Canonical events and timing explanations, in ClickHouse SQL.
+
+    Backends implement the three primitives (`_rows`, `_command`, `_insert_arrow`); every query
+    is written once here so chDB and ClickHouse server run the same SQL. Queries dedup with FINAL:
+    inserting an event twice leaves one row in every answer, whatever the background merges did.
+    """
+
+    backend: str = "?"
+
+    def __init__(self, database: str) -> None:
+        self.database = database
+        self._migrate_lock = threading.Lock()
+
+    # -- primitives -------------------------------------------------------------------------
+    @abc.abstractmethod
+    def _rows(self, sql: str, params: Mapping[str, Any] | None = None) -> list[list[Any]]: ...
+
+    @abc.abstractmethod
+    def _command(self, sql: str, params: Mapping[str, Any] | None = None) -> None: ...
+
+    @abc.abstractmethod
+    def _insert_arrow(self, table: str, data: pa.Table) -> None: ...
+
+    @abc.abstractmethod
+    def close(self) -> None: ...
+
+    # -- migrations -------------------------------------------------------------------------
+    def migrate(self, migrations: Sequence[Migration] = MIGRATIONS) -> list[str]:
+        """Apply what has not run yet; returns the ids applied now (empty when up to date)."""
+        with self._migrate_lock:
+            self._command(f"CREATE DATABASE IF NOT EXISTS `{self.database}`")
+            self._command(STATUS_TABLE.sql(self.database))
+            done = {m.id for m in self.applied_migrations()}
+            applied: list[str] = []
+            for migration in sorted(migrations, key=lambda m: m.number):
+                if migration.id in done:
+                    continue
+                for op in migration.operations:
+                    self._command(op.sql(self.database))
+                self._command(
+                    f"INSERT INTO `{self.database}`.schema_migrations (id) VALUES ({{id:String}})",
+                    {"id": migration.id},
+                )
+                applied.append(migration.id)
+            return applied
+
+    def applied_migrations(self) -> list[AppliedMigration]:
+        try:
+            rows = self._rows(
+                f"SELECT id, toUnixTimestamp64Milli(applied_at) FROM "
+                f"`{self.database}`.schema_migrations FINAL ORDER BY id"
+            )
+        except EventStoreError:
+            return []
+        return [AppliedMigration(r[0], _from_ms(r[1])) for r in rows]
+
+    def pending_migrations(self) -> list[str]:
+        done = {m.id for m in self.applied_migrations()}
+        return [m.id for m in MIGRATIONS if m.id not in done]
+
+    # -- events -----------------------------------------------------------------------------
+    def insert_events(self, rows: pa.Table) -> int:
+        """Write rows built by `rows.events_to_arrow`; durable when this returns."""
+        if rows.num_rows:
+            self._insert_arrow("email_events", rows)
+        return int(rows.num_rows)
+
+    def count_by_type(self, tenant: str) -> dict[str, int]:
+        rows = self._rows(
+            f"SELECT event_type, count() FROM `{self.database}`.email_events FINAL "
+            "WHERE tenant = {tenant:String} GROUP BY event_type ORDER BY event_type",
+            {"tenant": tenant},
+        )
+        return {str(r[0]): int(r[1]) for r in rows}
+
+    def count_events(self, tenant: str | None = None) -> int:
+        where = "WHERE tenant = {tenant:String}" if tenant is not None else ""
+        rows = self._rows(
+            f"SELECT count() FROM `{self.database}`.email_events FINAL {where}",
+            {"tenant": tenant} if tenant is not None else None,
+        )
+        return int(rows[0][0])
+
+    def profile_events(
+        self,
+        tenant: str,
+        universal_id: str,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        limit: int = 10_000,
+    ) -> list[StoredEvent]:
+        params: dict[str, Any] = {"tenant": tenant, "uid": universal_id, "limit": limit}
+        cond = ""
+        if since is not None:
+            cond += " AND occurred_at >= fromUnixTimestamp64Milli({since:Int64}, 'UTC')"
+            params["since"] = _to_ms(since)
+        if until is not None:
+            cond += " AND occurred_at < fromUnixTimestamp64Milli({until:Int64}, 'UTC')"
+            params["until"] = _to_ms(until)
+        rows = self._rows(
+            "SELECT toString(event_id), universal_id, event_type, "
+            "toUnixTimestamp64Milli(occurred_at), esp, esp_event_id, campaign_id, flow_id, "
+            "message_id, is_machine_open, properties "
+            f"FROM `{self.database}`.email_events FINAL "
+            "WHERE tenant = {tenant:String} AND universal_id = {uid:String}"
+            f"{cond} ORDER BY occurred_at, event_id LIMIT {{limit:UInt32}}",
+            params,
+        )
+        return [
+            StoredEvent(
+                event_id=r[0],
+                universal_id=r[1],
+                event_type=r[2],
+                occurred_at=_from_ms(r[3]),
+                esp=r[4],
+                esp_event_id=r[5],
+                campaign_id=r[6],
+                flow_id=r[7],
+                message_id=r[8],
+                is_machine_open=bool(r[9]),
+                properties=orjson.loads(r[10]) if r[10] else {},
+            )
+            for r in rows
+        ]
+
+    def tenants(self) -> list[str]:
+        rows = self._rows(
+            f"SELECT DISTINCT tenant FROM `{self.database}`.email_events ORDER BY tenant"
+        )
+        return [str(r[0]) for r in rows]
+
+    # -- health -----------------------------------------------------------------------------
+    def health(self) -> BackendHealth:
+        try:
+            pending = self.pending_migrations()
+            self._rows("SELECT 1")
+        except Exception as exc:  # health must report, never raise
+            return BackendHealth("event_store", self.backend, "down", _short(exc))
+        if pending:
+            return BackendHealth(
+                "event_store", self.backend, "degraded", f"migrations pending: {pending}"
+            )
+        return BackendHealth("event_store", self.backend, "ok", info={"database": self.database})
+
+
+def _to_ms(at: datetime) -> int:
+    if at.tzinfo is None:
+        raise ValueError("datetimes passed to the event store must be timezone-aware")
+    return int(at.timestamp() * 1000)
+
+
+def _from_ms(ms: int | str) -> datetime:
+    return datetime.fromtimestamp(int(ms) / 1000, tz=UTC)
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return (text[0] if text else type(exc).__name__)[:300]

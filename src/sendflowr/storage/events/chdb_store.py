@@ -1,0 +1,105 @@
+"""Embedded event store: chDB, the ClickHouse engine in-process, persisting to a directory."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pyarrow as pa
+from chdb import session as chdb_session
+
+from sendflowr.storage.events.base import EventStore, EventStoreError, _short
+
+# chDB runs one embedded server per process, bound to one data directory: stores opened on the
+# same directory share it, and asking for a second directory is refused with a clear error.
+_lock = threading.Lock()
+_open: dict[Path, tuple[Any, int]] = {}
+
+
+def _acquire(path: Path) -> Any:
+    with _lock:
+        if path in _open:
+            sess, refs = _open[path]
+            _open[path] = (sess, refs + 1)
+            return sess
+        if _open:
+            other = next(iter(_open))
+            raise EventStoreError(
+                f"chDB can open one data directory per process; {other} is open, not {path}"
+            )
+        path.mkdir(parents=True, exist_ok=True)
+        try:
+            sess = chdb_session.Session(str(path))
+        except Exception as exc:
+            raise EventStoreError(f"cannot open chDB at {path}: {_short(exc)}") from exc
+        _open[path] = (sess, 1)
+        return sess
+
+
+def _release(path: Path) -> None:
+    with _lock:
+        if path not in _open:
+            return
+        sess, refs = _open[path]
+        if refs > 1:
+            _open[path] = (sess, refs - 1)
+            return
+        del _open[path]
+        sess.close()
+
+
+
+
+class ChdbEventStore(EventStore):
+    backend = "chdb"
+
+    def __init__(self, path: Path, database: str = "sendflowr") -> None:
+        super().__init__(database)
+        self.path = path.resolve()
+        self._session = _acquire(self.path)
+        self._closed = False
+
+    def _rows(self, sql: str, params: Mapping[str, Any] | None = None) -> list[list[Any]]:
+        self._check_open()
+        try:
+            res = self._session.query(sql, "JSONCompact", params=dict(params or {}))
+        except Exception as exc:
+            raise EventStoreError(_short(exc)) from exc
+        raw = res.bytes()
+        if not raw:
+            return []
+        data: list[list[Any]] = orjson.loads(raw)["data"]
+        return data
+
+    def _command(self, sql: str, params: Mapping[str, Any] | None = None) -> None:
+        self._check_open()
+        try:
+            self._session.query(sql, "Null", params=dict(params or {}))
+        except Exception as exc:
+            raise EventStoreError(_short(exc)) from exc
+
+    def _insert_arrow(self, table: str, data: pa.Table) -> None:
+        self._check_open()
+        columns = ", ".join(f"`{n}`" for n in data.column_names)
+        # chDB's Python() table function reads the Arrow table from this frame's local `data`.
+        sql = f"INSERT INTO `{self.database}`.`{table}` ({columns}) SELECT * FROM Python(data)"
+        try:
+            self._session.query(sql, "Null")
+        except Exception as exc:
+            raise EventStoreError(f"insert into {table} failed: {_short(exc)}") from exc
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise EventStoreError("the event store is closed")
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            _release(self.path)
+
+    def drop_database(self) -> None:
+        """Tests and `sendflowr reset` only."""
+        self._command(f"DROP DATABASE IF EXISTS `{self.database}`")

@@ -1,0 +1,1 @@
+"""Timing: features, priors, decisions and policy. Pure numpy; no I/O."""

@@ -12,7 +12,7 @@ import re
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Final
 
 import msgspec
@@ -75,7 +75,9 @@ ENGAGEMENT_TYPES: Final = frozenset(
 )
 
 
-class Identifiers(msgspec.Struct, frozen=True, gc=False, forbid_unknown_fields=True, omit_defaults=True):
+class Identifiers(
+    msgspec.Struct, frozen=True, gc=False, forbid_unknown_fields=True, omit_defaults=True
+):
     """Who the event is about. At least one identifier is required."""
 
     email_hash: EmailHash | None = None
@@ -98,7 +100,9 @@ class Identifiers(msgspec.Struct, frozen=True, gc=False, forbid_unknown_fields=T
             )
 
 
-class CanonicalEvent(msgspec.Struct, frozen=True, gc=False, forbid_unknown_fields=True, omit_defaults=True):
+class CanonicalEvent(
+    msgspec.Struct, frozen=True, gc=False, forbid_unknown_fields=True, omit_defaults=True
+):
     """One engagement or commerce event, independent of the ESP it came from.
 
     `event_id` is derived from (esp, esp_event_id); a supplied value must match it, so a
@@ -145,7 +149,12 @@ class CanonicalEvent(msgspec.Struct, frozen=True, gc=False, forbid_unknown_field
 
     @property
     def occurred_at_ms(self) -> int:
-        return int(self.occurred_at.timestamp() * 1000)
+        # Integer arithmetic: float timestamp() * 1000 is sometimes 1 ms short.
+        return (self.occurred_at - _UNIX_EPOCH) // _ONE_MS
+
+
+_UNIX_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
+_ONE_MS: Final = timedelta(milliseconds=1)
 
 
 _NS_BYTES: Final = EVENT_ID_NAMESPACE.bytes
@@ -186,6 +195,10 @@ def _field_error(exc: msgspec.ValidationError, prefix: tuple[str | int, ...] = (
     if not sep:
         reason, where = text, ""
     loc: list[str | int] = list(prefix)
+    # A bad mapping key is reported as "at `key` in `$.path`".
+    key_in, key_sep, where_key = where.partition("key` in `")
+    if key_sep and not key_in:
+        where, reason = where_key, f"invalid key: {reason}"
     path = where.rstrip("`").removeprefix("$")
     token = ""
     i = 0
@@ -217,10 +230,15 @@ def _field_error(exc: msgspec.ValidationError, prefix: tuple[str | int, ...] = (
     if unknown:
         loc.append(unknown.group(1))
         reason = "unknown field (not part of the canonical event schema)"
+    missing = _MISSING_FIELD.match(reason)
+    if missing:
+        loc.append(missing.group(1))
+        reason = "field required"
     return FieldError(tuple(loc), reason)
 
 
 _UNKNOWN_FIELD: Final = re.compile(r"Object contains unknown field `([^`]*)`")
+_MISSING_FIELD: Final = re.compile(r"Object missing required field `([^`]*)`")
 
 
 _decoder = msgspec.json.Decoder(CanonicalEvent)

@@ -78,7 +78,9 @@ def parse_event_store_url(raw: str) -> EventStoreURL:
             return EventStoreURL("chdb", path=Path(path), database=db)
         case "clickhouse" | "clickhouses":
             if not parts.hostname:
-                raise ValueError("clickhouse:// needs a host, e.g. clickhouse://user:pass@host:8123/db")
+                raise ValueError(
+                    "clickhouse:// needs a host, e.g. clickhouse://user:pass@host:8123/db"
+                )
             try:
                 port = parts.port or 8123
             except ValueError:
@@ -104,7 +106,9 @@ def parse_metadata_url(raw: str) -> MetadataURL:
     match parts.scheme:
         case "sqlite":
             if not raw.startswith("sqlite:///") or len(raw) <= len("sqlite:///"):
-                raise ValueError("expected sqlite:///relative/path.db or sqlite:////absolute/path.db")
+                raise ValueError(
+                    "expected sqlite:///relative/path.db or sqlite:////absolute/path.db"
+                )
             return MetadataURL("sqlite", raw)
         case "postgresql" | "postgres" | "postgresql+psycopg":
             if not parts.hostname and "host=" not in parts.query:

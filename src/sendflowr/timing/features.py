@@ -58,7 +58,10 @@ class ProfileFeatures:
 
     def to_bytes(self) -> bytes:
         header = _HEADER.pack(
-            _FORMAT_VERSION, self.first_seen_ms, self.last_engagement_ms, self.machine_opens_excluded
+            _FORMAT_VERSION,
+            self.first_seen_ms,
+            self.last_engagement_ms,
+            self.machine_opens_excluded,
         )
         return header + self.counts.tobytes() + self.hour_of_week.tobytes()
 
@@ -96,7 +99,9 @@ _WEIGHT_BY_TYPE: Final = np.array(
 )
 
 
-def apply_batch(current: dict[str, ProfileFeatures], cols: BatchColumns) -> dict[str, ProfileFeatures]:
+def apply_batch(
+    current: dict[str, ProfileFeatures], cols: BatchColumns
+) -> dict[str, ProfileFeatures]:
     """Fold a batch into the profiles' features; returns the updated features by profile."""
     n_prof = len(cols.profiles)
     n_types = len(COUNTED_TYPES)
@@ -119,7 +124,9 @@ def apply_batch(current: dict[str, ProfileFeatures], cols: BatchColumns) -> dict
         f.counts += counts[i]
         f.hour_of_week += hist[i]
         f.machine_opens_excluded += int(machine_counts[i])
-        f.first_seen_ms = int(first[i]) if not f.first_seen_ms else min(f.first_seen_ms, int(first[i]))
+        f.first_seen_ms = (
+            int(first[i]) if not f.first_seen_ms else min(f.first_seen_ms, int(first[i]))
+        )
         f.last_engagement_ms = max(f.last_engagement_ms, int(last[i]))
         out[uid] = f
     return out

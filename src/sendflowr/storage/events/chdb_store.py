@@ -32,7 +32,7 @@ def _acquire(path: Path) -> Any:
             )
         path.mkdir(parents=True, exist_ok=True)
         try:
-            sess = chdb_session.Session(str(path))
+            sess = chdb_session.Session(str(path))  # type: ignore[no-untyped-call]
         except Exception as exc:
             raise EventStoreError(f"cannot open chDB at {path}: {_short(exc)}") from exc
         _open[path] = (sess, 1)
@@ -49,8 +49,6 @@ def _release(path: Path) -> None:
             return
         del _open[path]
         sess.close()
-
-
 
 
 class ChdbEventStore(EventStore):

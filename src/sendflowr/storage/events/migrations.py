@@ -56,7 +56,9 @@ class AddColumn:
     after: str | None = None
 
     def sql(self, database: str) -> str:
-        out = f"ALTER TABLE `{database}`.`{self.table}` ADD COLUMN IF NOT EXISTS {self.column.sql()}"
+        out = (
+            f"ALTER TABLE `{database}`.`{self.table}` ADD COLUMN IF NOT EXISTS {self.column.sql()}"
+        )
         if self.after:
             out += f" AFTER `{self.after}`"
         return out

@@ -38,7 +38,12 @@ def events_to_arrow(events: Sequence[CanonicalEvent], universal_ids: Sequence[st
         raise ValueError("one universal id per event is required")
     dumps = orjson.dumps
     cols: dict[str, list[object]] = {name: [] for name in EMAIL_EVENT_SCHEMA.names}
-    tenant, uid, at, eid = cols["tenant"], cols["universal_id"], cols["occurred_at"], cols["event_id"]
+    tenant, uid, at, eid = (
+        cols["tenant"],
+        cols["universal_id"],
+        cols["occurred_at"],
+        cols["event_id"],
+    )
     esp, espid, etype = cols["esp"], cols["esp_event_id"], cols["event_type"]
     email, prof, phone = cols["email_hash"], cols["esp_profile_id"], cols["phone"]
     ext, anon, camp = cols["external_ids"], cols["anonymous_id"], cols["campaign_id"]

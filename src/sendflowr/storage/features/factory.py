@@ -18,5 +18,6 @@ def open_feature_cache(url: CacheURL) -> FeatureCache:
             return MemoryFeatureCache()
         case "redis":
             raise BackendNotAvailableError(
-                "SENDFLOWR_FEATURE_CACHE_URL: the redis backend is not implemented yet (use 'memory')"
+                "SENDFLOWR_FEATURE_CACHE_URL: the redis backend is not implemented yet "
+                "(use 'memory')"
             )

@@ -135,7 +135,7 @@ class MetadataStore:
     def find_tenant(self, tenant_id: str) -> Tenant | None:
         with self._guard(), self.engine.connect() as conn:
             row = conn.execute(tenants.select().where(tenants.c.id == tenant_id)).first()
-        return _tenant(row._mapping) if row is not None else None
+        return _tenant(dict(row._mapping)) if row is not None else None
 
     def get_tenant(self, tenant_id: str) -> Tenant:
         found = self.find_tenant(tenant_id)
@@ -146,7 +146,7 @@ class MetadataStore:
     def list_tenants(self) -> list[Tenant]:
         with self._guard(), self.engine.connect() as conn:
             rows = conn.execute(tenants.select().order_by(tenants.c.id)).all()
-        return [_tenant(r._mapping) for r in rows]
+        return [_tenant(dict(r._mapping)) for r in rows]
 
     # -- dead letters -----------------------------------------------------------------------
     def add_dead_letters(self, letters: Sequence[DeadLetter]) -> None:
@@ -195,7 +195,10 @@ class MetadataStore:
         head = self.head_revision()
         if current != head:
             return BackendHealth(
-                "metadata", self.backend, "degraded", f"migrations pending: at {current}, head {head}"
+                "metadata",
+                self.backend,
+                "degraded",
+                f"migrations pending: at {current}, head {head}",
             )
         return BackendHealth("metadata", self.backend, "ok", info={"revision": current or ""})
 
@@ -215,7 +218,9 @@ class _Guard:
     def __enter__(self) -> None:
         return None
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object) -> bool:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object
+    ) -> None:
         if isinstance(exc, OperationalError) or (
             isinstance(exc, SQLAlchemyError) and getattr(exc, "connection_invalidated", False)
         ):
@@ -223,7 +228,6 @@ class _Guard:
             raise UnavailableError(
                 f"metadata store ({self.backend}) unavailable: {first[0] if first else 'error'}"
             ) from exc
-        return False
 
 
 def _aware(at: datetime) -> datetime:

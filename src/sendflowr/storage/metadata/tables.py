@@ -38,7 +38,9 @@ tenants = Table(
 dead_letters = Table(
     "dead_letters",
     metadata,
-    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column(
+        "id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    ),
     Column("tenant", String(63), ForeignKey("tenants.id", ondelete="CASCADE"), nullable=True),
     Column("source", String(64), nullable=False),
     Column("payload", Text, nullable=False),

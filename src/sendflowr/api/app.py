@@ -1,0 +1,48 @@
+"""The FastAPI app factory."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from sendflowr import __version__
+from sendflowr.api.errors import install_error_handlers
+from sendflowr.api.routes import events, health, mock, tenants
+from sendflowr.runtime import Runtime
+from sendflowr.settings import Settings, load_settings
+
+log = logging.getLogger("sendflowr")
+
+
+def create_app(settings: Settings | None = None, runtime: Runtime | None = None) -> FastAPI:
+    """Build the app. With `runtime` given, the caller owns it; otherwise the app opens every
+    backend from `settings` at start-up and closes them at shutdown."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if runtime is not None:
+            app.state.runtime = runtime
+            yield
+            return
+        owned = Runtime.open(settings or load_settings())
+        app.state.runtime = owned
+        try:
+            yield
+        finally:
+            owned.close()
+
+    app = FastAPI(
+        title="SendFlowr",
+        version=__version__,
+        description="Send-time intelligence for email service providers.",
+        lifespan=lifespan,
+    )
+    if runtime is not None:
+        app.state.runtime = runtime
+    install_error_handlers(app)
+    for module in (health, tenants, events, mock):
+        app.include_router(module.router)
+    return app

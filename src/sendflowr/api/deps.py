@@ -1,0 +1,22 @@
+"""Request dependencies."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from sendflowr.runtime import Runtime
+from sendflowr.storage.metadata.store import Tenant
+
+
+def get_runtime(request: Request) -> Runtime:
+    runtime: Runtime = request.app.state.runtime
+    return runtime
+
+
+RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
+
+
+def existing_tenant(runtime: Runtime, tenant: str) -> Tenant:
+    return runtime.metadata.get_tenant(tenant)

@@ -1,0 +1,263 @@
+"""The `sendflowr` command line (Typer; rich for tables and progress bars)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from collections import Counter
+from pathlib import Path
+from typing import Annotated, NoReturn
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from sendflowr import __version__
+from sendflowr.events import json_schema
+from sendflowr.settings import Settings, SettingsError, load_settings
+
+app = typer.Typer(
+    name="sendflowr",
+    help="SendFlowr: send-time intelligence for email service providers.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console()
+err_console = Console(stderr=True)
+
+
+def _fail(message: str, code: int = 2) -> NoReturn:
+    err_console.print(f"[bold red]error:[/] {message}", highlight=False)
+    raise typer.Exit(code)
+
+
+def _settings() -> Settings:
+    try:
+        return load_settings()
+    except SettingsError as exc:
+        _fail(str(exc))
+
+
+def _runtime(settings: Settings):  # type: ignore[no-untyped-def]  # imported lazily: start-up cost
+    from sendflowr.runtime import Runtime
+
+    try:
+        return Runtime.open(settings)
+    except (NotImplementedError, RuntimeError, OSError) as exc:
+        _fail(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+
+
+def _progress() -> Progress:
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=console,
+    )
+
+
+@app.callback(invoke_without_command=True)
+def _main(
+    version: Annotated[bool, typer.Option("--version", help="Print the version and exit.")] = False,
+) -> None:
+    if version:
+        console.print(f"sendflowr {__version__}")
+        raise typer.Exit()
+
+
+@app.command()
+def run(
+    host: Annotated[str | None, typer.Option(help="Bind address (default: settings.host).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (default: settings.port, 8001).")] = None,
+    demo: Annotated[
+        bool, typer.Option(help="Create the simulated demo brand and load its history if empty.")
+    ] = True,
+) -> None:
+    """Run the API service with every backend from settings (migrations applied first)."""
+    import uvicorn
+
+    from sendflowr.api import create_app
+    from sendflowr.demo import ensure_demo_brand
+
+    settings = _settings()
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(levelname)s %(name)s: %(message)s"
+    )
+    rt = _runtime(settings)
+    try:
+        if demo:
+            with _progress() as progress:
+                task = progress.add_task(f"loading demo brand '{settings.demo_tenant}'", total=None)
+
+                def tick(done: int, total: int) -> None:
+                    progress.update(task, completed=done, total=total)
+
+                loaded = ensure_demo_brand(rt, progress=tick)
+            if loaded:
+                console.print(f"demo brand '{settings.demo_tenant}': {loaded:,} events loaded")
+        bind_host, bind_port = host or settings.host, port or settings.port
+        console.print(
+            f"SendFlowr on http://{bind_host}:{bind_port}  (API docs: /docs, health: /health)"
+        )
+        uvicorn.run(
+            create_app(settings, runtime=rt),
+            host=bind_host,
+            port=bind_port,
+            log_level=settings.log_level,
+        )
+    finally:
+        rt.close()
+
+
+@app.command()
+def migrate(
+    status: Annotated[bool, typer.Option("--status", help="Only show what has run.")] = False,
+) -> None:
+    """Apply the event-store and metadata migrations (idempotent)."""
+    from sendflowr.storage.events import open_event_store
+    from sendflowr.storage.metadata import open_metadata_store
+
+    settings = _settings()
+    try:
+        events = open_event_store(settings.event_store)
+    except (NotImplementedError, RuntimeError) as exc:
+        _fail(str(exc))
+    metadata = open_metadata_store(settings.metadata)
+    try:
+        applied_events = [] if status else events.migrate()
+        applied_meta = [] if status else metadata.migrate()
+        table = Table(title="migrations")
+        table.add_column("store")
+        table.add_column("migration")
+        table.add_column("applied at")
+        for m in events.applied_migrations():
+            mark = " (now)" if m.id in applied_events else ""
+            table.add_row(f"events ({events.backend})", m.id + mark, m.applied_at.isoformat())
+        for pending in events.pending_migrations():
+            table.add_row(f"events ({events.backend})", pending, "pending")
+        rev = metadata.current_revision()
+        table.add_row(
+            f"metadata ({metadata.backend})",
+            f"{rev or '-'}{' (now)' if applied_meta else ''}",
+            "head" if rev == metadata.head_revision() else "pending",
+        )
+        console.print(table)
+    except Exception as exc:
+        _fail(f"migration failed: {str(exc).splitlines()[0]}", code=1)
+    finally:
+        events.close()
+        metadata.close()
+
+
+@app.command()
+def simulate(
+    profiles: Annotated[int, typer.Option(min=1, max=2_000_000, help="Simulated people.")] = 5000,
+    days: Annotated[int, typer.Option(min=1, max=730, help="Days of history.")] = 90,
+    seed: Annotated[int, typer.Option(min=0, help="Random seed (same seed, same events).")] = 42,
+    tenant: Annotated[str, typer.Option(help="Tenant id written on every event.")] = "demo",
+    machine_open_share: Annotated[
+        float, typer.Option(min=0.0, max=1.0, help="Share of Apple Mail Privacy Protection users.")
+    ] = 0.45,
+    out: Annotated[
+        Path | None, typer.Option(help="Write events.jsonl and truth.json to this directory.")
+    ] = None,
+    load: Annotated[bool, typer.Option(help="Push the events through the pipeline.")] = False,
+) -> None:
+    """Run the ground-truth simulator: personas, a biased brand schedule, machine opens."""
+    import dataclasses
+
+    from sendflowr.simulate import SimConfig
+    from sendflowr.simulate import simulate as run_simulation
+
+    settings = _settings()
+    if not 0 < len(tenant) <= 63 or not tenant.replace("-", "").replace("_", "").isalnum():
+        _fail(f"--tenant: {tenant!r} must be 1-63 characters of a-z, 0-9, '_' and '-'")
+    rt = _runtime(settings) if load else None
+    try:
+        from sendflowr.runtime import load_hash_key
+
+        cfg = dataclasses.replace(
+            SimConfig(),
+            tenant=tenant,
+            profiles=profiles,
+            days=days,
+            seed=seed,
+            machine_open_share=machine_open_share,
+            hash_key=load_hash_key(settings),
+        )
+        if load:
+            from datetime import UTC, datetime
+
+            from sendflowr.demo import recent_start
+
+            cfg = dataclasses.replace(cfg, start=recent_start(datetime.now(UTC), days))
+        with console.status("simulating..."):
+            sim = run_simulation(cfg)
+        by_type = Counter(e.event_type.value for e in sim.events)
+        machine = sum(1 for e in sim.events if e.is_machine_open)
+        table = Table(title=f"{len(sim.events):,} events, {len(sim.profiles):,} profiles")
+        table.add_column("event type")
+        table.add_column("count", justify="right")
+        for name, n in sorted(by_type.items()):
+            table.add_row(name, f"{n:,}")
+        table.add_row("(machine opens)", f"{machine:,}")
+        console.print(table)
+        if out is not None:
+            from sendflowr.simulate.output import write_simulation
+
+            write_simulation(sim, out)
+            console.print(f"wrote {out}/events.jsonl and {out}/truth.json")
+        if rt is not None:
+            from sendflowr.demo import ingest
+            from sendflowr.storage.metadata.store import Tenant
+
+            rt.metadata.ensure_tenant(Tenant(tenant, f"Simulated brand {tenant}", cfg.brand_tz))
+            with _progress() as progress:
+                task = progress.add_task("ingesting", total=len(sim.events))
+                result = ingest(
+                    rt, sim.events, "simulate", lambda d, t: progress.update(task, completed=d)
+                )
+            console.print(f"stored {result.stored:,} events, rejected {len(result.rejected):,}")
+    finally:
+        if rt is not None:
+            rt.close()
+
+
+@app.command()
+def schema(
+    out: Annotated[Path | None, typer.Option(help="Write to this file instead of stdout.")] = None,
+) -> None:
+    """Print the canonical event JSON Schema."""
+    text = json.dumps(json_schema(), indent=2, sort_keys=True) + "\n"
+    if out is None:
+        sys.stdout.write(text)
+    else:
+        out.write_text(text)
+
+
+@app.command()
+def health() -> None:
+    """Open every backend from settings and report its state (exit 1 if any is down)."""
+    settings = _settings()
+    rt = _runtime(settings)
+    try:
+        states = rt.health()
+    finally:
+        rt.close()
+    table = Table(title="backends")
+    for col in ("port", "backend", "state", "detail"):
+        table.add_column(col)
+    for h in states:
+        colour = {"ok": "green", "degraded": "yellow", "down": "red"}[h.state]
+        table.add_row(h.port, h.backend, f"[{colour}]{h.state}[/]", h.detail)
+    console.print(table)
+    if any(h.state == "down" for h in states):
+        raise typer.Exit(1)
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,77 @@
+"""The simulated brand `make run` starts with, and generated events for the mock endpoint."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Iterator, Sequence
+from datetime import UTC, datetime, timedelta
+
+from sendflowr.events import CanonicalEvent
+from sendflowr.pipeline import IngestResult
+from sendflowr.runtime import Runtime
+from sendflowr.simulate import SimConfig, config_for_event_count, simulate
+from sendflowr.storage.metadata.store import Tenant
+
+BATCH = 10_000
+Progress = Callable[[int, int], None]
+
+
+def recent_start(now: datetime, days: int) -> datetime:
+    """A Monday 00:00 UTC such that `days` of history end before `now` (events are never in
+    the future, which the pipeline would rightly refuse)."""
+    start = (now - timedelta(days=days + 1)).replace(hour=0, minute=0, second=0, microsecond=0)
+    return start - timedelta(days=start.weekday())
+
+
+def chunks(
+    events: Sequence[CanonicalEvent], size: int = BATCH
+) -> Iterator[Sequence[CanonicalEvent]]:
+    for i in range(0, len(events), size):
+        yield events[i : i + size]
+
+
+def ingest(
+    runtime: Runtime,
+    events: Sequence[CanonicalEvent],
+    source: str,
+    progress: Progress | None = None,
+) -> IngestResult:
+    total = IngestResult()
+    for chunk in chunks(events):
+        total.merge(runtime.bus.publish(chunk, source=source))
+        if progress is not None:
+            progress(total.received, len(events))
+    return total
+
+
+def ensure_demo_brand(
+    runtime: Runtime, now: datetime | None = None, progress: Progress | None = None
+) -> int:
+    """Create the demo tenant and load its simulated history once; returns events loaded now."""
+    settings = runtime.settings
+    tenant = settings.demo_tenant
+    now = now or datetime.now(UTC)
+    cfg = SimConfig(
+        tenant=tenant,
+        profiles=settings.demo_profiles,
+        days=settings.demo_days,
+        start=recent_start(now, settings.demo_days),
+        hash_key=runtime.hash_key,
+    )
+    runtime.metadata.ensure_tenant(Tenant(tenant, "Demo brand (simulated)", cfg.brand_tz))
+    if settings.demo_profiles == 0 or runtime.events.count_events(tenant) > 0:
+        return 0
+    sim = simulate(cfg)
+    return ingest(runtime, sim.events, "demo", progress).stored
+
+
+def generate_events(
+    runtime: Runtime, tenant: str, count: int, seed: int, now: datetime | None = None
+) -> tuple[list[CanonicalEvent], int]:
+    """`count` simulated events for `tenant` ending before now, and the number of profiles."""
+    base = config_for_event_count(count, tenant=tenant, seed=seed)
+    cfg = dataclasses.replace(
+        base, start=recent_start(now or datetime.now(UTC), base.days), hash_key=runtime.hash_key
+    )
+    sim = simulate(cfg)
+    return sim.events[:count], len(sim.profiles)

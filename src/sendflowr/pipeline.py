@@ -1,0 +1,175 @@
+"""The pipeline: one function over a batch. normalise -> identity -> store -> feature update.
+
+A bad item never sinks its batch: it goes to the dead letters with its reason. A failed store
+write raises (the caller must not acknowledge the batch), and features are only touched after the
+write returned, so what features count is always in the store.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import numpy as np
+import orjson
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from sendflowr.events import CanonicalEvent, EventValidationError, FieldError, parse_events
+from sendflowr.identity.resolver import IdentityResolver
+from sendflowr.storage.events.base import EventStore
+from sendflowr.storage.events.rows import events_to_arrow
+from sendflowr.storage.features.base import FeatureCache
+from sendflowr.storage.metadata.store import DeadLetter, MetadataStore
+from sendflowr.timing.features import BatchColumns, apply_batch, type_indexes
+
+
+@dataclass(frozen=True, slots=True)
+class Rejected:
+    index: int
+    errors: tuple[FieldError, ...]
+
+
+@dataclass(slots=True)
+class IngestResult:
+    received: int = 0
+    stored: int = 0
+    profiles_updated: int = 0
+    rejected: list[Rejected] = field(default_factory=list)
+
+    def merge(self, other: IngestResult) -> None:
+        self.received += other.received
+        self.stored += other.stored
+        self.profiles_updated += other.profiles_updated
+        self.rejected.extend(other.rejected)
+
+
+class RecentEventIds:
+    """Event ids seen lately (two rotating generations), so a replayed event is not counted
+    twice in incremental features. Bounded memory; a bulk rebuild from the store is exact."""
+
+    def __init__(self, capacity: int = 1_000_000) -> None:
+        self._capacity = capacity
+        self._new: set[str] = set()
+        self._old: set[str] = set()
+
+    def first_seen(self, event_ids: Sequence[str]) -> list[bool]:
+        out = []
+        for eid in event_ids:
+            seen = eid in self._new or eid in self._old
+            if not seen:
+                if len(self._new) >= self._capacity:
+                    self._old, self._new = self._new, set()
+                self._new.add(eid)
+            out.append(not seen)
+        return out
+
+
+class Pipeline:
+    def __init__(
+        self,
+        events: EventStore,
+        features: FeatureCache,
+        identity: IdentityResolver,
+        metadata: MetadataStore,
+        *,
+        max_future_skew: timedelta = timedelta(days=1),
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self.events = events
+        self.features = features
+        self.identity = identity
+        self.metadata = metadata
+        self.max_future_skew = max_future_skew
+        self.clock = clock
+        self._recent = RecentEventIds()
+
+    def process_payloads(self, source: str, payloads: Sequence[Mapping[str, Any]]) -> IngestResult:
+        """Validate canonical-event payloads (as decoded JSON), then process them."""
+        parsed = parse_events(payloads)
+        result = self.process(parsed.events)
+        # Indexes in `result.rejected` refer to parsed.events; map them back to the input.
+        bad_index = {b for b, _ in parsed.rejected}
+        good_index = [i for i in range(len(payloads)) if i not in bad_index]
+        remapped = [Rejected(good_index[r.index], r.errors) for r in result.rejected]
+        bad = [Rejected(i, err.errors) for i, err in parsed.rejected]
+        self._dead_letter(source, [(payloads[r.index], r) for r in bad])
+        result.rejected = sorted(bad + remapped, key=lambda r: r.index)
+        result.received = len(payloads)
+        return result
+
+    def process(self, batch: Sequence[CanonicalEvent], source: str = "pipeline") -> IngestResult:
+        """Store a batch of canonical events and fold them into features."""
+        result = IngestResult(received=len(batch))
+        late = {r.index: r for r in self.future_rejections(batch)}
+        by_tenant: dict[str, list[CanonicalEvent]] = defaultdict(list)
+        future: list[tuple[Mapping[str, Any], Rejected]] = []
+        for i, event in enumerate(batch):
+            if i in late:
+                result.rejected.append(late[i])
+                future.append(({"event_id": event.event_id, "tenant": event.tenant}, late[i]))
+            else:
+                by_tenant[event.tenant].append(event)
+        self._dead_letter(source, future)
+        for tenant, events in by_tenant.items():
+            uids = self.identity.resolve_batch(tenant, [e.identifiers for e in events])
+            table = events_to_arrow(events, uids)
+            result.stored += self.events.insert_events(table)
+            result.profiles_updated += self._update_features(tenant, table)
+        return result
+
+    def future_rejections(self, batch: Sequence[CanonicalEvent]) -> list[Rejected]:
+        """Events dated further ahead than the allowed clock skew (a sender's clock is wrong)."""
+        horizon = self.clock() + self.max_future_skew
+        reason = f"is more than {self.max_future_skew} in the future"
+        return [
+            Rejected(i, (FieldError(("occurred_at",), reason),))
+            for i, event in enumerate(batch)
+            if event.occurred_at > horizon
+        ]
+
+    def _update_features(self, tenant: str, table: pa.Table) -> int:
+        fresh = np.array(self._recent.first_seen(table.column("event_id").to_pylist()), dtype=bool)
+        if not fresh.any():
+            return 0
+        if not fresh.all():
+            table = table.filter(pa.array(fresh))
+        uid_codes = pc.dictionary_encode(table.column("universal_id")).combine_chunks()
+        profiles: list[str] = uid_codes.dictionary.to_pylist()
+        type_codes = pc.dictionary_encode(table.column("event_type")).combine_chunks()
+        type_map = type_indexes(type_codes.dictionary.to_pylist())
+        cols = BatchColumns(
+            profile_index=uid_codes.indices.to_numpy().astype(np.int64),
+            profiles=profiles,
+            type_index=type_map[type_codes.indices.to_numpy()],
+            occurred_ms=table.column("occurred_at").cast(pa.int64()).to_numpy(),
+            is_machine_open=table.column("is_machine_open").to_numpy(zero_copy_only=False),
+        )
+        current = self.features.get_many(tenant, profiles)
+        updated = apply_batch(current, cols)
+        self.features.put_many(tenant, updated)
+        return len(updated)
+
+    def _dead_letter(
+        self, source: str, items: Sequence[tuple[Mapping[str, Any], Rejected]]
+    ) -> None:
+        if not items:
+            return
+        letters = []
+        for payload, rej in items:
+            tenant = payload.get("tenant") if isinstance(payload, Mapping) else None
+            known = (
+                tenant if isinstance(tenant, str) and self.metadata.find_tenant(tenant) else None
+            )
+            letters.append(
+                DeadLetter(
+                    source=source,
+                    payload=orjson.dumps(payload, default=str).decode(),
+                    reason=str(EventValidationError(rej.errors)),
+                    tenant=known,
+                )
+            )
+        self.metadata.add_dead_letters(letters)

@@ -1,0 +1,88 @@
+"""Opening every port from settings, in one place, for the API, the CLI and the tests."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+
+from sendflowr.bus import Bus, open_bus
+from sendflowr.identity.resolver import HashedIdentityResolver, IdentityResolver
+from sendflowr.pipeline import Pipeline
+from sendflowr.settings import Settings
+from sendflowr.storage.events import EventStore, open_event_store
+from sendflowr.storage.features import FeatureCache, open_feature_cache
+from sendflowr.storage.health import BackendHealth
+from sendflowr.storage.metadata import MetadataStore, open_metadata_store
+
+
+def load_hash_key(settings: Settings) -> bytes:
+    """The key for hashing identifiers: from settings, else generated once under data_dir.
+
+    It must never change for a deployment (every hashed email depends on it), so the generated
+    key is written with owner-only permissions and reused.
+    """
+    if settings.hash_key is not None:
+        return settings.hash_key.get_secret_value().encode()
+    path = Path(settings.data_dir) / "hash.key"
+    if path.exists():
+        return path.read_bytes().strip()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    key = secrets.token_hex(32).encode()
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(key)
+    return key
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    events: EventStore
+    metadata: MetadataStore
+    features: FeatureCache
+    identity: IdentityResolver
+    pipeline: Pipeline
+    bus: Bus
+    hash_key: bytes
+
+    @classmethod
+    def open(cls, settings: Settings, *, migrate: bool = True) -> Runtime:
+        hash_key = load_hash_key(settings)
+        metadata = open_metadata_store(settings.metadata)
+        events = open_event_store(settings.event_store)
+        try:
+            if migrate:
+                metadata.migrate()
+                events.migrate()
+            features = open_feature_cache(settings.feature_cache)
+            identity = HashedIdentityResolver(hash_key)
+            pipeline = Pipeline(
+                events,
+                features,
+                identity,
+                metadata,
+                max_future_skew=timedelta(seconds=settings.max_future_skew_seconds),
+            )
+            bus = open_bus(settings.bus, pipeline)
+        except BaseException:
+            events.close()
+            metadata.close()
+            raise
+        return cls(settings, events, metadata, features, identity, pipeline, bus, hash_key)
+
+    def health(self) -> list[BackendHealth]:
+        return [
+            self.events.health(),
+            self.metadata.health(),
+            self.bus.health(),
+            self.features.health(),
+        ]
+
+    def close(self) -> None:
+        self.bus.close()
+        self.features.close()
+        self.events.close()
+        self.metadata.close()

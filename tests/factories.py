@@ -1,0 +1,50 @@
+"""Small builders for canonical events in tests."""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sendflowr.events import CanonicalEvent, EventType, Identifiers
+
+T0 = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)  # a Monday
+
+
+def email_hash(n: int) -> str:
+    return hashlib.sha256(f"person{n}@example.test".encode()).hexdigest()
+
+
+def make_event(
+    n: int,
+    *,
+    tenant: str = "acme",
+    person: int = 0,
+    event_type: EventType = EventType.OPENED,
+    at: datetime | None = None,
+    machine: bool = False,
+    **extra: Any,
+) -> CanonicalEvent:
+    return CanonicalEvent(
+        tenant=tenant,
+        esp="klaviyo",
+        esp_event_id=f"evt-{n}",
+        event_type=event_type,
+        occurred_at=at or T0 + timedelta(minutes=n),
+        identifiers=Identifiers(email_hash=email_hash(person)),
+        is_machine_open=machine,
+        **extra,
+    )
+
+
+def payload(n: int, **overrides: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "tenant": "acme",
+        "esp": "klaviyo",
+        "esp_event_id": f"evt-{n}",
+        "event_type": "opened",
+        "occurred_at": (T0 + timedelta(minutes=n)).isoformat(),
+        "identifiers": {"email_hash": email_hash(n % 7)},
+    }
+    body.update(overrides)
+    return body

@@ -1,0 +1,118 @@
+"""The event-store port on chDB: migrations, round trip, deduplication."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from sendflowr.events import EventType
+from sendflowr.storage.events.chdb_store import ChdbEventStore
+from sendflowr.storage.events.migrations import MIGRATIONS
+from sendflowr.storage.events.rows import events_to_arrow
+from tests.factories import T0, make_event
+
+
+@pytest.fixture
+def store(chdb_dir: Path) -> Iterator[ChdbEventStore]:
+    s = ChdbEventStore(chdb_dir, f"t_{uuid.uuid4().hex[:12]}")
+    s.migrate()
+    yield s
+    s.drop_database()
+    s.close()
+
+
+def test_migrations_run_once_and_are_recorded(chdb_dir: Path) -> None:
+    s = ChdbEventStore(chdb_dir, f"t_{uuid.uuid4().hex[:12]}")
+    try:
+        assert s.pending_migrations() == [m.id for m in MIGRATIONS]
+        assert s.migrate() == [m.id for m in MIGRATIONS]
+        assert s.migrate() == []
+        assert [m.id for m in s.applied_migrations()] == [m.id for m in MIGRATIONS]
+        assert s.pending_migrations() == []
+        tables = {r[0] for r in s._rows(f"SHOW TABLES FROM `{s.database}`")}
+        assert {"email_events", "timing_explanations", "schema_migrations"} <= tables
+        assert s.health().state == "ok"
+    finally:
+        s.drop_database()
+        s.close()
+
+
+def test_email_events_engine_partition_and_order(store: ChdbEventStore) -> None:
+    ddl = store._rows(f"SHOW CREATE TABLE `{store.database}`.email_events")[0][0]
+    assert "ReplacingMergeTree" in ddl
+    assert "PARTITION BY toYYYYMM(occurred_at)" in ddl
+    assert "ORDER BY (tenant, universal_id, occurred_at, event_id)" in ddl
+
+
+def test_round_trip(store: ChdbEventStore) -> None:
+    events = [
+        make_event(1, campaign_id="c1", properties={"Subject": "Hi", "n": 1}),
+        make_event(2, event_type=EventType.CLICKED, flow_id="f1", message_id="m1"),
+        make_event(3, machine=True),
+    ]
+    store.insert_events(events_to_arrow(events, ["sf_0000000000000001"] * 3))
+    got = store.profile_events("acme", "sf_0000000000000001")
+    assert [g.event_id for g in got] == [e.event_id for e in events]
+    first = got[0]
+    assert first.occurred_at == events[0].occurred_at
+    assert first.campaign_id == "c1"
+    assert first.properties == {"Subject": "Hi", "n": 1}
+    assert got[1].event_type == "clicked"
+    assert (got[1].flow_id, got[1].message_id) == ("f1", "m1")
+    assert got[2].is_machine_open is True
+    assert store.profile_events("other", "sf_0000000000000001") == []
+
+
+def test_time_filters(store: ChdbEventStore) -> None:
+    events = [make_event(i) for i in range(10)]
+    store.insert_events(events_to_arrow(events, ["sf_a"] * 10))
+    got = store.profile_events(
+        "acme", "sf_a", since=T0 + timedelta(minutes=3), until=T0 + timedelta(minutes=6)
+    )
+    assert [g.esp_event_id for g in got] == ["evt-3", "evt-4", "evt-5"]
+    assert len(store.profile_events("acme", "sf_a", limit=4)) == 4
+
+
+def test_same_event_twice_is_one_row_in_every_query(store: ChdbEventStore) -> None:
+    events = [make_event(i, event_type=EventType.CLICKED if i % 2 else EventType.OPENED) for i in range(6)]
+    table = events_to_arrow(events, ["sf_b"] * 6)
+    for _ in range(3):
+        store.insert_events(table)
+    store.insert_events(table.slice(0, 2))
+    assert store.count_events("acme") == 6
+    assert store.count_events() == 6
+    assert store.count_by_type("acme") == {"clicked": 3, "opened": 3}
+    assert len(store.profile_events("acme", "sf_b")) == 6
+    assert store.tenants() == ["acme"]
+
+
+def test_tenants_are_separate(store: ChdbEventStore) -> None:
+    a = [make_event(i, tenant="a") for i in range(3)]
+    b = [make_event(i, tenant="b") for i in range(5)]
+    store.insert_events(events_to_arrow(a + b, ["sf_x"] * 8))
+    assert store.count_by_type("a") == {"opened": 3}
+    assert store.count_by_type("b") == {"opened": 5}
+    assert store.count_by_type("c") == {}
+
+
+def test_second_directory_in_one_process_is_refused(
+    store: ChdbEventStore, tmp_path: Path
+) -> None:
+    from sendflowr.storage.events.base import EventStoreError
+
+    with pytest.raises(EventStoreError, match="one data directory per process"):
+        ChdbEventStore(tmp_path / "other")
+    assert store.count_events() == 0  # the open store is unharmed
+
+
+def test_closed_store_refuses_queries(chdb_dir: Path) -> None:
+    from sendflowr.storage.events.base import EventStoreError
+
+    s = ChdbEventStore(chdb_dir, f"t_{uuid.uuid4().hex[:12]}")
+    s.close()
+    with pytest.raises(EventStoreError, match="closed"):
+        s.count_events()

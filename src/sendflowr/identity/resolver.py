@@ -43,6 +43,7 @@ class HashedIdentityResolver(IdentityResolver):
         self._key = key
         self._cache: dict[tuple[str, str, str], str] = {}
         self._cache_size = cache_size
+        self._by_email: dict[str, dict[str, str]] = {}
 
     def resolve_one(self, tenant: str, ids: Identifiers) -> str:
         stable = _stable_key(ids)
@@ -66,4 +67,16 @@ class HashedIdentityResolver(IdentityResolver):
         return uid
 
     def resolve_batch(self, tenant: str, identifiers: Sequence[Identifiers]) -> list[str]:
-        return [self.resolve_one(tenant, ids) for ids in identifiers]
+        # Hot path: most events carry an email hash already resolved for this tenant.
+        by_email = self._by_email.setdefault(tenant, {})
+        out = []
+        for ids in identifiers:
+            uid = by_email.get(ids.email_hash) if ids.email_hash else None
+            if uid is None:
+                uid = self.resolve_one(tenant, ids)
+                if ids.email_hash:
+                    if len(by_email) >= self._cache_size:
+                        by_email.clear()
+                    by_email[ids.email_hash] = uid
+            out.append(uid)
+        return out

@@ -34,39 +34,30 @@ EMAIL_EVENT_SCHEMA = pa.schema(
 
 
 def events_to_arrow(events: Sequence[CanonicalEvent], universal_ids: Sequence[str]) -> pa.Table:
+    """Column by column: one comprehension a column is several times faster than one loop
+    appending to eighteen lists (this is the hottest function of the ingest path)."""
     if len(events) != len(universal_ids):
         raise ValueError("one universal id per event is required")
     dumps = orjson.dumps
-    cols: dict[str, list[object]] = {name: [] for name in EMAIL_EVENT_SCHEMA.names}
-    tenant, uid, at, eid = (
-        cols["tenant"],
-        cols["universal_id"],
-        cols["occurred_at"],
-        cols["event_id"],
-    )
-    esp, espid, etype = cols["esp"], cols["esp_event_id"], cols["event_type"]
-    email, prof, phone = cols["email_hash"], cols["esp_profile_id"], cols["phone"]
-    ext, anon, camp = cols["external_ids"], cols["anonymous_id"], cols["campaign_id"]
-    flow, msg, mpp = cols["flow_id"], cols["message_id"], cols["is_machine_open"]
-    props, ver = cols["properties"], cols["schema_version"]
-    for e, u in zip(events, universal_ids, strict=True):
-        ids = e.identifiers
-        tenant.append(e.tenant)
-        uid.append(u)
-        at.append(e.occurred_at)
-        eid.append(e.event_id)
-        esp.append(e.esp)
-        espid.append(e.esp_event_id)
-        etype.append(e.event_type.value)
-        email.append(ids.email_hash or "")
-        prof.append(ids.esp_profile_id or "")
-        phone.append(ids.phone or "")
-        ext.append(list(ids.external_ids.items()))
-        anon.append(ids.anonymous_id or "")
-        camp.append(e.campaign_id or "")
-        flow.append(e.flow_id or "")
-        msg.append(e.message_id or "")
-        mpp.append(e.is_machine_open)
-        props.append(dumps(e.properties).decode() if e.properties else "{}")
-        ver.append(e.schema_version)
+    ids = [e.identifiers for e in events]
+    cols: dict[str, object] = {
+        "tenant": [e.tenant for e in events],
+        "universal_id": universal_ids,
+        "occurred_at": [e.occurred_at for e in events],
+        "event_id": [e.event_id for e in events],
+        "esp": [e.esp for e in events],
+        "esp_event_id": [e.esp_event_id for e in events],
+        "event_type": [e.event_type.value for e in events],
+        "email_hash": [i.email_hash or "" for i in ids],
+        "esp_profile_id": [i.esp_profile_id or "" for i in ids],
+        "phone": [i.phone or "" for i in ids],
+        "external_ids": [list(i.external_ids.items()) if i.external_ids else [] for i in ids],
+        "anonymous_id": [i.anonymous_id or "" for i in ids],
+        "campaign_id": [e.campaign_id or "" for e in events],
+        "flow_id": [e.flow_id or "" for e in events],
+        "message_id": [e.message_id or "" for e in events],
+        "is_machine_open": [e.is_machine_open for e in events],
+        "properties": [dumps(e.properties).decode() if e.properties else "{}" for e in events],
+        "schema_version": [e.schema_version for e in events],
+    }
     return pa.Table.from_pydict(cols, schema=EMAIL_EVENT_SCHEMA)

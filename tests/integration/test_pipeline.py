@@ -1,0 +1,99 @@
+"""The pipeline over a batch: identity -> store -> features, with dead letters for bad items."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from sendflowr.events import EventType
+from sendflowr.runtime import Runtime
+from sendflowr.storage.metadata.store import Tenant
+from tests.factories import T0, email_hash, make_event, payload
+
+
+def _tenant(runtime: Runtime, tenant: str = "acme") -> None:
+    runtime.metadata.ensure_tenant(Tenant(tenant, tenant.title(), "UTC"))
+
+
+def test_batch_is_stored_and_folded_into_features(runtime: Runtime) -> None:
+    _tenant(runtime)
+    events = [
+        make_event(0, person=1, event_type=EventType.RECEIVED),
+        make_event(1, person=1, machine=True),
+        make_event(2, person=1),
+        make_event(3, person=1, event_type=EventType.CLICKED),
+        make_event(4, person=2),
+    ]
+    result = runtime.pipeline.process(events)
+    assert (result.received, result.stored, result.rejected) == (5, 5, [])
+    assert result.profiles_updated == 2
+    assert runtime.events.count_by_type("acme") == {"clicked": 1, "opened": 3, "received": 1}
+
+    uid = runtime.identity.resolve_batch("acme", [events[0].identifiers])[0]
+    assert uid.startswith("sf_") and len(uid) == 19
+    stored = runtime.events.profile_events("acme", uid)
+    assert [s.esp_event_id for s in stored] == ["evt-0", "evt-1", "evt-2", "evt-3"]
+
+    feats = runtime.features.get_many("acme", [uid])[uid]
+    assert feats.count("opened") == 2 and feats.count("clicked") == 1
+    assert feats.machine_opens_excluded == 1
+    # Monday 09:00 UTC: the real open (1.0) and the click (2.0); the machine open adds nothing.
+    assert float(feats.hour_of_week[9]) == 3.0
+    assert feats.last_engagement_ms == int((T0 + timedelta(minutes=3)).timestamp() * 1000)
+
+
+def test_replayed_batch_changes_nothing(runtime: Runtime) -> None:
+    _tenant(runtime)
+    events = [make_event(i, person=3) for i in range(20)]
+    runtime.pipeline.process(events)
+    uid = runtime.identity.resolve_batch("acme", [events[0].identifiers])[0]
+    before = runtime.features.get_many("acme", [uid])[uid].to_bytes()
+    again = runtime.pipeline.process(events)
+    assert again.profiles_updated == 0
+    assert runtime.events.count_events("acme") == 20
+    assert runtime.features.get_many("acme", [uid])[uid].to_bytes() == before
+
+
+def test_bad_payloads_go_to_dead_letters_and_good_ones_are_stored(runtime: Runtime) -> None:
+    _tenant(runtime)
+    payloads = [
+        payload(0),
+        payload(1, event_type="teleported"),
+        payload(2),
+        payload(3, occurred_at="2026-03-02T09:00:00"),
+        payload(4, occurred_at=(datetime.now(UTC) + timedelta(days=30)).isoformat()),
+    ]
+    result = runtime.pipeline.process_payloads("test", payloads)
+    assert result.received == 5
+    assert result.stored == 2
+    assert [r.index for r in result.rejected] == [1, 3, 4]
+    fields = [r.errors[0].loc for r in result.rejected]
+    assert fields == [("event_type",), ("occurred_at",), ("occurred_at",)]
+    letters = runtime.metadata.list_dead_letters()
+    assert len(letters) == 3
+    assert all(d.source == "test" for d in letters)
+    assert any("future" in d.reason for d in letters)
+    assert any("teleported" in d.payload for d in letters)
+    assert runtime.events.count_events("acme") == 2
+
+
+def test_one_batch_many_tenants(runtime: Runtime) -> None:
+    _tenant(runtime, "alpha")
+    _tenant(runtime, "beta")
+    events = [make_event(i, tenant="alpha" if i % 3 else "beta", person=5) for i in range(9)]
+    runtime.pipeline.process(events)
+    assert runtime.events.count_events("alpha") == 6
+    assert runtime.events.count_events("beta") == 3
+    ids = events[0].identifiers
+    a = runtime.identity.resolve_batch("alpha", [ids])[0]
+    b = runtime.identity.resolve_batch("beta", [ids])[0]
+    assert a != b  # the same address at two brands is two people
+    assert runtime.features.get_many("alpha", [a])[a].count("opened") == 6
+    assert runtime.features.get_many("beta", [b])[b].count("opened") == 3
+
+
+def test_bus_publish_is_durable_when_it_returns(runtime: Runtime) -> None:
+    _tenant(runtime)
+    result = runtime.bus.publish([make_event(i) for i in range(3)], source="test")
+    assert result.stored == 3
+    assert runtime.events.count_events("acme") == 3
+    assert email_hash(0) != email_hash(1)

@@ -23,13 +23,13 @@ import msgspec
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import median, timed, write_result  # noqa: E402
-from sendflowr.events import CanonicalEvent, encode_events  # noqa: E402
-from sendflowr.runtime import Runtime  # noqa: E402
-from sendflowr.settings import Settings  # noqa: E402
-from sendflowr.simulate import config_for_event_count, simulate  # noqa: E402
-from sendflowr.storage.events.rows import events_to_arrow  # noqa: E402
-from sendflowr.storage.metadata.store import Tenant  # noqa: E402
+from bench.common import median, timed, write_result
+from sendflowr.events import CanonicalEvent, encode_events
+from sendflowr.runtime import Runtime
+from sendflowr.settings import Settings
+from sendflowr.simulate import config_for_event_count, simulate
+from sendflowr.storage.events.rows import events_to_arrow
+from sendflowr.storage.metadata.store import Tenant
 
 BATCH = 10_000
 KEY = b"bench-hash-key"
@@ -40,7 +40,7 @@ def _settings(root: Path, chdb_dir: Path) -> Settings:
         event_store_url=f"chdb://{chdb_dir}?database=b_{uuid.uuid4().hex[:10]}",
         metadata_url=f"sqlite:///{root}/meta-{uuid.uuid4().hex[:8]}.db",
         data_dir=root,
-        hash_key=KEY.decode(),  # type: ignore[arg-type]
+        hash_key=KEY.decode(),
         demo_profiles=0,
     )
 
@@ -79,12 +79,12 @@ def run(count: int, repeats: int) -> dict[str, object]:
         _close(rt)
 
         rt = _open(root, chdb_dir, "bench")
-        decoder = msgspec.json.Decoder(dict[str, object])
 
-        def via_json() -> None:
+        def via_json(rt: Runtime = rt) -> None:
+            decoder = msgspec.json.Decoder(dict[str, object])
             for raw in lines:
                 payloads = [decoder.decode(line) for line in raw.splitlines()]
-                rt.bus.publish_payloads(payloads, "bench")  # noqa: B023
+                rt.bus.publish_payloads(payloads, "bench")
 
         json_s.append(timed(via_json))
         _close(rt)
@@ -146,7 +146,12 @@ def memory(count: int) -> dict[str, object]:
         capture_output=True,
         text=True,
     ).stdout.split()
-    return {"events": int(out[0]), "stored": int(out[1]), "peak_rss_mib": float(out[2]), "target_mib": 1024}
+    return {
+        "events": int(out[0]),
+        "stored": int(out[1]),
+        "peak_rss_mib": float(out[2]),
+        "target_mib": 1024,
+    }
 
 
 def main() -> None:

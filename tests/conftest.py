@@ -63,7 +63,7 @@ def settings(tmp_path: Path, chdb_url: str) -> Settings:
         event_store_url=chdb_url,
         metadata_url=f"sqlite:///{tmp_path}/meta.db",
         data_dir=tmp_path / "var",
-        hash_key=HASH_KEY,  # type: ignore[arg-type]
+        hash_key=HASH_KEY,
         demo_profiles=0,
     )
 

@@ -75,6 +75,14 @@ ENGAGEMENT_TYPES: Final = frozenset(
 )
 
 
+def _reject_trailing_newline(obj: msgspec.Struct, names: tuple[str, ...]) -> None:
+    # msgspec matches patterns with re.search, where '$' also matches before a final '\n'.
+    for name in names:
+        value = getattr(obj, name)
+        if value is not None and value.endswith("\n"):
+            raise ValueError(f"{name}: must not end with a line break")
+
+
 class Identifiers(
     msgspec.Struct, frozen=True, gc=False, forbid_unknown_fields=True, omit_defaults=True
 ):
@@ -87,6 +95,7 @@ class Identifiers(
     anonymous_id: NonEmpty | None = None
 
     def __post_init__(self) -> None:
+        _reject_trailing_newline(self, ("email_hash", "phone"))
         if not (
             self.email_hash
             or self.esp_profile_id
@@ -124,6 +133,7 @@ class CanonicalEvent(
     schema_version: Annotated[int, msgspec.Meta(ge=1, le=SCHEMA_VERSION)] = SCHEMA_VERSION
 
     def __post_init__(self) -> None:
+        _reject_trailing_newline(self, ("tenant", "esp"))
         expected = derive_event_id(self.esp, self.esp_event_id)
         if not self.event_id:
             msgspec.structs.force_setattr(self, "event_id", expected)
@@ -301,4 +311,12 @@ def json_schema() -> dict[str, Any]:
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     schema["$id"] = f"https://sendflowr.dev/schemas/canonical_event.v{SCHEMA_VERSION}.json"
     schema["title"] = f"SendFlowr canonical event v{SCHEMA_VERSION}"
+    # "At least one identifier" (checked in Identifiers.__post_init__) as JSON Schema.
+    schema["$defs"]["Identifiers"]["anyOf"] = [
+        {"required": ["email_hash"]},
+        {"required": ["esp_profile_id"]},
+        {"required": ["phone"]},
+        {"required": ["external_ids"], "properties": {"external_ids": {"minProperties": 1}}},
+        {"required": ["anonymous_id"]},
+    ]
     return schema

@@ -257,5 +257,7 @@ def load_settings(**overrides: Any) -> Settings:
             reason = str(err["msg"]).removeprefix("Value error, ")
             lines.append(f"SENDFLOWR_{field.upper()} ({field}): {reason}")
         raise SettingsError("\n".join(lines)) from None
+    except SettingsError:  # already one line naming the setting (a missing config file)
+        raise
     except ValueError as exc:  # a malformed TOML file
         raise SettingsError(f"{CONFIG_ENV}: {exc}") from None

@@ -37,8 +37,13 @@ def test_health_reports_every_backend(client: TestClient) -> None:
 def test_openapi_and_docs(client: TestClient) -> None:
     assert client.get("/docs").status_code == 200
     paths = client.get("/openapi.json").json()["paths"]
-    for path in ("/health", "/api/tenants", "/api/events", "/api/events/{tenant}/counts",
-                 "/api/mock/events/generate"):
+    for path in (
+        "/health",
+        "/api/tenants",
+        "/api/events",
+        "/api/events/{tenant}/counts",
+        "/api/mock/events/generate",
+    ):
         assert path in paths
 
 
@@ -49,9 +54,15 @@ def test_tenant_crud_and_validation(client: TestClient) -> None:
     dup = client.post("/api/tenants", json={"id": "acme", "name": "x"})
     assert dup.status_code == 409
     assert _locs(dup.json()) == [["id"]]
-    bad = client.post("/api/tenants", json={"id": "Not A Slug", "name": "", "timezone": "Mars/Base"})
+    bad = client.post(
+        "/api/tenants", json={"id": "Not A Slug", "name": "", "timezone": "Mars/Base"}
+    )
     assert bad.status_code == 422
-    assert sorted(map(tuple, _locs(bad.json()))) == [("body", "id"), ("body", "name"), ("body", "timezone")]
+    assert sorted(map(tuple, _locs(bad.json()))) == [
+        ("body", "id"),
+        ("body", "name"),
+        ("body", "timezone"),
+    ]
     assert "Mars/Base" in str(bad.json())
     missing = client.get("/api/tenants/nope")
     assert missing.status_code == 404

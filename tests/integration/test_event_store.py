@@ -78,7 +78,9 @@ def test_time_filters(store: ChdbEventStore) -> None:
 
 
 def test_same_event_twice_is_one_row_in_every_query(store: ChdbEventStore) -> None:
-    events = [make_event(i, event_type=EventType.CLICKED if i % 2 else EventType.OPENED) for i in range(6)]
+    events = [
+        make_event(i, event_type=EventType.CLICKED if i % 2 else EventType.OPENED) for i in range(6)
+    ]
     table = events_to_arrow(events, ["sf_b"] * 6)
     for _ in range(3):
         store.insert_events(table)
@@ -99,9 +101,7 @@ def test_tenants_are_separate(store: ChdbEventStore) -> None:
     assert store.count_by_type("c") == {}
 
 
-def test_second_directory_in_one_process_is_refused(
-    store: ChdbEventStore, tmp_path: Path
-) -> None:
+def test_second_directory_in_one_process_is_refused(store: ChdbEventStore, tmp_path: Path) -> None:
     from sendflowr.storage.events.base import EventStoreError
 
     with pytest.raises(EventStoreError, match="one data directory per process"):

@@ -50,7 +50,12 @@ def test_tenants(store: MetadataStore) -> None:
         store.create_tenant(Tenant("acme", "Again", "UTC"))
     assert store.ensure_tenant(Tenant("acme", "Ignored", "UTC")).name == "Acme"
     got = store.get_tenant("acme")
-    assert (got.id, got.name, got.timezone, got.settings) == ("acme", "Acme", "Europe/Warsaw", {"plan": "pro"})
+    assert (got.id, got.name, got.timezone, got.settings) == (
+        "acme",
+        "Acme",
+        "Europe/Warsaw",
+        {"plan": "pro"},
+    )
     assert got.created_at.tzinfo is not None
     assert store.find_tenant("nope") is None
     with pytest.raises(NotFoundError):
@@ -62,7 +67,10 @@ def test_tenants(store: MetadataStore) -> None:
 def test_dead_letters(store: MetadataStore) -> None:
     store.create_tenant(Tenant("acme", "Acme", "UTC"))
     store.add_dead_letters(
-        [DeadLetter("api", '{"a": 1}', "tenant: bad", "acme"), DeadLetter("kafka", "xx", "malformed")]
+        [
+            DeadLetter("api", '{"a": 1}', "tenant: bad", "acme"),
+            DeadLetter("kafka", "xx", "malformed"),
+        ]
     )
     mine = store.list_dead_letters("acme")
     assert [(d.source, d.reason) for d in mine] == [("api", "tenant: bad")]

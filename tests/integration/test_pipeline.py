@@ -29,12 +29,14 @@ def test_batch_is_stored_and_folded_into_features(runtime: Runtime) -> None:
     assert runtime.events.count_by_type("acme") == {"clicked": 1, "opened": 3, "received": 1}
 
     uid = runtime.identity.resolve_batch("acme", [events[0].identifiers])[0]
-    assert uid.startswith("sf_") and len(uid) == 19
+    assert uid.startswith("sf_")
+    assert len(uid) == 19
     stored = runtime.events.profile_events("acme", uid)
     assert [s.esp_event_id for s in stored] == ["evt-0", "evt-1", "evt-2", "evt-3"]
 
     feats = runtime.features.get_many("acme", [uid])[uid]
-    assert feats.count("opened") == 2 and feats.count("clicked") == 1
+    assert feats.count("opened") == 2
+    assert feats.count("clicked") == 1
     assert feats.machine_opens_excluded == 1
     # Monday 09:00 UTC: the real open (1.0) and the click (2.0); the machine open adds nothing.
     assert float(feats.hour_of_week[9]) == 3.0

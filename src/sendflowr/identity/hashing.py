@@ -10,7 +10,7 @@ def normalise_email(email: str) -> str:
     """Trimmed and lower-cased; raises ValueError naming the reason when it is no address."""
     value = email.strip().lower()
     local, at, domain = value.rpartition("@")
-    if not at or not local or not domain or "." not in domain or " " in value:
+    if not at or not local or not domain or "." not in domain or " " in value or "@" in local:
         raise ValueError(f"not an email address: {email[:64]!r}")
     if len(value) > 254:
         raise ValueError("an email address has at most 254 characters")

@@ -6,7 +6,7 @@ import abc
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
@@ -187,10 +187,13 @@ class EventStore(abc.ABC):
         return BackendHealth("event_store", self.backend, "ok", info={"database": self.database})
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
 def _to_ms(at: datetime) -> int:
     if at.tzinfo is None:
         raise ValueError("datetimes passed to the event store must be timezone-aware")
-    return int(at.timestamp() * 1000)
+    return (at - _EPOCH) // timedelta(milliseconds=1)
 
 
 def _from_ms(ms: int | str) -> datetime:

@@ -1,0 +1,5 @@
+"""`python -m sendflowr` is the `sendflowr` command."""
+
+from sendflowr.cli import main
+
+main()

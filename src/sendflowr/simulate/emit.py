@@ -6,7 +6,9 @@ auxiliary index); only here are Python objects built, in one pass.
 
 from __future__ import annotations
 
+import dataclasses
 import enum
+import hashlib
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from itertools import repeat
@@ -160,7 +162,10 @@ def build_events(ctx: EmitContext, table: EventTable) -> list[CanonicalEvent]:
     types = [_TYPE[c] for c in Code]
     about_email = [c in _ABOUT_EMAIL for c in Code]
     home = f"{SHOP_URL}/"
-    prefix = f"sim-{cfg.tenant}-{cfg.seed}-"
+    # Every parameter that changes the event stream is in the id: two different simulations
+    # never give two different events one id (ids are what deduplication trusts).
+    digest = hashlib.blake2b(repr(dataclasses.astuple(cfg)).encode(), digest_size=6).hexdigest()
+    prefix = f"sim-{cfg.tenant}-{cfg.seed}-{digest}-"
     tenant, esp, currency = cfg.tenant, cfg.esp, cfg.currency
     ordered, clicked, bounced, machine = Code.ORDERED, Code.CLICKED, Code.BOUNCED, Code.MACHINE_OPEN
     visit, email_visit = Code.VISIT, Code.EMAIL_VISIT

@@ -110,7 +110,9 @@ def _draw_profiles(cfg: SimConfig, rng: np.random.Generator) -> list[TrueProfile
     ids = _CROCKFORD[rng.integers(0, 32, (n, 21))].tobytes()
     out = []
     for i in range(n):
-        email = f"p{i:06d}@sim.sendflowr.test"
+        # Seed and size are part of the address: two different simulated audiences never
+        # share a person (the same person would have two different true intensities).
+        email = f"p{i:06d}.s{cfg.seed}n{cfg.profiles}@sim.sendflowr.test"
         out.append(
             TrueProfile(
                 index=i,

@@ -1,0 +1,82 @@
+"""The command line against the embedded backends."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from sendflowr.cli import app
+
+
+@pytest.fixture
+def env(tmp_path: Path, chdb_url: str, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    monkeypatch.chdir(tmp_path)
+    return {
+        "SENDFLOWR_EVENT_STORE_URL": chdb_url,
+        "SENDFLOWR_METADATA_URL": f"sqlite:///{tmp_path}/meta.db",
+        "SENDFLOWR_DATA_DIR": str(tmp_path / "var"),
+        "COLUMNS": "200",
+    }
+
+
+def test_migrate_twice_then_status(env: dict[str, str]) -> None:
+    runner = CliRunner()
+    first = runner.invoke(app, ["migrate"], env=env)
+    assert first.exit_code == 0, first.output
+    assert "0001_email_events (now)" in first.output
+    assert "0002_timing_explanations (now)" in first.output
+    second = runner.invoke(app, ["migrate"], env=env)
+    assert second.exit_code == 0
+    assert "(now)" not in second.output
+    status = runner.invoke(app, ["migrate", "--status"], env=env)
+    assert "0001_email_events" in status.output
+    assert "pending" not in status.output
+
+
+def test_simulate_writes_and_loads(env: dict[str, str], tmp_path: Path) -> None:
+    out = tmp_path / "sim"
+    result = CliRunner().invoke(
+        app,
+        [
+            "simulate",
+            "--profiles",
+            "40",
+            "--days",
+            "14",
+            "--tenant",
+            "clitest",
+            "--out",
+            str(out),
+            "--load",
+        ],
+        env=env,
+    )
+    assert result.exit_code == 0, result.output
+    lines = (out / "events.jsonl").read_text().splitlines()
+    assert lines
+    truth = json.loads((out / "truth.json").read_text())
+    assert len(truth["profiles"]) == 40
+    assert f"stored {len(lines):,} events" in result.output
+    health = CliRunner().invoke(app, ["health"], env=env)
+    assert health.exit_code == 0, health.output
+    assert "chdb" in health.output
+
+
+def test_simulate_rejects_bad_options(env: dict[str, str]) -> None:
+    result = CliRunner().invoke(app, ["simulate", "--profiles", "0"], env=env)
+    assert result.exit_code == 2
+    assert "--profiles" in result.output
+    bad_tenant = CliRunner().invoke(app, ["simulate", "--tenant", "Bad Tenant"], env=env)
+    assert bad_tenant.exit_code == 2
+    assert "--tenant" in bad_tenant.output
+
+
+def test_scale_backend_not_built_yet_is_one_clear_line(env: dict[str, str]) -> None:
+    env = {**env, "SENDFLOWR_BUS_URL": "kafka://127.0.0.1:9"}
+    result = CliRunner().invoke(app, ["health"], env=env)
+    assert result.exit_code == 2
+    assert "SENDFLOWR_BUS_URL" in result.output
+    assert "Traceback" not in result.output

@@ -88,6 +88,7 @@ def run(
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(levelname)s %(name)s: %(message)s"
     )
+    logging.getLogger("alembic").setLevel(logging.WARNING)  # health checks read the revision
     rt = _runtime(settings)
     try:
         if demo:

@@ -295,6 +295,20 @@ def parse_events(items: Iterable[Mapping[str, Any]]) -> ParsedBatch:
     return ParsedBatch(good, bad)
 
 
+def parse_events_json(lines: Sequence[bytes]) -> ParsedBatch:
+    """Decode and validate JSON documents, one event each; bad ones are reported by index."""
+    good: list[CanonicalEvent] = []
+    bad: list[tuple[int, EventValidationError]] = []
+    for i, raw in enumerate(lines):
+        try:
+            good.append(_decoder.decode(raw))
+        except msgspec.ValidationError as exc:
+            bad.append((i, EventValidationError([_field_error(exc)])))
+        except msgspec.DecodeError as exc:
+            bad.append((i, EventValidationError([FieldError((), f"malformed JSON: {exc}")])))
+    return ParsedBatch(good, bad)
+
+
 def to_builtins(event: CanonicalEvent) -> dict[str, Any]:
     out: dict[str, Any] = msgspec.to_builtins(event)
     return out

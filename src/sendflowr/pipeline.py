@@ -23,15 +23,18 @@ from sendflowr.events import (
     CanonicalEvent,
     EventValidationError,
     FieldError,
+    ParsedBatch,
     parse_events,
+    parse_events_json,
     to_builtins,
 )
+from sendflowr.gcpause import gc_paused
 from sendflowr.identity.resolver import IdentityResolver
 from sendflowr.storage.events.base import EventStore
 from sendflowr.storage.events.rows import events_to_arrow
 from sendflowr.storage.features.base import FeatureCache
 from sendflowr.storage.metadata.store import DeadLetter, MetadataStore
-from sendflowr.timing.features import BatchColumns, apply_batch, type_indexes
+from sendflowr.timing.features import BatchColumns, type_indexes
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,15 +77,25 @@ class RecentEventIds:
         fresh = np.zeros(len(keys), bool)
         fresh[first] = True
         for seen in (self._old, self._current, *self._chunks):
-            if len(seen):
-                fresh &= ~np.isin(keys, seen)
-        self._chunks.append(keys[fresh])
+            fresh &= ~_contains(seen, keys)
+        self._chunks.append(np.sort(keys[fresh]))
         if len(self._chunks) >= 16:
             self._current = np.sort(np.concatenate([self._current, *self._chunks]))
             self._chunks = []
             if len(self._current) >= self._capacity:
                 self._old, self._current = self._current, np.empty(0, np.int64)
         return fresh
+
+
+def _contains(
+    sorted_keys: npt.NDArray[np.int64], keys: npt.NDArray[np.int64]
+) -> npt.NDArray[np.bool_]:
+    """Membership by binary search: O(n log m), never re-sorting the big side."""
+    if not len(sorted_keys):
+        return np.zeros(len(keys), bool)
+    at = np.minimum(np.searchsorted(sorted_keys, keys), len(sorted_keys) - 1)
+    found: npt.NDArray[np.bool_] = sorted_keys[at] == keys
+    return found
 
 
 class Pipeline:
@@ -106,20 +119,42 @@ class Pipeline:
 
     def process_payloads(self, source: str, payloads: Sequence[Mapping[str, Any]]) -> IngestResult:
         """Validate canonical-event payloads (as decoded JSON), then process them."""
-        parsed = parse_events(payloads)
-        result = self.process(parsed.events, source)
+        with gc_paused():
+            parsed = parse_events(payloads)
+            return self._process_parsed(source, list(payloads), parsed)
+
+    def process_json(self, source: str, lines: Sequence[bytes]) -> IngestResult:
+        """Decode and validate canonical events from JSON documents (one event each), then
+        process them: what a bus consumer does with message values."""
+        with gc_paused():
+            parsed = parse_events_json(lines)
+            raw = {i: lines[i].decode("utf-8", "replace") for i, _ in parsed.rejected}
+            return self._process_parsed(source, raw, parsed)
+
+    def _process_parsed(
+        self,
+        source: str,
+        originals: Sequence[Any] | Mapping[int, Any],
+        parsed: ParsedBatch,
+    ) -> IngestResult:
+        total = len(parsed.events) + len(parsed.rejected)
+        result = self._process(parsed.events, source)
         # Indexes in `result.rejected` refer to parsed.events; map them back to the input.
         bad_index = {b for b, _ in parsed.rejected}
-        good_index = [i for i in range(len(payloads)) if i not in bad_index]
+        good_index = [i for i in range(total) if i not in bad_index]
         remapped = [Rejected(good_index[r.index], r.errors) for r in result.rejected]
         bad = [Rejected(i, err.errors) for i, err in parsed.rejected]
-        self._dead_letter(source, [(payloads[r.index], r) for r in bad])
+        self._dead_letter(source, [(originals[r.index], r) for r in bad])
         result.rejected = sorted(bad + remapped, key=lambda r: r.index)
-        result.received = len(payloads)
+        result.received = total
         return result
 
     def process(self, batch: Sequence[CanonicalEvent], source: str = "pipeline") -> IngestResult:
         """Store a batch of canonical events and fold them into features."""
+        with gc_paused():
+            return self._process(batch, source)
+
+    def _process(self, batch: Sequence[CanonicalEvent], source: str) -> IngestResult:
         result = IngestResult(received=len(batch))
         late = {r.index: r for r in self.future_rejections(batch)}
         by_tenant: dict[str, list[CanonicalEvent]] = defaultdict(list)
@@ -165,28 +200,25 @@ class Pipeline:
             occurred_ms=table.column("occurred_at").cast(pa.int64()).to_numpy(),
             is_machine_open=table.column("is_machine_open").to_numpy(zero_copy_only=False),
         )
-        current = self.features.get_many(tenant, profiles)
-        updated = apply_batch(current, cols)
-        self.features.put_many(tenant, updated)
-        return len(updated)
+        return self.features.fold(tenant, cols)
 
-    def _dead_letter(
-        self, source: str, items: Sequence[tuple[Mapping[str, Any], Rejected]]
-    ) -> None:
+    def _dead_letter(self, source: str, items: Sequence[tuple[Any, Rejected]]) -> None:
+        """Keep each rejected item (a payload, or raw text that did not decode) with why."""
         if not items:
             return
+        known: dict[str, bool] = {}
         letters = []
         for payload, rej in items:
             tenant = payload.get("tenant") if isinstance(payload, Mapping) else None
-            known = (
-                tenant if isinstance(tenant, str) and self.metadata.find_tenant(tenant) else None
-            )
+            if isinstance(tenant, str) and tenant not in known:
+                known[tenant] = self.metadata.find_tenant(tenant) is not None
+            text = payload if isinstance(payload, str) else orjson.dumps(payload, default=str)
             letters.append(
                 DeadLetter(
                     source=source,
-                    payload=orjson.dumps(payload, default=str).decode(),
+                    payload=text if isinstance(text, str) else text.decode(),
                     reason=str(EventValidationError(rej.errors)),
-                    tenant=known,
+                    tenant=tenant if isinstance(tenant, str) and known[tenant] else None,
                 )
             )
         self.metadata.add_dead_letters(letters)

@@ -99,3 +99,22 @@ def test_bus_publish_is_durable_when_it_returns(runtime: Runtime) -> None:
     assert result.stored == 3
     assert runtime.events.count_events("acme") == 3
     assert email_hash(0) != email_hash(1)
+
+
+def test_json_documents_decode_validate_and_dead_letter(runtime: Runtime) -> None:
+    import json
+
+    _tenant(runtime)
+    lines = [
+        json.dumps(payload(0)).encode(),
+        b"{not json",
+        json.dumps(payload(2, esp_event_id="")).encode(),
+        json.dumps(payload(3)).encode(),
+    ]
+    result = runtime.pipeline.process_json("kafka", lines)
+    assert (result.received, result.stored) == (4, 2)
+    assert [r.index for r in result.rejected] == [1, 2]
+    assert result.rejected[1].errors[0].loc == ("esp_event_id",)
+    letters = {d.payload: d for d in runtime.metadata.list_dead_letters()}
+    assert "{not json" in letters
+    assert "malformed JSON" in letters["{not json"].reason

@@ -99,37 +99,87 @@ _WEIGHT_BY_TYPE: Final = np.array(
 )
 
 
+_NO_FIRST: Final = np.iinfo(np.int64).max
+
+
+@dataclass(slots=True)
+class FeatureTable:
+    """Features of many profiles as dense arrays, one row a profile (vectorised updates)."""
+
+    counts: npt.NDArray[np.uint32]
+    hour_of_week: npt.NDArray[np.float32]
+    machine_opens: npt.NDArray[np.int64]
+    first_seen_ms: npt.NDArray[np.int64]  # 0: nothing seen yet
+    last_engagement_ms: npt.NDArray[np.int64]
+
+    @classmethod
+    def empty(cls, rows: int) -> FeatureTable:
+        return cls(
+            np.zeros((rows, len(COUNTED_TYPES)), np.uint32),
+            np.zeros((rows, HOURS_PER_WEEK), np.float32),
+            np.zeros(rows, np.int64),
+            np.zeros(rows, np.int64),
+            np.zeros(rows, np.int64),
+        )
+
+    def __len__(self) -> int:
+        return len(self.machine_opens)
+
+    def grown(self, rows: int) -> FeatureTable:
+        """A copy with at least `rows` rows (new rows empty)."""
+        if rows <= len(self):
+            return self
+        bigger = FeatureTable.empty(rows)
+        n = len(self)
+        bigger.counts[:n] = self.counts
+        bigger.hour_of_week[:n] = self.hour_of_week
+        bigger.machine_opens[:n] = self.machine_opens
+        bigger.first_seen_ms[:n] = self.first_seen_ms
+        bigger.last_engagement_ms[:n] = self.last_engagement_ms
+        return bigger
+
+    def row(self, i: int) -> ProfileFeatures:
+        return ProfileFeatures(
+            self.counts[i].copy(),
+            self.hour_of_week[i].copy(),
+            int(self.machine_opens[i]),
+            int(self.first_seen_ms[i]),
+            int(self.last_engagement_ms[i]),
+        )
+
+    def set_row(self, i: int, f: ProfileFeatures) -> None:
+        self.counts[i] = f.counts
+        self.hour_of_week[i] = f.hour_of_week
+        self.machine_opens[i] = f.machine_opens_excluded
+        self.first_seen_ms[i] = f.first_seen_ms
+        self.last_engagement_ms[i] = f.last_engagement_ms
+
+
+def fold_batch(table: FeatureTable, rows: npt.NDArray[np.int64], cols: BatchColumns) -> None:
+    """Fold a batch into `table` in place; `rows[i]` is the table row of cols.profiles[i]."""
+    row = rows[cols.profile_index]
+    machine = cols.is_machine_open
+    weights = np.where(machine, np.float32(0.0), _WEIGHT_BY_TYPE[cols.type_index])
+    np.add.at(table.counts, (row, cols.type_index), 1)
+    np.add.at(table.hour_of_week, (row, hour_of_week_utc(cols.occurred_ms)), weights)
+    np.add.at(table.machine_opens, row, machine.astype(np.int64))
+    first = table.first_seen_ms
+    first[rows] = np.where(first[rows] == 0, _NO_FIRST, first[rows])
+    np.minimum.at(first, row, cols.occurred_ms)
+    np.maximum.at(table.last_engagement_ms, row, np.where(weights > 0, cols.occurred_ms, 0))
+
+
 def apply_batch(
     current: dict[str, ProfileFeatures], cols: BatchColumns
 ) -> dict[str, ProfileFeatures]:
     """Fold a batch into the profiles' features; returns the updated features by profile."""
-    n_prof = len(cols.profiles)
-    n_types = len(COUNTED_TYPES)
-    counts = np.zeros((n_prof, n_types), np.uint32)
-    np.add.at(counts, (cols.profile_index, cols.type_index), 1)
-    machine = cols.is_machine_open
-    weights = np.where(machine, np.float32(0.0), _WEIGHT_BY_TYPE[cols.type_index])
-    hist = np.zeros((n_prof, HOURS_PER_WEEK), np.float32)
-    np.add.at(hist, (cols.profile_index, hour_of_week_utc(cols.occurred_ms)), weights)
-    machine_counts = np.bincount(cols.profile_index, weights=machine, minlength=n_prof)
-    first = np.full(n_prof, np.iinfo(np.int64).max, np.int64)
-    np.minimum.at(first, cols.profile_index, cols.occurred_ms)
-    engaged_ms = np.where(weights > 0, cols.occurred_ms, 0)
-    last = np.zeros(n_prof, np.int64)
-    np.maximum.at(last, cols.profile_index, engaged_ms)
-
-    out: dict[str, ProfileFeatures] = {}
+    table = FeatureTable.empty(len(cols.profiles))
     for i, uid in enumerate(cols.profiles):
-        f = current.get(uid) or ProfileFeatures()
-        f.counts += counts[i]
-        f.hour_of_week += hist[i]
-        f.machine_opens_excluded += int(machine_counts[i])
-        f.first_seen_ms = (
-            int(first[i]) if not f.first_seen_ms else min(f.first_seen_ms, int(first[i]))
-        )
-        f.last_engagement_ms = max(f.last_engagement_ms, int(last[i]))
-        out[uid] = f
-    return out
+        f = current.get(uid)
+        if f is not None:
+            table.set_row(i, f)
+    fold_batch(table, np.arange(len(cols.profiles), dtype=np.int64), cols)
+    return {uid: table.row(i) for i, uid in enumerate(cols.profiles)}
 
 
 def type_indexes(event_types: list[str]) -> npt.NDArray[np.int64]:

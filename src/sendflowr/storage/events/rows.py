@@ -47,7 +47,7 @@ def events_to_arrow(events: Sequence[CanonicalEvent], universal_ids: Sequence[st
         "event_id": [e.event_id for e in events],
         "esp": [e.esp for e in events],
         "esp_event_id": [e.esp_event_id for e in events],
-        "event_type": [e.event_type.value for e in events],
+        "event_type": [e.event_type for e in events],  # a StrEnum is a str: no .value lookup
         "email_hash": [i.email_hash or "" for i in ids],
         "esp_profile_id": [i.esp_profile_id or "" for i in ids],
         "phone": [i.phone or "" for i in ids],

@@ -6,7 +6,7 @@ import abc
 from collections.abc import Iterable, Mapping
 
 from sendflowr.storage.health import BackendHealth
-from sendflowr.timing.features import ProfileFeatures
+from sendflowr.timing.features import BatchColumns, ProfileFeatures, apply_batch
 
 
 class FeatureCache(abc.ABC):
@@ -18,6 +18,14 @@ class FeatureCache(abc.ABC):
 
     @abc.abstractmethod
     def put_many(self, tenant: str, features: Mapping[str, ProfileFeatures]) -> None: ...
+
+    def fold(self, tenant: str, cols: BatchColumns) -> int:
+        """Fold a batch of events into the cached features; returns the profiles touched.
+
+        Read-modify-write through get_many/put_many; a backend may do it in place."""
+        updated = apply_batch(self.get_many(tenant, cols.profiles), cols)
+        self.put_many(tenant, updated)
+        return len(updated)
 
     @abc.abstractmethod
     def invalidate(self, tenant: str, universal_ids: Iterable[str]) -> None: ...

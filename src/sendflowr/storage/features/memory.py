@@ -1,42 +1,77 @@
-"""Embedded feature cache: a dict per tenant in this process."""
+"""Embedded feature cache: per tenant, dense numpy rows in this process (vectorised folds)."""
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
 
 from sendflowr.storage.features.base import FeatureCache
 from sendflowr.storage.health import BackendHealth
-from sendflowr.timing.features import ProfileFeatures
+from sendflowr.timing.features import BatchColumns, FeatureTable, ProfileFeatures, fold_batch
+
+
+@dataclass
+class _TenantTable:
+    index: dict[str, int] = field(default_factory=dict)
+    table: FeatureTable = field(default_factory=lambda: FeatureTable.empty(1024))
+    free: list[int] = field(default_factory=list)
+
+    def row_for(self, uid: str) -> int:
+        row = self.index.get(uid)
+        if row is None:
+            row = self.free.pop() if self.free else len(self.index)
+            if row >= len(self.table):
+                self.table = self.table.grown(max(1024, 2 * len(self.table)))
+            self.index[uid] = row
+        return row
 
 
 class MemoryFeatureCache(FeatureCache):
     backend = "memory"
 
     def __init__(self) -> None:
-        self._data: dict[str, dict[str, ProfileFeatures]] = {}
+        self._tenants: dict[str, _TenantTable] = {}
         self._lock = threading.Lock()
 
     def get_many(self, tenant: str, universal_ids: Iterable[str]) -> dict[str, ProfileFeatures]:
         with self._lock:
-            table = self._data.get(tenant, {})
-            return {u: table[u] for u in universal_ids if u in table}
+            t = self._tenants.get(tenant)
+            if t is None:
+                return {}
+            return {u: t.table.row(t.index[u]) for u in universal_ids if u in t.index}
 
     def put_many(self, tenant: str, features: Mapping[str, ProfileFeatures]) -> None:
         with self._lock:
-            self._data.setdefault(tenant, {}).update(features)
+            t = self._tenants.setdefault(tenant, _TenantTable())
+            for uid, f in features.items():
+                t.table.set_row(t.row_for(uid), f)
+
+    def fold(self, tenant: str, cols: BatchColumns) -> int:
+        with self._lock:
+            t = self._tenants.setdefault(tenant, _TenantTable())
+            rows = np.fromiter(map(t.row_for, cols.profiles), np.int64, len(cols.profiles))
+            fold_batch(t.table, rows, cols)
+            return len(rows)
 
     def invalidate(self, tenant: str, universal_ids: Iterable[str]) -> None:
         with self._lock:
-            table = self._data.get(tenant, {})
-            for u in universal_ids:
-                table.pop(u, None)
+            t = self._tenants.get(tenant)
+            if t is None:
+                return
+            for uid in universal_ids:
+                row = t.index.pop(uid, None)
+                if row is not None:
+                    t.table.set_row(row, ProfileFeatures())
+                    t.free.append(row)
 
     def clear_tenant(self, tenant: str) -> None:
         with self._lock:
-            self._data.pop(tenant, None)
+            self._tenants.pop(tenant, None)
 
     def health(self) -> BackendHealth:
         with self._lock:
-            size = sum(len(t) for t in self._data.values())
+            size = sum(len(t.index) for t in self._tenants.values())
         return BackendHealth("feature_cache", self.backend, "ok", info={"profiles": size})

@@ -16,6 +16,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Final
 
 import msgspec
+import orjson
 
 SCHEMA_VERSION: Final = 1
 
@@ -83,6 +84,25 @@ def _reject_trailing_newline(obj: msgspec.Struct, names: tuple[str, ...]) -> Non
             raise ValueError(f"{name}: must not end with a line break")
 
 
+def _require_utf8(obj: msgspec.Struct, names: tuple[str, ...]) -> None:
+    # A JSON "\ud800" escape decodes to a lone surrogate, which no store can hold.
+    for name in names:
+        value = getattr(obj, name)
+        if value is not None and not value.isascii():
+            try:
+                value.encode()
+            except UnicodeEncodeError:
+                raise ValueError(f"{name}: contains a lone UTF-16 surrogate") from None
+
+
+def _check_properties(properties: dict[str, Any]) -> None:
+    """Properties are stored as JSON: refuse what JSON storage cannot hold, naming why."""
+    try:
+        orjson.dumps(properties)
+    except (TypeError, orjson.JSONEncodeError) as exc:
+        raise ValueError(f"properties: cannot be stored as JSON ({exc})") from None
+
+
 class Identifiers(
     msgspec.Struct, frozen=True, gc=False, forbid_unknown_fields=True, omit_defaults=True
 ):
@@ -96,6 +116,13 @@ class Identifiers(
 
     def __post_init__(self) -> None:
         _reject_trailing_newline(self, ("email_hash", "phone"))
+        _require_utf8(self, ("esp_profile_id", "anonymous_id"))
+        for key, value in self.external_ids.items():
+            if not (key + value).isascii():
+                try:
+                    (key + value).encode()
+                except UnicodeEncodeError:
+                    raise ValueError("external_ids: contains a lone UTF-16 surrogate") from None
         if not (
             self.email_hash
             or self.esp_profile_id
@@ -134,6 +161,9 @@ class CanonicalEvent(
 
     def __post_init__(self) -> None:
         _reject_trailing_newline(self, ("tenant", "esp"))
+        _require_utf8(self, ("esp_event_id", "campaign_id", "flow_id", "message_id"))
+        if self.properties:
+            _check_properties(self.properties)
         expected = derive_event_id(self.esp, self.esp_event_id)
         if not self.event_id:
             msgspec.structs.force_setattr(self, "event_id", expected)

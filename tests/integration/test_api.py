@@ -133,3 +133,25 @@ def test_unknown_route_is_a_json_404(client: TestClient) -> None:
     r = client.get("/api/nothing-here")
     assert r.status_code == 404
     assert r.json()["detail"][0]["msg"] == "Not Found"
+
+
+@pytest.mark.parametrize(
+    ("override", "field"),
+    [
+        ('"properties": {"big": 1180591620717411303424}', "properties"),
+        ('"properties": {"s": "\\ud800"}', "properties"),
+        ('"campaign_id": "c\\udfff"', "campaign_id"),
+        ('"identifiers": {"esp_profile_id": "p\\ud800"}', "esp_profile_id"),
+    ],
+)
+def test_unstorable_values_are_422_not_500(client: TestClient, override: str, field: str) -> None:
+    _tenant(client)
+    body = (
+        '{"events": [{"tenant": "acme", "esp": "klaviyo", "esp_event_id": "x1", '
+        '"event_type": "opened", "occurred_at": "2026-03-02T09:00:00Z", '
+        '"identifiers": {"email_hash": "' + "a" * 64 + '"}, ' + override + "}]}"
+    )
+    r = client.post("/api/events", content=body, headers={"content-type": "application/json"})
+    assert r.status_code == 422, r.text
+    assert field in str(r.json()["detail"][0]["loc"])
+    assert client.get("/api/events/acme/counts").json()["total"] == 0

@@ -74,7 +74,7 @@ def run(count: int, repeats: int) -> dict[str, object]:
         objects_s.append(timed(lambda: [rt.bus.publish(b, "bench") for b in batches]))  # noqa: B023
         stored.append(rt.events.count_events("bench"))
         # The very rows the pipeline wrote, for the raw insert below.
-        uids = [rt.identity.resolve_batch("bench", [e.identifiers for e in b]) for b in batches]
+        uids = [rt.identity.resolve_events("bench", b).universal_ids for b in batches]
         tables = [events_to_arrow(b, u) for b, u in zip(batches, uids, strict=True)]
         _close(rt)
 

@@ -167,9 +167,13 @@ class Pipeline:
                 by_tenant[event.tenant].append(event)
         self._dead_letter(source, future)
         for tenant, events in by_tenant.items():
-            uids = self.identity.resolve_batch(tenant, [e.identifiers for e in events])
-            table = events_to_arrow(events, uids)
+            resolution = self.identity.resolve_events(tenant, events)
+            table = events_to_arrow(events, resolution.universal_ids)
             result.stored += self.events.insert_events(table)
+            if resolution.merged:
+                # Merged people are rebuilt from the store (both histories) on their next read.
+                merged = [u for s, absorbed in resolution.merged.items() for u in (s, *absorbed)]
+                self.features.invalidate(tenant, merged)
             result.profiles_updated += self._update_features(tenant, table)
         return result
 

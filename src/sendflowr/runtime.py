@@ -9,7 +9,7 @@ from datetime import timedelta
 from pathlib import Path
 
 from sendflowr.bus import Bus, open_bus
-from sendflowr.identity.resolver import HashedIdentityResolver, IdentityResolver
+from sendflowr.identity.store import IdentityGraphStore
 from sendflowr.pipeline import Pipeline
 from sendflowr.settings import Settings
 from sendflowr.storage.events import EventStore, open_event_store
@@ -43,7 +43,7 @@ class Runtime:
     events: EventStore
     metadata: MetadataStore
     features: FeatureCache
-    identity: IdentityResolver
+    identity: IdentityGraphStore
     pipeline: Pipeline
     bus: Bus
     hash_key: bytes
@@ -58,7 +58,7 @@ class Runtime:
                 metadata.migrate()
                 events.migrate()
             features = open_feature_cache(settings.feature_cache)
-            identity = HashedIdentityResolver(hash_key)
+            identity = IdentityGraphStore(metadata, hash_key)
             pipeline = Pipeline(
                 events,
                 features,

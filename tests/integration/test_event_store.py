@@ -116,3 +116,25 @@ def test_closed_store_refuses_queries(chdb_dir: Path) -> None:
     s.close()
     with pytest.raises(EventStoreError, match="closed"):
         s.count_events()
+
+
+def test_alias_sets_and_quoting(store: ChdbEventStore) -> None:
+    odd = "sf_it's\\odd"
+    store.insert_events(events_to_arrow([make_event(1), make_event(2)], ["sf_a", odd]))
+    got = store.profile_events("acme", ["sf_a", odd])
+    assert [g.universal_id for g in got] == ["sf_a", odd]
+    assert store.profile_events("acme", [odd])[0].esp_event_id == "evt-2"
+
+
+def test_reassign_moves_events_and_keeps_one_copy(store: ChdbEventStore) -> None:
+    events = [make_event(i) for i in range(4)]
+    store.insert_events(events_to_arrow(events, ["sf_from"] * 4))
+    moved = store.reassign_events(
+        "acme", "sf_from", "sf_to", [events[1].event_id, events[3].event_id]
+    )
+    assert moved == 2
+    assert [e.esp_event_id for e in store.profile_events("acme", "sf_from")] == ["evt-0", "evt-2"]
+    to = store.profile_events("acme", "sf_to")
+    assert [e.esp_event_id for e in to] == ["evt-1", "evt-3"]
+    assert to[0].email_hash == events[1].identifiers.email_hash
+    assert store.count_events("acme") == 4

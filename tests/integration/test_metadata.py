@@ -34,11 +34,19 @@ def test_migrations_are_idempotent(meta_url: str) -> None:
     try:
         assert s.current_revision() is None
         assert s.health().state == "degraded"
-        assert s.migrate() == ["0001"]
+        assert s.migrate() == ["0001", "0002"]
         assert s.migrate() == []
-        assert s.current_revision() == s.head_revision() == "0001"
+        assert s.current_revision() == s.head_revision() == "0002"
         tables = set(sa.inspect(s.engine).get_table_names())
-        assert {"tenants", "dead_letters", "alembic_version"} <= tables
+        assert {
+            "tenants",
+            "dead_letters",
+            "alembic_version",
+            "identity_profiles",
+            "identity_identifiers",
+            "identity_merges",
+            "identity_versions",
+        } <= tables
         assert s.health().state == "ok"
     finally:
         s.close()

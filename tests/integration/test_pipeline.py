@@ -5,13 +5,26 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 from sendflowr.events import EventType
+from sendflowr.identity.identifiers import EMAIL, Identifier
+from sendflowr.people import features_for
 from sendflowr.runtime import Runtime
 from sendflowr.storage.metadata.store import Tenant
+from sendflowr.timing.features import ProfileFeatures
 from tests.factories import T0, email_hash, make_event, payload
 
 
 def _tenant(runtime: Runtime, tenant: str = "acme") -> None:
     runtime.metadata.ensure_tenant(Tenant(tenant, tenant.title(), "UTC"))
+
+
+def _uid(runtime: Runtime, tenant: str, person: int) -> str:
+    uid = runtime.identity.owner(tenant, Identifier(EMAIL, email_hash(person)))
+    assert uid is not None
+    return uid
+
+
+def _features(runtime: Runtime, tenant: str, uid: str) -> ProfileFeatures:
+    return features_for(tenant, uid, runtime.events, runtime.features, runtime.identity)
 
 
 def test_batch_is_stored_and_folded_into_features(runtime: Runtime) -> None:
@@ -25,16 +38,16 @@ def test_batch_is_stored_and_folded_into_features(runtime: Runtime) -> None:
     ]
     result = runtime.pipeline.process(events)
     assert (result.received, result.stored, result.rejected) == (5, 5, [])
-    assert result.profiles_updated == 2
+    assert result.profiles_updated == 0  # nobody cached yet: rebuilt from the store on read
     assert runtime.events.count_by_type("acme") == {"clicked": 1, "opened": 3, "received": 1}
 
-    uid = runtime.identity.resolve_batch("acme", [events[0].identifiers])[0]
+    uid = _uid(runtime, "acme", 1)
     assert uid.startswith("sf_")
     assert len(uid) == 19
     stored = runtime.events.profile_events("acme", uid)
     assert [s.esp_event_id for s in stored] == ["evt-0", "evt-1", "evt-2", "evt-3"]
 
-    feats = runtime.features.get_many("acme", [uid])[uid]
+    feats = _features(runtime, "acme", uid)
     assert feats.count("opened") == 2
     assert feats.count("clicked") == 1
     assert feats.machine_opens_excluded == 1
@@ -42,13 +55,21 @@ def test_batch_is_stored_and_folded_into_features(runtime: Runtime) -> None:
     assert float(feats.hour_of_week[9]) == 3.0
     assert feats.last_engagement_ms == int((T0 + timedelta(minutes=3)).timestamp() * 1000)
 
+    # Now cached, the next batch is folded in incrementally, and agrees with a rebuild.
+    later = runtime.pipeline.process([make_event(9, person=1, event_type=EventType.CLICKED)])
+    assert later.profiles_updated == 1
+    incremental = runtime.features.get_many("acme", [uid])[uid]
+    assert incremental.count("clicked") == 2
+    runtime.features.invalidate("acme", [uid])
+    assert _features(runtime, "acme", uid).to_bytes() == incremental.to_bytes()
+
 
 def test_replayed_batch_changes_nothing(runtime: Runtime) -> None:
     _tenant(runtime)
     events = [make_event(i, person=3) for i in range(20)]
     runtime.pipeline.process(events)
-    uid = runtime.identity.resolve_batch("acme", [events[0].identifiers])[0]
-    before = runtime.features.get_many("acme", [uid])[uid].to_bytes()
+    uid = _uid(runtime, "acme", 3)
+    before = _features(runtime, "acme", uid).to_bytes()
     again = runtime.pipeline.process(events)
     assert again.profiles_updated == 0
     assert runtime.events.count_events("acme") == 20
@@ -85,12 +106,11 @@ def test_one_batch_many_tenants(runtime: Runtime) -> None:
     runtime.pipeline.process(events)
     assert runtime.events.count_events("alpha") == 6
     assert runtime.events.count_events("beta") == 3
-    ids = events[0].identifiers
-    a = runtime.identity.resolve_batch("alpha", [ids])[0]
-    b = runtime.identity.resolve_batch("beta", [ids])[0]
+    a = _uid(runtime, "alpha", 5)
+    b = _uid(runtime, "beta", 5)
     assert a != b  # the same address at two brands is two people
-    assert runtime.features.get_many("alpha", [a])[a].count("opened") == 6
-    assert runtime.features.get_many("beta", [b])[b].count("opened") == 3
+    assert _features(runtime, "alpha", a).count("opened") == 6
+    assert _features(runtime, "beta", b).count("opened") == 3
 
 
 def test_bus_publish_is_durable_when_it_returns(runtime: Runtime) -> None:

@@ -1,4 +1,4 @@
-"""Per-person features (apply_batch, hour of week, serialisation) and the interim identity."""
+"""Per-person features (apply_batch, hour of week, serialisation) and email hashing."""
 
 from __future__ import annotations
 
@@ -10,9 +10,7 @@ from datetime import UTC, datetime, timedelta
 import numpy as np
 import pytest
 
-from sendflowr.events import Identifiers
-from sendflowr.identity.hashing import hash_email, normalise_email, universal_id_from_hash
-from sendflowr.identity.resolver import HashedIdentityResolver
+from sendflowr.identity.hashing import hash_email, normalise_email
 from sendflowr.timing.features import (
     COUNTED_TYPES,
     HOURS_PER_WEEK,
@@ -285,93 +283,3 @@ def test_hash_email_rejects_over_long_addresses() -> None:
     with pytest.raises(ValueError, match="at most 254 characters"):
         hash_email(KEY, "a" * 243 + "@example.com")  # 255 characters
     assert len(hash_email(KEY, "a" * 242 + "@example.com")) == 64  # 254 is fine
-
-
-# --- identity: the hashed resolver ----------------------------------------------------------
-
-EMAIL_HASH = hash_email(KEY, "alice@example.com")
-UNIVERSAL_ID = re.compile(r"sf_[0-9a-f]{16}")
-
-
-def test_resolver_is_deterministic_and_shaped() -> None:
-    ids = Identifiers(esp_profile_id="prof-1")
-    first = HashedIdentityResolver(KEY).resolve_one("acme", ids)
-    again = HashedIdentityResolver(KEY).resolve_one("acme", Identifiers(esp_profile_id="prof-1"))
-    assert first == again
-    assert UNIVERSAL_ID.fullmatch(first)
-    assert UNIVERSAL_ID.fullmatch(
-        HashedIdentityResolver(KEY).resolve_one("acme", Identifiers(email_hash=EMAIL_HASH))
-    )
-    assert HashedIdentityResolver(b"other-key").resolve_one("acme", ids) != first
-
-
-def test_same_email_in_two_tenants_is_two_people() -> None:
-    resolver = HashedIdentityResolver(KEY)
-    ids = Identifiers(email_hash=EMAIL_HASH)
-    assert resolver.resolve_one("acme", ids) != resolver.resolve_one("globex", ids)
-    other = Identifiers(esp_profile_id="prof-1")
-    assert resolver.resolve_one("acme", other) != resolver.resolve_one("globex", other)
-
-
-def test_email_hash_id_is_tenant_scoped_sha256() -> None:
-    digest = hashlib.sha256(f"acme:{EMAIL_HASH}".encode()).hexdigest()
-    expected = universal_id_from_hash(digest)
-    assert expected == "sf_" + digest[:16]
-    assert HashedIdentityResolver(KEY).resolve_one("acme", Identifiers(email_hash=EMAIL_HASH)) == (
-        expected
-    )
-
-
-def test_priority_email_then_profile_then_phone_then_external_then_anonymous() -> None:
-    resolver = HashedIdentityResolver(KEY)
-
-    def uid(**fields: object) -> str:
-        return resolver.resolve_one("acme", Identifiers(**fields))  # type: ignore[arg-type]
-
-    everything: dict[str, object] = {
-        "email_hash": EMAIL_HASH,
-        "esp_profile_id": "prof-1",
-        "phone": "+48123456789",
-        "external_ids": {"shop": "s-2", "crm": "c-1"},
-        "anonymous_id": "anon-1",
-    }
-    singles = {
-        "email_hash": uid(email_hash=EMAIL_HASH),
-        "esp_profile_id": uid(esp_profile_id="prof-1"),
-        "phone": uid(phone="+48123456789"),
-        "external_ids": uid(external_ids={"crm": "c-1"}),  # the smallest name wins
-        "anonymous_id": uid(anonymous_id="anon-1"),
-    }
-    assert len(set(singles.values())) == 5
-    remaining = dict(everything)
-    for name in ("email_hash", "esp_profile_id", "phone", "external_ids", "anonymous_id"):
-        assert uid(**remaining) == singles[name], name
-        del remaining[name]
-    assert uid(external_ids={"shop": "s-2"}) != singles["external_ids"]
-
-
-def test_same_value_under_different_kinds_differs() -> None:
-    resolver = HashedIdentityResolver(KEY)
-    values = {
-        resolver.resolve_one("acme", Identifiers(esp_profile_id="x-1")),
-        resolver.resolve_one("acme", Identifiers(anonymous_id="x-1")),
-        resolver.resolve_one("acme", Identifiers(external_ids={"crm": "x-1"})),
-        resolver.resolve_one("acme", Identifiers(external_ids={"shop": "x-1"})),
-    }
-    assert len(values) == 4
-
-
-def test_resolve_batch_keeps_order_and_survives_cache_eviction() -> None:
-    items = [
-        Identifiers(esp_profile_id="p1"),
-        Identifiers(email_hash=EMAIL_HASH),
-        Identifiers(esp_profile_id="p1"),
-        Identifiers(phone="+48123456789"),
-    ]
-    fresh = HashedIdentityResolver(KEY)
-    expected = [fresh.resolve_one("acme", ids) for ids in items]
-    assert expected[0] == expected[2]
-    assert len(set(expected)) == 3
-    tiny = HashedIdentityResolver(KEY, cache_size=1)
-    assert tiny.resolve_batch("acme", items) == expected
-    assert tiny.resolve_batch("acme", list(reversed(items))) == list(reversed(expected))

@@ -20,8 +20,3 @@ def normalise_email(email: str) -> str:
 def hash_email(key: bytes, email: str) -> str:
     """Keyed HMAC-SHA256 (hex) of the normalised address: stable per key, useless without it."""
     return hmac.new(key, normalise_email(email).encode(), hashlib.sha256).hexdigest()
-
-
-def universal_id_from_hash(identifier_hash: str) -> str:
-    """The interim universal id (until identity resolution lands): sf_ + 16 hex characters."""
-    return "sf_" + identifier_hash[:16]

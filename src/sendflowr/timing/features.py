@@ -182,5 +182,34 @@ def apply_batch(
     return {uid: table.row(i) for i, uid in enumerate(cols.profiles)}
 
 
+def restrict(cols: BatchColumns, keep: set[str]) -> BatchColumns:
+    """The part of a batch about the profiles in `keep`."""
+    kept = [i for i, uid in enumerate(cols.profiles) if uid in keep]
+    remap = np.full(len(cols.profiles), -1, np.int64)
+    remap[kept] = np.arange(len(kept))
+    mask = remap[cols.profile_index] >= 0
+    return BatchColumns(
+        profile_index=remap[cols.profile_index[mask]],
+        profiles=[cols.profiles[i] for i in kept],
+        type_index=cols.type_index[mask],
+        occurred_ms=cols.occurred_ms[mask],
+        is_machine_open=cols.is_machine_open[mask],
+    )
+
+
+def features_from_events(
+    event_types: list[str], occurred_ms: list[int], machine: list[bool]
+) -> ProfileFeatures:
+    """One person's features from their stored events (the rebuild after a cache miss)."""
+    cols = BatchColumns(
+        profile_index=np.zeros(len(event_types), np.int64),
+        profiles=["_"],
+        type_index=type_indexes(event_types),
+        occurred_ms=np.asarray(occurred_ms, np.int64),
+        is_machine_open=np.asarray(machine, np.bool_),
+    )
+    return apply_batch({}, cols)["_"]
+
+
 def type_indexes(event_types: list[str]) -> npt.NDArray[np.int64]:
     return np.fromiter((_TYPE_INDEX[t] for t in event_types), np.int64, len(event_types))

@@ -15,6 +15,12 @@ import pyarrow as pa
 from sendflowr.storage.events.migrations import MIGRATIONS, STATUS_TABLE, Migration
 from sendflowr.storage.health import BackendHealth
 
+_EVENT_COLUMNS = (
+    "tenant", "universal_id", "occurred_at", "event_id", "esp", "esp_event_id", "event_type",
+    "email_hash", "esp_profile_id", "phone", "external_ids", "anonymous_id", "campaign_id",
+    "flow_id", "message_id", "is_machine_open", "properties", "schema_version",
+)  # fmt: skip
+
 
 class EventStoreError(RuntimeError):
     """The store could not do what was asked (an infrastructure fault, not bad input)."""
@@ -33,6 +39,11 @@ class StoredEvent:
     message_id: str
     is_machine_open: bool
     properties: dict[str, Any]
+    email_hash: str = ""
+    esp_profile_id: str = ""
+    phone: str = ""
+    external_ids: dict[str, str] | None = None
+    anonymous_id: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,12 +139,15 @@ class EventStore(abc.ABC):
     def profile_events(
         self,
         tenant: str,
-        universal_id: str,
+        universal_ids: str | Sequence[str],
         since: datetime | None = None,
         until: datetime | None = None,
         limit: int = 10_000,
     ) -> list[StoredEvent]:
-        params: dict[str, Any] = {"tenant": tenant, "uid": universal_id, "limit": limit}
+        """One person's events in time order; `universal_ids` is the person's alias set
+        (a merged person's events stay stored under the ids they arrived with)."""
+        uids = [universal_ids] if isinstance(universal_ids, str) else list(universal_ids)
+        params: dict[str, Any] = {"tenant": tenant, "uids": uids, "limit": limit}
         cond = ""
         if since is not None:
             cond += " AND occurred_at >= fromUnixTimestamp64Milli({since:Int64}, 'UTC')"
@@ -144,9 +158,10 @@ class EventStore(abc.ABC):
         rows = self._rows(
             "SELECT toString(event_id), universal_id, event_type, "
             "toUnixTimestamp64Milli(occurred_at), esp, esp_event_id, campaign_id, flow_id, "
-            "message_id, is_machine_open, properties "
+            "message_id, is_machine_open, properties, email_hash, esp_profile_id, phone, "
+            "external_ids, anonymous_id "
             f"FROM `{self.database}`.email_events FINAL "
-            "WHERE tenant = {tenant:String} AND universal_id = {uid:String}"
+            "WHERE tenant = {tenant:String} AND universal_id IN {uids:Array(String)}"
             f"{cond} ORDER BY occurred_at, event_id LIMIT {{limit:UInt32}}",
             params,
         )
@@ -163,9 +178,39 @@ class EventStore(abc.ABC):
                 message_id=r[8],
                 is_machine_open=bool(r[9]),
                 properties=orjson.loads(r[10]) if r[10] else {},
+                email_hash=r[11],
+                esp_profile_id=r[12],
+                phone=r[13],
+                external_ids=dict(r[14]) if r[14] else {},
+                anonymous_id=r[15],
             )
             for r in rows
         ]
+
+    def reassign_events(
+        self, tenant: str, from_uid: str, to_uid: str, event_ids: Sequence[str]
+    ) -> int:
+        """Move events to another person (after an identity split). The copy is written
+        before the original is deleted, so a crash in between loses nothing."""
+        if not event_ids:
+            return 0
+        cols = [c for c in _EVENT_COLUMNS if c != "universal_id"]
+        params = {"tenant": tenant, "from": from_uid, "to": to_uid, "ids": list(event_ids)}
+        where = (
+            "e.tenant = {tenant:String} AND e.universal_id = {from:String} "
+            "AND e.event_id IN {ids:Array(UUID)}"
+        )
+        self._command(
+            f"INSERT INTO `{self.database}`.email_events (universal_id, {', '.join(cols)}) "
+            f"SELECT {{to:String}}, {', '.join('e.' + c for c in cols)} "
+            f"FROM `{self.database}`.email_events AS e FINAL WHERE {where}",
+            params,
+        )
+        self._command(
+            f"DELETE FROM `{self.database}`.email_events WHERE {where.replace('e.', '')}",
+            params,
+        )
+        return len(event_ids)
 
     def tenants(self) -> list[str]:
         rows = self._rows(

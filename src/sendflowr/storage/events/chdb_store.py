@@ -51,6 +51,20 @@ def _release(path: Path) -> None:
         sess.close()
 
 
+def _literal(value: Any) -> str:
+    if isinstance(value, str):
+        return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+    if isinstance(value, list | tuple):
+        return "[" + ",".join(_literal(v) for v in value) + "]"
+    return str(value)
+
+
+def _params(params: Mapping[str, Any] | None) -> dict[str, Any]:
+    """chDB passes parameter values as text; arrays need ClickHouse's literal syntax
+    (clickhouse-connect does this itself for the server backend)."""
+    return {k: _literal(v) if isinstance(v, list | tuple) else v for k, v in (params or {}).items()}
+
+
 class ChdbEventStore(EventStore):
     backend = "chdb"
 
@@ -63,7 +77,7 @@ class ChdbEventStore(EventStore):
     def _rows(self, sql: str, params: Mapping[str, Any] | None = None) -> list[list[Any]]:
         self._check_open()
         try:
-            res = self._session.query(sql, "JSONCompact", params=dict(params or {}))
+            res = self._session.query(sql, "JSONCompact", params=_params(params))
         except Exception as exc:
             raise EventStoreError(_short(exc)) from exc
         raw = res.bytes()
@@ -75,7 +89,7 @@ class ChdbEventStore(EventStore):
     def _command(self, sql: str, params: Mapping[str, Any] | None = None) -> None:
         self._check_open()
         try:
-            self._session.query(sql, "Null", params=dict(params or {}))
+            self._session.query(sql, "Null", params=_params(params))
         except Exception as exc:
             raise EventStoreError(_short(exc)) from exc
 

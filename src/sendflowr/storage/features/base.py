@@ -6,7 +6,7 @@ import abc
 from collections.abc import Iterable, Mapping
 
 from sendflowr.storage.health import BackendHealth
-from sendflowr.timing.features import BatchColumns, ProfileFeatures, apply_batch
+from sendflowr.timing.features import BatchColumns, ProfileFeatures, apply_batch, restrict
 
 
 class FeatureCache(abc.ABC):
@@ -20,10 +20,15 @@ class FeatureCache(abc.ABC):
     def put_many(self, tenant: str, features: Mapping[str, ProfileFeatures]) -> None: ...
 
     def fold(self, tenant: str, cols: BatchColumns) -> int:
-        """Fold a batch of events into the cached features; returns the profiles touched.
+        """Fold a batch of events into the features already cached; returns how many profiles
+        were updated. A profile not cached stays absent: it is rebuilt from the event store
+        (where this batch already is) when it is next read, so it is never partial.
 
         Read-modify-write through get_many/put_many; a backend may do it in place."""
-        updated = apply_batch(self.get_many(tenant, cols.profiles), cols)
+        present = self.get_many(tenant, cols.profiles)
+        if not present:
+            return 0
+        updated = apply_batch(present, restrict(cols, set(present)))
         self.put_many(tenant, updated)
         return len(updated)
 

@@ -10,7 +10,13 @@ import numpy as np
 
 from sendflowr.storage.features.base import FeatureCache
 from sendflowr.storage.health import BackendHealth
-from sendflowr.timing.features import BatchColumns, FeatureTable, ProfileFeatures, fold_batch
+from sendflowr.timing.features import (
+    BatchColumns,
+    FeatureTable,
+    ProfileFeatures,
+    fold_batch,
+    restrict,
+)
 
 
 @dataclass
@@ -50,9 +56,17 @@ class MemoryFeatureCache(FeatureCache):
                 t.table.set_row(t.row_for(uid), f)
 
     def fold(self, tenant: str, cols: BatchColumns) -> int:
+        """In place, vectorised; only profiles already cached (see FeatureCache.fold)."""
         with self._lock:
-            t = self._tenants.setdefault(tenant, _TenantTable())
-            rows = np.fromiter(map(t.row_for, cols.profiles), np.int64, len(cols.profiles))
+            t = self._tenants.get(tenant)
+            if t is None:
+                return 0
+            index = t.index
+            if not all(uid in index for uid in cols.profiles):
+                cols = restrict(cols, set(index).intersection(cols.profiles))
+            if not cols.profiles:
+                return 0
+            rows = np.fromiter((index[u] for u in cols.profiles), np.int64, len(cols.profiles))
             fold_batch(t.table, rows, cols)
             return len(rows)
 

@@ -1,0 +1,556 @@
+"""The identity graph in the metadata store (SQLite embedded, PostgreSQL at scale).
+
+Resolving a batch is one transaction per tenant. It starts with an UPDATE of the tenant's row in
+`identity_versions`, which takes that row's lock on PostgreSQL and the write lock on SQLite: two
+workers resolving the same tenant take turns, so concurrent workers end with exactly the graph a
+serial run gives. The version number it guards lets each process keep a warm copy of the graph:
+when no other process wrote since this one did, nothing needs reading.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import threading
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from sendflowr.errors import ConflictError, NotFoundError
+from sendflowr.events import CanonicalEvent
+from sendflowr.identity.graph import Attached, Created, Graph, Merged, Refused
+from sendflowr.identity.identifiers import Blocklist, Identifier, from_event
+from sendflowr.identity.rules import Limits
+from sendflowr.storage.metadata.store import MetadataStore
+from sendflowr.storage.metadata.tables import (
+    identity_identifiers as ids_t,
+)
+from sendflowr.storage.metadata.tables import (
+    identity_merges as merges_t,
+)
+from sendflowr.storage.metadata.tables import (
+    identity_profiles as profiles_t,
+)
+from sendflowr.storage.metadata.tables import (
+    identity_versions as versions_t,
+)
+
+_CHUNK = 400  # identifiers per IN (...) query: well inside SQLite's variable limit
+
+
+@dataclass(frozen=True, slots=True)
+class Profile:
+    universal_id: str
+    identifiers: list[Identifier]
+    aliases: list[str]  # universal ids merged into this one (their events are this person's)
+    created_at: datetime
+    merges: list[MergeRecord]
+
+
+@dataclass(frozen=True, slots=True)
+class MergeRecord:
+    id: int
+    status: str
+    survivor: str
+    merged: str | None
+    identifiers: list[Identifier]
+    reason: str
+    occurrences: int
+    source_event_id: str
+    created_at: datetime
+    split_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class SplitResult:
+    merge: MergeRecord
+    restored: str  # the universal id that exists again
+    moved_back: list[Identifier]
+
+
+@dataclass
+class _TenantCache:
+    version: int
+    graph: Graph
+    complete: bool  # every identifier of the tenant is in `graph`
+
+
+@dataclass
+class BatchResolution:
+    universal_ids: list[str]
+    merged: dict[str, list[str]] = field(default_factory=dict)  # survivor -> absorbed
+    refused: int = 0
+
+
+class IdentityGraphStore:
+    """Resolves events to universal ids and keeps the merge log; see the module docstring."""
+
+    def __init__(
+        self,
+        metadata: MetadataStore,
+        key: bytes,
+        limits: Limits | None = None,
+        blocklist: Blocklist | None = None,
+        *,
+        warm_cache: bool = True,
+    ) -> None:
+        self.metadata = metadata
+        self.engine = metadata.engine
+        self._key = key
+        self.limits = limits or Limits()
+        self.blocklist = blocklist or Blocklist()
+        self._warm = warm_cache
+        self._cache: dict[str, _TenantCache] = {}
+        self._lock = threading.Lock()
+
+    def new_universal_id(self, tenant: str, first: Identifier) -> str:
+        """Deterministic from the identifier that founded the person, so two workers that
+        create the same person concurrently agree on its id."""
+        msg = f"{tenant}\x00{first.kind}\x00{first.value}".encode()
+        return "sf_" + hmac.new(self._key, msg, hashlib.sha256).hexdigest()[:16]
+
+    # -- resolving --------------------------------------------------------------------------
+    def resolve_events(self, tenant: str, events: Sequence[CanonicalEvent]) -> BatchResolution:
+        with self._lock:
+            try:
+                return self._resolve(tenant, events)
+            except BaseException:
+                # The warm graph may hold changes the rolled-back transaction never wrote.
+                self._cache.pop(tenant, None)
+                raise
+
+    def _resolve(self, tenant: str, events: Sequence[CanonicalEvent]) -> BatchResolution:
+        with self.metadata._guard(), self.engine.begin() as conn:
+            version = self._lock_tenant(conn, tenant)
+            graph = self._graph_for(conn, tenant, version, events)
+            start = len(graph.changes)
+            out = BatchResolution([])
+            for event in events:
+                idents = from_event(event.esp, event.identifiers, self.blocklist).usable
+                if not idents:
+                    raise ValueError(
+                        f"event {event.event_id}: every identifier is a blocked placeholder"
+                    )
+                p = graph.resolve(
+                    idents,
+                    self.limits,
+                    lambda first: self.new_universal_id(tenant, first),
+                    event.event_id,
+                )
+                out.universal_ids.append(p.universal_id)
+            changes = graph.changes[start:]
+            if changes:
+                self._persist(conn, tenant, changes)
+                version += 1
+                conn.execute(
+                    versions_t.update().where(versions_t.c.tenant == tenant).values(version=version)
+                )
+            for change in changes:
+                if isinstance(change, Merged):
+                    out.merged.setdefault(change.survivor, []).append(change.merged)
+                elif isinstance(change, Refused):
+                    out.refused += 1
+            graph.changes.clear()
+            if self._warm:
+                cache = self._cache.get(tenant)
+                complete = cache is not None and cache.complete and cache.graph is graph
+                self._cache[tenant] = _TenantCache(version, graph, complete)
+        return out
+
+    def _lock_tenant(self, conn: Connection, tenant: str) -> int:
+        locked = conn.execute(
+            versions_t.update()
+            .where(versions_t.c.tenant == tenant)
+            .values(version=versions_t.c.version)
+        ).rowcount
+        if not locked:
+            if self.metadata.find_tenant(tenant) is None:
+                raise NotFoundError(f"no tenant {tenant!r}", field="tenant")
+            conn.execute(_insert_ignore(conn, versions_t, {"tenant": tenant, "version": 0}))
+            conn.execute(
+                versions_t.update()
+                .where(versions_t.c.tenant == tenant)
+                .values(version=versions_t.c.version)
+            )
+        version: int = conn.execute(
+            sa.select(versions_t.c.version).where(versions_t.c.tenant == tenant)
+        ).scalar_one()
+        return version
+
+    def _graph_for(
+        self, conn: Connection, tenant: str, version: int, events: Sequence[CanonicalEvent]
+    ) -> Graph:
+        cache = self._cache.get(tenant)
+        if cache is not None and cache.version == version:
+            if cache.complete:
+                return cache.graph
+            wanted = self._batch_identifiers(events)
+            missing = [i for i in wanted if i not in cache.graph.owner_of]
+            self._load(conn, tenant, missing, cache.graph)
+            return cache.graph
+        if self._warm and cache is None:
+            graph = Graph()
+            self._load_all(conn, tenant, graph)
+            self._cache[tenant] = _TenantCache(version, graph, complete=True)
+            return graph
+        # Another process wrote since: start a fresh partial graph for this batch.
+        graph = Graph()
+        self._load(conn, tenant, self._batch_identifiers(events), graph)
+        if self._warm:
+            self._cache[tenant] = _TenantCache(version, graph, complete=False)
+        return graph
+
+    def _batch_identifiers(self, events: Sequence[CanonicalEvent]) -> list[Identifier]:
+        seen: set[Identifier] = set()
+        for e in events:
+            seen.update(from_event(e.esp, e.identifiers, self.blocklist).usable)
+        return sorted(seen)
+
+    def _load_all(self, conn: Connection, tenant: str, graph: Graph) -> None:
+        ages = dict(
+            conn.execute(
+                sa.select(profiles_t.c.universal_id, profiles_t.c.seq).where(
+                    profiles_t.c.tenant == tenant, profiles_t.c.merged_into.is_(None)
+                )
+            ).all()
+        )
+        members: dict[str, list[Identifier]] = {}
+        for kind, value, uid in conn.execute(
+            sa.select(ids_t.c.kind, ids_t.c.value, ids_t.c.universal_id).where(
+                ids_t.c.tenant == tenant
+            )
+        ).all():
+            members.setdefault(uid, []).append(Identifier(kind, value))
+        for uid, age in ages.items():
+            graph.add_profile(uid, age, members.get(uid, ()))
+
+    def _load(
+        self, conn: Connection, tenant: str, identifiers: Iterable[Identifier], graph: Graph
+    ) -> None:
+        """Load the profiles owning these identifiers, with all their identifiers."""
+        wanted = list(identifiers)
+        owners: set[str] = set()
+        for i in range(0, len(wanted), _CHUNK):
+            chunk = wanted[i : i + _CHUNK]
+            rows = conn.execute(
+                sa.select(ids_t.c.universal_id).where(
+                    ids_t.c.tenant == tenant,
+                    sa.tuple_(ids_t.c.kind, ids_t.c.value).in_([(c.kind, c.value) for c in chunk]),
+                )
+            ).scalars()
+            owners.update(rows)
+        owners -= set(graph.members)
+        uids = sorted(owners)
+        for i in range(0, len(uids), _CHUNK):
+            chunk_uids = uids[i : i + _CHUNK]
+            ages = dict(
+                conn.execute(
+                    sa.select(profiles_t.c.universal_id, profiles_t.c.seq).where(
+                        profiles_t.c.tenant == tenant, profiles_t.c.universal_id.in_(chunk_uids)
+                    )
+                ).all()
+            )
+            members: dict[str, list[Identifier]] = {u: [] for u in chunk_uids}
+            for kind, value, uid in conn.execute(
+                sa.select(ids_t.c.kind, ids_t.c.value, ids_t.c.universal_id).where(
+                    ids_t.c.tenant == tenant, ids_t.c.universal_id.in_(chunk_uids)
+                )
+            ).all():
+                members[uid].append(Identifier(kind, value))
+            for uid in chunk_uids:
+                graph.add_profile(uid, ages[uid], members[uid])
+
+    def _persist(self, conn: Connection, tenant: str, changes: Sequence[Any]) -> None:
+        now = datetime.now(UTC)
+        created = [c for c in changes if isinstance(c, Created)]
+        if created:
+            conn.execute(
+                profiles_t.insert(),
+                [
+                    {
+                        "tenant": tenant,
+                        "universal_id": c.universal_id,
+                        "source_event_id": c.source_event_id,
+                        "created_at": now,
+                    }
+                    for c in created
+                ],
+            )
+        # Order matters: a merge re-points identifiers attached earlier in the batch.
+        pending: list[dict[str, Any]] = []
+        for change in changes:
+            if isinstance(change, Attached):
+                pending.append(
+                    {
+                        "tenant": tenant,
+                        "kind": change.identifier.kind,
+                        "value": change.identifier.value,
+                        "universal_id": change.universal_id,
+                        "source_event_id": change.source_event_id,
+                        "created_at": now,
+                    }
+                )
+            elif isinstance(change, Merged):
+                if pending:
+                    conn.execute(ids_t.insert(), pending)
+                    pending = []
+                self._persist_merge(conn, tenant, change, now)
+            elif isinstance(change, Refused):
+                self._persist_refusal(conn, tenant, change, now)
+        if pending:
+            conn.execute(ids_t.insert(), pending)
+
+    def _persist_merge(self, conn: Connection, tenant: str, m: Merged, now: datetime) -> None:
+        children = conn.execute(
+            sa.select(profiles_t.c.universal_id).where(
+                profiles_t.c.tenant == tenant, profiles_t.c.merged_into == m.merged
+            )
+        ).scalars()
+        absorbed = [m.merged, *children]
+        conn.execute(
+            ids_t.update()
+            .where(ids_t.c.tenant == tenant, ids_t.c.universal_id == m.merged)
+            .values(universal_id=m.survivor)
+        )
+        # Path compression: everything that pointed at the merged profile points at the root.
+        conn.execute(
+            profiles_t.update()
+            .where(
+                profiles_t.c.tenant == tenant,
+                profiles_t.c.universal_id.in_(absorbed),
+            )
+            .values(merged_into=m.survivor)
+        )
+        conn.execute(
+            merges_t.insert().values(
+                tenant=tenant,
+                status="merged",
+                survivor=m.survivor,
+                merged=m.merged,
+                identifiers=[[i.kind, i.value] for i in m.moved],
+                absorbed=absorbed,
+                reason="identifiers seen on one event",
+                refusal_key=None,
+                occurrences=1,
+                source_event_id=m.source_event_id,
+                created_at=now,
+                last_seen_at=now,
+            )
+        )
+
+    def _persist_refusal(self, conn: Connection, tenant: str, r: Refused, now: datetime) -> None:
+        ref = r.refusal
+        ident = [[ref.identifier.kind, ref.identifier.value]] if ref.identifier else []
+        subject = ref.other_universal_id or (f"{ident[0][0]}:{ident[0][1]}" if ident else "")
+        # One row per distinct refusal, counted: a shared address seen 10,000 times is one row.
+        key = hashlib.sha256(f"{r.universal_id}|{subject}|{ref.reason}".encode()).hexdigest()
+        values = {
+            "tenant": tenant,
+            "status": "refused",
+            "survivor": r.universal_id,
+            "merged": ref.other_universal_id,
+            "identifiers": ident,
+            "absorbed": [],
+            "reason": ref.reason,
+            "refusal_key": key,
+            "occurrences": 1,
+            "source_event_id": r.source_event_id,
+            "created_at": now,
+            "last_seen_at": now,
+        }
+        updated = conn.execute(
+            merges_t.update()
+            .where(merges_t.c.tenant == tenant, merges_t.c.refusal_key == key)
+            .values(occurrences=merges_t.c.occurrences + 1, last_seen_at=now)
+        ).rowcount
+        if not updated:
+            conn.execute(merges_t.insert().values(**values))
+
+    # -- reading ----------------------------------------------------------------------------
+    def root(self, tenant: str, universal_id: str) -> str | None:
+        with self.metadata._guard(), self.engine.connect() as conn:
+            row = conn.execute(
+                sa.select(profiles_t.c.universal_id, profiles_t.c.merged_into).where(
+                    profiles_t.c.tenant == tenant, profiles_t.c.universal_id == universal_id
+                )
+            ).first()
+        if row is None:
+            return None
+        return str(row.merged_into or row.universal_id)
+
+    def owner(self, tenant: str, identifier: Identifier) -> str | None:
+        with self.metadata._guard(), self.engine.connect() as conn:
+            uid: str | None = conn.execute(
+                sa.select(ids_t.c.universal_id).where(
+                    ids_t.c.tenant == tenant,
+                    ids_t.c.kind == identifier.kind,
+                    ids_t.c.value == identifier.value,
+                )
+            ).scalar_one_or_none()
+        return uid
+
+    def aliases(self, tenant: str, universal_id: str) -> list[str]:
+        """The universal ids whose stored events are this person's (itself first)."""
+        with self.metadata._guard(), self.engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(profiles_t.c.universal_id)
+                .where(profiles_t.c.tenant == tenant, profiles_t.c.merged_into == universal_id)
+                .order_by(profiles_t.c.seq)
+            ).scalars()
+            return [universal_id, *rows]
+
+    def profile(self, tenant: str, universal_id: str, recent_merges: int = 20) -> Profile:
+        root = self.root(tenant, universal_id)
+        if root is None:
+            raise NotFoundError(
+                f"no person {universal_id!r} in tenant {tenant!r}", field="universal_id"
+            )
+        with self.metadata._guard(), self.engine.connect() as conn:
+            created = conn.execute(
+                sa.select(profiles_t.c.created_at).where(
+                    profiles_t.c.tenant == tenant, profiles_t.c.universal_id == root
+                )
+            ).scalar_one()
+            idents = [
+                Identifier(k, v)
+                for k, v in conn.execute(
+                    sa.select(ids_t.c.kind, ids_t.c.value)
+                    .where(ids_t.c.tenant == tenant, ids_t.c.universal_id == root)
+                    .order_by(ids_t.c.kind, ids_t.c.value)
+                ).all()
+            ]
+        aliases = self.aliases(tenant, root)
+        merges = self.merge_log(tenant, universal_ids=aliases, limit=recent_merges)
+        return Profile(root, idents, aliases[1:], _aware(created), merges)
+
+    def merge_log(
+        self,
+        tenant: str,
+        status: str | None = None,
+        universal_ids: Sequence[str] | None = None,
+        limit: int = 100,
+        before_id: int | None = None,
+    ) -> list[MergeRecord]:
+        q = sa.select(merges_t).where(merges_t.c.tenant == tenant)
+        if status is not None:
+            q = q.where(merges_t.c.status == status)
+        if universal_ids is not None:
+            q = q.where(
+                sa.or_(merges_t.c.survivor.in_(universal_ids), merges_t.c.merged.in_(universal_ids))
+            )
+        if before_id is not None:
+            q = q.where(merges_t.c.id < before_id)
+        q = q.order_by(merges_t.c.id.desc()).limit(limit)
+        with self.metadata._guard(), self.engine.connect() as conn:
+            return [_merge_record(r._mapping) for r in conn.execute(q)]
+
+    # -- split ------------------------------------------------------------------------------
+    def split(self, tenant: str, merge_id: int, operator: str) -> SplitResult:
+        """Undo a merge: the merged profile exists again with the identifiers the merge moved
+        (those the survivor still holds)."""
+        with self._lock, self.metadata._guard(), self.engine.begin() as conn:
+            self._lock_tenant(conn, tenant)
+            row = conn.execute(
+                sa.select(merges_t).where(merges_t.c.tenant == tenant, merges_t.c.id == merge_id)
+            ).first()
+            if row is None:
+                raise NotFoundError(f"no merge {merge_id} in tenant {tenant!r}", field="merge_id")
+            record = _merge_record(row._mapping)
+            if record.status != "merged" or record.merged is None:
+                raise ConflictError(
+                    f"merge {merge_id} is {record.status}, only an applied merge can be split",
+                    field="merge_id",
+                )
+            survivor = self._root_in(conn, tenant, record.survivor)
+            moved = record.identifiers
+            back = []
+            for ident in moved:
+                res = conn.execute(
+                    ids_t.update()
+                    .where(
+                        ids_t.c.tenant == tenant,
+                        ids_t.c.kind == ident.kind,
+                        ids_t.c.value == ident.value,
+                        ids_t.c.universal_id == survivor,
+                    )
+                    .values(universal_id=record.merged)
+                )
+                if res.rowcount:
+                    back.append(ident)
+            absorbed = list(row._mapping["absorbed"] or [record.merged])
+            conn.execute(
+                profiles_t.update()
+                .where(profiles_t.c.tenant == tenant, profiles_t.c.universal_id == record.merged)
+                .values(merged_into=None)
+            )
+            children = [a for a in absorbed if a != record.merged]
+            if children:
+                conn.execute(
+                    profiles_t.update()
+                    .where(profiles_t.c.tenant == tenant, profiles_t.c.universal_id.in_(children))
+                    .values(merged_into=record.merged)
+                )
+            now = datetime.now(UTC)
+            conn.execute(
+                merges_t.update()
+                .where(merges_t.c.id == merge_id)
+                .values(status="split", split_at=now, split_by=operator[:200])
+            )
+            conn.execute(
+                versions_t.update()
+                .where(versions_t.c.tenant == tenant)
+                .values(version=versions_t.c.version + 1)
+            )
+            # The warm graph no longer matches: rebuild it on the next batch.
+            self._cache.pop(tenant, None)
+        done = self.merge_log(tenant, universal_ids=[record.merged], limit=50)
+        final = next(m for m in done if m.id == merge_id)
+        return SplitResult(final, record.merged, back)
+
+    def _root_in(self, conn: Connection, tenant: str, uid: str) -> str:
+        row = conn.execute(
+            sa.select(profiles_t.c.merged_into).where(
+                profiles_t.c.tenant == tenant, profiles_t.c.universal_id == uid
+            )
+        ).first()
+        return str(row.merged_into) if row is not None and row.merged_into else uid
+
+    def forget_cache(self, tenant: str | None = None) -> None:
+        with self._lock:
+            if tenant is None:
+                self._cache.clear()
+            else:
+                self._cache.pop(tenant, None)
+
+
+def _insert_ignore(conn: Connection, table: sa.Table, values: dict[str, Any]) -> Any:
+    if conn.dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+        return pg_insert(table).values(**values).on_conflict_do_nothing()
+    from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+    return sqlite_insert(table).values(**values).on_conflict_do_nothing()
+
+
+def _aware(at: datetime) -> datetime:
+    return at if at.tzinfo is not None else at.replace(tzinfo=UTC)
+
+
+def _merge_record(row: Any) -> MergeRecord:
+    return MergeRecord(
+        id=int(row["id"]),
+        status=row["status"],
+        survivor=row["survivor"],
+        merged=row["merged"],
+        identifiers=[Identifier(k, v) for k, v in row["identifiers"] or []],
+        reason=row["reason"],
+        occurrences=int(row["occurrences"]),
+        source_event_id=row["source_event_id"],
+        created_at=_aware(row["created_at"]),
+        split_at=_aware(row["split_at"]) if row["split_at"] else None,
+    )

@@ -78,3 +78,43 @@ class GenerateOut(BaseModel):
     rejected: int
     profiles: int
     seconds: float
+
+
+class IdentifierOut(BaseModel):
+    type: str = Field(description="email (keyed hash), phone, esp:<name>, ext:<name> or anon")
+    value: str
+
+
+class MergeOut(BaseModel):
+    id: int
+    status: Literal["merged", "refused", "split"]
+    survivor: str
+    merged: str | None
+    identifiers: list[IdentifierOut]
+    reason: str
+    occurrences: int
+    source_event_id: str
+    created_at: datetime
+    split_at: datetime | None
+
+
+class ProfileOut(BaseModel):
+    tenant: str
+    universal_id: str
+    identifiers: list[IdentifierOut]
+    aliases: list[str] = Field(description="universal ids merged into this person")
+    created_at: datetime
+    recent_merges: list[MergeOut]
+
+
+class SplitIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    operator: str = Field(min_length=1, max_length=200, description="who undoes the merge")
+
+
+class SplitOut(BaseModel):
+    merge: MergeOut
+    restored_universal_id: str
+    identifiers_moved_back: list[IdentifierOut]
+    events_moved: int

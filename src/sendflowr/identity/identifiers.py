@@ -106,7 +106,10 @@ def parse_lookup(
             except ValueError as exc:
                 raise IdentifierError("value", str(exc)) from None
         case "phone":
-            return Identifier(PHONE, normalise_phone(value))
+            try:
+                return Identifier(PHONE, normalise_phone(value))
+            except IdentifierError as exc:
+                raise IdentifierError("value", exc.reason) from None
         case "klaviyo_id":
             return Identifier(ESP_PREFIX + "klaviyo", value.strip())
         case "anonymous" | "anon":

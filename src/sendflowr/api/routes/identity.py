@@ -1,0 +1,142 @@
+"""Identity: resolve any identifier, look a person up, the merge log, and split."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from fastapi import APIRouter, Path, Query
+
+from sendflowr.api.deps import RuntimeDep
+from sendflowr.api.schemas import (
+    TENANT_PATTERN,
+    IdentifierOut,
+    MergeOut,
+    ProfileOut,
+    SplitIn,
+    SplitOut,
+)
+from sendflowr.errors import InvalidInputError, NotFoundError
+from sendflowr.identity.identifiers import Identifier, IdentifierError, parse_lookup
+from sendflowr.identity.store import MergeRecord, Profile
+from sendflowr.people import split_merge
+from sendflowr.runtime import Runtime
+
+router = APIRouter(prefix="/api/identity", tags=["identity"])
+
+TenantQuery = Query(pattern=TENANT_PATTERN, description="the brand")
+UID_PATTERN = r"^sf_[0-9a-f]{16}$"
+
+
+def _ident(i: Identifier) -> IdentifierOut:
+    return IdentifierOut(type=i.kind, value=i.value)
+
+
+def _merge(m: MergeRecord) -> MergeOut:
+    return MergeOut(
+        id=m.id,
+        status=m.status,
+        survivor=m.survivor,
+        merged=m.merged,
+        identifiers=[_ident(i) for i in m.identifiers],
+        reason=m.reason,
+        occurrences=m.occurrences,
+        source_event_id=m.source_event_id,
+        created_at=m.created_at,
+        split_at=m.split_at,
+    )
+
+
+def _profile(tenant: str, p: Profile) -> ProfileOut:
+    return ProfileOut(
+        tenant=tenant,
+        universal_id=p.universal_id,
+        identifiers=[_ident(i) for i in p.identifiers],
+        aliases=p.aliases,
+        created_at=p.created_at,
+        recent_merges=[_merge(m) for m in p.merges],
+    )
+
+
+def resolve_identifier(runtime: Runtime, tenant: str, id_type: str, value: str) -> str:
+    """Any identifier (email, phone, klaviyo_id, esp:<name>, external:<name>, anonymous,
+    universal_id) -> the person's current universal id; 422 for a bad one, 404 if unknown."""
+    runtime.metadata.get_tenant(tenant)
+    if id_type == "universal_id":
+        root = runtime.identity.root(tenant, value)
+        if root is None:
+            raise NotFoundError(f"no person {value!r} in tenant {tenant!r}", field="value")
+        return root
+    try:
+        ident = parse_lookup(id_type, value, runtime.hash_key, runtime.identity.blocklist)
+    except IdentifierError as exc:
+        raise InvalidInputError(
+            [{"loc": ["query", exc.field], "msg": exc.reason, "type": "value_error"}]
+        ) from None
+    uid = runtime.identity.owner(tenant, ident)
+    if uid is None:
+        raise NotFoundError(f"no person with that {id_type} in tenant {tenant!r}", field="value")
+    return runtime.identity.root(tenant, uid) or uid
+
+
+@router.get("/resolve", response_model=ProfileOut)
+def resolve(
+    runtime: RuntimeDep,
+    tenant: str = TenantQuery,
+    type: str = Query(
+        description="email, phone, klaviyo_id, esp:<name>, external:<name>, anonymous, "
+        "universal_id",
+        max_length=64,
+    ),
+    value: str = Query(min_length=1, max_length=320),
+) -> ProfileOut:
+    uid = resolve_identifier(runtime, tenant, type, value)
+    return _profile(tenant, runtime.identity.profile(tenant, uid))
+
+
+@router.get("/merges", response_model=list[MergeOut])
+def merge_log(
+    runtime: RuntimeDep,
+    tenant: str = TenantQuery,
+    status: Literal["merged", "refused", "split"] | None = Query(None),
+    limit: int = Query(100, ge=1, le=1000),
+    before: int | None = Query(None, ge=1, description="page: merges with a smaller id"),
+) -> list[MergeOut]:
+    """Every merge, refusal (with its reason and how often it recurred) and split, newest
+    first."""
+    runtime.metadata.get_tenant(tenant)
+    return [
+        _merge(m)
+        for m in runtime.identity.merge_log(tenant, status=status, limit=limit, before_id=before)
+    ]
+
+
+@router.post("/merges/{merge_id}/split", response_model=SplitOut)
+def split(
+    body: SplitIn,
+    runtime: RuntimeDep,
+    merge_id: int = Path(ge=1),
+    tenant: str = TenantQuery,
+) -> SplitOut:
+    """Undo a merge: the merged person exists again with the identifiers the merge moved, and
+    their events (also those stored since) are re-assigned; features rebuild on next read."""
+    runtime.metadata.get_tenant(tenant)
+    out = split_merge(
+        tenant, merge_id, body.operator, runtime.events, runtime.features, runtime.identity
+    )
+    return SplitOut(
+        merge=_merge(out.split.merge),
+        restored_universal_id=out.split.restored,
+        identifiers_moved_back=[_ident(i) for i in out.split.moved_back],
+        events_moved=out.events_moved,
+    )
+
+
+@router.get("/{universal_id}", response_model=ProfileOut)
+def person(
+    runtime: RuntimeDep,
+    universal_id: str = Path(pattern=UID_PATTERN),
+    tenant: str = TenantQuery,
+) -> ProfileOut:
+    """A person with all identifiers and recent merges (a merged-away id shows the survivor)."""
+    uid = resolve_identifier(runtime, tenant, "universal_id", universal_id)
+    return _profile(tenant, runtime.identity.profile(tenant, uid))

@@ -80,6 +80,10 @@ class Graph:
         new_universal_id: Callable[[Identifier], str],
         source_event_id: str,
     ) -> Plan:
+        # Fast path, the common case: every identifier already belongs to one person.
+        first = self.owner_of.get(identifiers[0])
+        if first is not None and all(self.owner_of.get(i) == first for i in identifiers[1:]):
+            return Plan(first)
         p = plan(self, identifiers, limits, new_universal_id)
         self.apply(p, source_event_id)
         return p
@@ -87,6 +91,8 @@ class Graph:
     def apply(self, p: Plan, source_event_id: str) -> None:
         uid = p.universal_id
         if p.created:
+            if uid in self.ages:
+                raise ValueError(f"universal id {uid} exists already; refusing to reuse it")
             self.ages[uid] = next(self._next_age)
             self.members[uid] = set()
             self.changes.append(Created(uid, source_event_id))

@@ -7,7 +7,7 @@ shared address cannot collapse thousands of people into one.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Final, Protocol
 
@@ -27,12 +27,17 @@ class Limits:
             return self.per_kind[kind]
         return self.per_family.get(kind.split(":", 1)[0], 10)
 
-    def violation(self, identifiers: frozenset[Identifier]) -> str | None:
-        """Why this set of identifiers cannot be one person, or None when it can."""
+    def violation(
+        self, identifiers: frozenset[Identifier], adding: Iterable[Identifier] | None = None
+    ) -> str | None:
+        """Why this set of identifiers cannot be one person, or None when it can. With
+        `adding`, only the kinds being added are judged: a person already over a lowered
+        limit for one kind can still gain identifiers of other kinds."""
         counts: dict[str, int] = {}
         for i in identifiers:
             counts[i.kind] = counts.get(i.kind, 0) + 1
-        for kind in sorted(counts):
+        judged = sorted(counts) if adding is None else sorted({i.kind for i in adding})
+        for kind in judged:
             limit = self.limit(kind)
             if counts[kind] > limit:
                 return f"would give one person {counts[kind]} '{kind}' identifiers (limit {limit})"
@@ -98,8 +103,9 @@ def plan(
     merged: list[str] = []
     if not created:
         for other in sorted(owners, key=graph.age)[1:]:
-            combined = held | graph.identifiers_of(other)
-            why = limits.violation(combined)
+            theirs = graph.identifiers_of(other)
+            combined = held | theirs
+            why = limits.violation(combined, theirs - held)
             if why is None:
                 merged.append(other)
                 held = combined
@@ -110,7 +116,7 @@ def plan(
         if graph.owner(ident) is not None:
             continue
         combined = held | {ident}
-        why = limits.violation(combined)
+        why = limits.violation(combined, (ident,))
         if why is None:
             attach.append(ident)
             held = combined

@@ -126,11 +126,11 @@ class IdentityGraphStore:
     def _resolve(self, tenant: str, events: Sequence[CanonicalEvent]) -> BatchResolution:
         with self.metadata._guard(), self.engine.begin() as conn:
             version = self._lock_tenant(conn, tenant)
-            graph = self._graph_for(conn, tenant, version, events)
+            usable = [from_event(e.esp, e.identifiers, self.blocklist).usable for e in events]
+            graph = self._graph_for(conn, tenant, version, usable)
             start = len(graph.changes)
             out = BatchResolution([])
-            for event in events:
-                idents = from_event(event.esp, event.identifiers, self.blocklist).usable
+            for event, idents in zip(events, usable, strict=True):
                 if not idents:
                     raise ValueError(
                         f"event {event.event_id}: every identifier is a blocked placeholder"
@@ -182,13 +182,17 @@ class IdentityGraphStore:
         return version
 
     def _graph_for(
-        self, conn: Connection, tenant: str, version: int, events: Sequence[CanonicalEvent]
+        self,
+        conn: Connection,
+        tenant: str,
+        version: int,
+        usable: Sequence[Sequence[Identifier]],
     ) -> Graph:
         cache = self._cache.get(tenant)
         if cache is not None and cache.version == version:
             if cache.complete:
                 return cache.graph
-            wanted = self._batch_identifiers(events)
+            wanted = _distinct(usable)
             missing = [i for i in wanted if i not in cache.graph.owner_of]
             self._load(conn, tenant, missing, cache.graph)
             return cache.graph
@@ -199,16 +203,10 @@ class IdentityGraphStore:
             return graph
         # Another process wrote since: start a fresh partial graph for this batch.
         graph = Graph()
-        self._load(conn, tenant, self._batch_identifiers(events), graph)
+        self._load(conn, tenant, _distinct(usable), graph)
         if self._warm:
             self._cache[tenant] = _TenantCache(version, graph, complete=False)
         return graph
-
-    def _batch_identifiers(self, events: Sequence[CanonicalEvent]) -> list[Identifier]:
-        seen: set[Identifier] = set()
-        for e in events:
-            seen.update(from_event(e.esp, e.identifiers, self.blocklist).usable)
-        return sorted(seen)
 
     def _load_all(self, conn: Connection, tenant: str, graph: Graph) -> None:
         ages = dict(
@@ -231,38 +229,48 @@ class IdentityGraphStore:
     def _load(
         self, conn: Connection, tenant: str, identifiers: Iterable[Identifier], graph: Graph
     ) -> None:
-        """Load the profiles owning these identifiers, with all their identifiers."""
-        wanted = list(identifiers)
-        owners: set[str] = set()
-        for i in range(0, len(wanted), _CHUNK):
-            chunk = wanted[i : i + _CHUNK]
-            rows = conn.execute(
-                sa.select(ids_t.c.universal_id).where(
-                    ids_t.c.tenant == tenant,
-                    sa.tuple_(ids_t.c.kind, ids_t.c.value).in_([(c.kind, c.value) for c in chunk]),
-                )
-            ).scalars()
-            owners.update(rows)
-        owners -= set(graph.members)
-        uids = sorted(owners)
-        for i in range(0, len(uids), _CHUNK):
-            chunk_uids = uids[i : i + _CHUNK]
-            ages = dict(
-                conn.execute(
-                    sa.select(profiles_t.c.universal_id, profiles_t.c.seq).where(
-                        profiles_t.c.tenant == tenant, profiles_t.c.universal_id.in_(chunk_uids)
+        """Load the profiles owning these identifiers, with all their identifiers: one query
+        per kind and chunk (identifier -> its profile -> every identifier of that profile)."""
+        by_kind: dict[str, list[str]] = {}
+        for ident in identifiers:
+            by_kind.setdefault(ident.kind, []).append(ident.value)
+        chunk = 4000 if conn.dialect.name == "postgresql" else _CHUNK
+        seed = ids_t.alias("seed")
+        member = ids_t.alias("member")
+        found: dict[str, tuple[int, list[Identifier]]] = {}
+        for kind, values in sorted(by_kind.items()):
+            for i in range(0, len(values), chunk):
+                rows = conn.execute(
+                    sa.select(
+                        member.c.kind, member.c.value, member.c.universal_id, profiles_t.c.seq
                     )
-                ).all()
-            )
-            members: dict[str, list[Identifier]] = {u: [] for u in chunk_uids}
-            for kind, value, uid in conn.execute(
-                sa.select(ids_t.c.kind, ids_t.c.value, ids_t.c.universal_id).where(
-                    ids_t.c.tenant == tenant, ids_t.c.universal_id.in_(chunk_uids)
+                    .select_from(seed)
+                    .join(
+                        member,
+                        sa.and_(
+                            member.c.tenant == seed.c.tenant,
+                            member.c.universal_id == seed.c.universal_id,
+                        ),
+                    )
+                    .join(
+                        profiles_t,
+                        sa.and_(
+                            profiles_t.c.tenant == seed.c.tenant,
+                            profiles_t.c.universal_id == seed.c.universal_id,
+                        ),
+                    )
+                    .where(
+                        seed.c.tenant == tenant,
+                        seed.c.kind == kind,
+                        seed.c.value.in_(values[i : i + chunk]),
+                    )
+                    .distinct()
                 )
-            ).all():
-                members[uid].append(Identifier(kind, value))
-            for uid in chunk_uids:
-                graph.add_profile(uid, ages[uid], members[uid])
+                for k, v, uid, seq in rows:
+                    found.setdefault(uid, (seq, []))[1].append(Identifier(k, v))
+        for uid, (seq, members) in found.items():
+            if uid not in graph.members:
+                graph.add_profile(uid, seq, members)
 
     def _persist(self, conn: Connection, tenant: str, changes: Sequence[Any]) -> None:
         now = datetime.now(UTC)
@@ -525,6 +533,13 @@ class IdentityGraphStore:
                 self._cache.clear()
             else:
                 self._cache.pop(tenant, None)
+
+
+def _distinct(usable: Sequence[Sequence[Identifier]]) -> list[Identifier]:
+    seen: set[Identifier] = set()
+    for idents in usable:
+        seen.update(idents)
+    return sorted(seen)
 
 
 def _insert_ignore(conn: Connection, table: sa.Table, values: dict[str, Any]) -> Any:

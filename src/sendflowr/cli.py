@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 import json
 import logging
 import sys
@@ -227,6 +228,71 @@ def simulate(
     finally:
         if rt is not None:
             rt.close()
+
+
+class EventFormat(enum.StrEnum):
+    konect = "konect"
+    csv = "csv"
+
+
+@app.command()
+def evaluate(
+    events: Annotated[
+        Path, typer.Option(help="Activity log: a KONECT out.* file (or its folder), or a CSV.")
+    ],
+    format: Annotated[
+        EventFormat, typer.Option("--format", help="konect, or csv with user_id,unix_ts[,tz]")
+    ] = EventFormat.konect,
+    tz: Annotated[
+        str | None,
+        typer.Option(help="IANA zone of everyone (csv: omit to use its per-user tz column)."),
+    ] = None,
+    seed: Annotated[int, typer.Option(min=0, help="Seeds the random baseline and bootstrap.")] = 0,
+    out: Annotated[Path | None, typer.Option(help="Write the JSON report here.")] = None,
+) -> None:
+    """EWH@60 replay (../shared/EVALUATION.md section 1) of the baselines on an activity log.
+
+    The SendFlowr policy joins the table when the timing engine lands."""
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    from sendflowr.evaluate import baselines, run_evaluation
+    from sendflowr.evaluate.data import load_events
+
+    if not events.exists():
+        _fail(f"--events: no such file or folder {str(events)!r}")
+    if tz is not None:
+        try:
+            ZoneInfo(tz)
+        except (ZoneInfoNotFoundError, ValueError):
+            _fail(f"--tz: unknown IANA time zone {tz!r}")
+    try:
+        loaded = load_events(events, format.value)
+    except (ValueError, OSError) as exc:
+        _fail(f"--events: {exc}")
+    zones: str | tuple[str, ...]
+    if tz is not None:
+        zones = tz
+    elif loaded.zones is not None:
+        zones = loaded.zones
+    else:
+        _fail("--tz: required (the file has no per-user tz column)")
+    with console.status("replaying..."):
+        report = run_evaluation(loaded, zones, baselines(), seed=seed)
+    table = Table(title=f"EWH@60 over {report['windows']:,} windows (seed {seed})")
+    for col in ("policy", "EWH@60", "95% CI", "successes"):
+        table.add_column(col, justify="right" if col != "policy" else "left")
+    for name, r in report["policies"].items():
+        table.add_row(
+            name,
+            f"{r['ewh']:.3f}",
+            f"[{r['ci_low']:.3f}, {r['ci_high']:.3f}]",
+            f"{r['successes']:,}",
+        )
+    console.print(table)
+    text = json.dumps(report, indent=2) + "\n"
+    if out is not None:
+        out.write_text(text)
+        console.print(f"wrote {out}")
 
 
 @app.command()

@@ -80,3 +80,42 @@ def test_scale_backend_not_built_yet_is_one_clear_line(env: dict[str, str]) -> N
     assert result.exit_code == 2
     assert "SENDFLOWR_BUS_URL" in result.output
     assert "Traceback" not in result.output
+
+
+def test_evaluate_on_a_csv(env: dict[str, str], tmp_path: Path) -> None:
+    # Two users active daily at 09:00 and 14:00 Warsaw time for six weeks.
+    lines = ["user_id,unix_ts"]
+    start = 1_262_592_000  # 2010-01-04 08:00 UTC = 09:00 Warsaw
+    for day in range(42):
+        lines.append(f"a,{start + day * 86_400}")
+        lines.append(f"b,{start + day * 86_400 + 5 * 3600}")
+    data = tmp_path / "log.csv"
+    data.write_text("\n".join(lines) + "\n")
+    out = tmp_path / "report.json"
+    result = CliRunner().invoke(
+        app,
+        ["evaluate", "--events", str(data), "--format", "csv", "--tz", "Europe/Warsaw",
+         "--out", str(out)],
+        env=env,
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    report = json.loads(out.read_text())
+    assert set(report["policies"]) == {"random", "global_hour", "user_hour"}
+    assert report["policies"]["user_hour"]["ewh"] == 1.0  # each user's own hour is exact
+    assert "user_hour" in result.output
+
+
+def test_evaluate_rejects_bad_arguments(env: dict[str, str], tmp_path: Path) -> None:
+    bad_csv = tmp_path / "bad.csv"
+    bad_csv.write_text("user_id,unix_ts\na,notanumber\n")
+    cases = [
+        (["--events", str(tmp_path / "missing.csv"), "--tz", "UTC"], "--events"),
+        (["--events", str(bad_csv), "--format", "csv", "--tz", "UTC"], "line 2"),
+        (["--events", str(bad_csv), "--format", "csv", "--tz", "Mars/Base"], "--tz"),
+        (["--events", str(bad_csv), "--format", "xml", "--tz", "UTC"], "--format"),
+    ]
+    for args, needle in cases:
+        result = CliRunner().invoke(app, ["evaluate", *args], env=env)
+        assert result.exit_code == 2, (args, result.output)
+        assert needle in result.output
+        assert "Traceback" not in result.output

@@ -9,6 +9,12 @@ from datetime import timedelta
 from pathlib import Path
 
 from sendflowr.bus import Bus, open_bus
+from sendflowr.identity.identifiers import (
+    DEFAULT_BLOCKED_PATTERNS,
+    DEFAULT_BLOCKED_VALUES,
+    Blocklist,
+)
+from sendflowr.identity.rules import DEFAULT_LIMITS, Limits
 from sendflowr.identity.store import IdentityGraphStore
 from sendflowr.pipeline import Pipeline
 from sendflowr.settings import Settings
@@ -37,6 +43,22 @@ def load_hash_key(settings: Settings) -> bytes:
     return key
 
 
+def identity_limits(settings: Settings) -> Limits:
+    families = dict(DEFAULT_LIMITS)
+    kinds: dict[str, int] = {}
+    for kind, limit in settings.identity_limits.items():
+        (kinds if ":" in kind else families)[kind] = limit
+    return Limits(per_family=families, per_kind=kinds)
+
+
+def identity_blocklist(settings: Settings) -> Blocklist:
+    return Blocklist(
+        values=DEFAULT_BLOCKED_VALUES
+        | {v.strip().lower() for v in settings.identity_blocked_values},
+        patterns=DEFAULT_BLOCKED_PATTERNS + tuple(settings.identity_blocked_patterns),
+    )
+
+
 @dataclass
 class Runtime:
     settings: Settings
@@ -58,7 +80,9 @@ class Runtime:
                 metadata.migrate()
                 events.migrate()
             features = open_feature_cache(settings.feature_cache)
-            identity = IdentityGraphStore(metadata, hash_key)
+            identity = IdentityGraphStore(
+                metadata, hash_key, identity_limits(settings), identity_blocklist(settings)
+            )
             pipeline = Pipeline(
                 events,
                 features,

@@ -179,6 +179,36 @@ class Settings(BaseSettings):
         86_400, ge=0, description="events dated further ahead than this are rejected"
     )
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    identity_blocked_values: list[str] = Field(
+        default_factory=list, description="extra placeholder values that identify nobody"
+    )
+    identity_blocked_patterns: list[str] = Field(
+        default_factory=list, description="extra regexes (searched in the lower-cased value)"
+    )
+    identity_limits: dict[str, int] = Field(
+        default_factory=dict,
+        description='per-person limits by kind or family, e.g. {"email": 5, "esp": 1}',
+    )
+
+    @field_validator("identity_blocked_patterns")
+    @classmethod
+    def _check_patterns(cls, v: list[str]) -> list[str]:
+        import re
+
+        for pattern in v:
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ValueError(f"{pattern!r} is not a regular expression ({exc})") from None
+        return v
+
+    @field_validator("identity_limits")
+    @classmethod
+    def _check_limits(cls, v: dict[str, int]) -> dict[str, int]:
+        for kind, limit in v.items():
+            if limit < 1:
+                raise ValueError(f"limit for {kind!r} must be at least 1, got {limit}")
+        return v
 
     @field_validator("event_store_url")
     @classmethod

@@ -239,3 +239,28 @@ def test_identity_api(client: TestClient, runtime: Runtime) -> None:
         client.post("/api/identity/merges/1/split", params={"tenant": "acme"}, json={}).status_code
         == 422
     )
+
+
+def test_guardrails_come_from_settings(settings: Settings) -> None:
+    custom = settings.model_copy(
+        update={
+            "identity_blocked_values": ["guest"],
+            "identity_blocked_patterns": [r"^test[-_]"],
+            "identity_limits": {"email": 1, "ext:shopify": 2},
+        }
+    )
+    runtime = Runtime.open(custom)
+    try:
+        runtime.metadata.ensure_tenant(Tenant("acme", "acme", "UTC"))
+        ident = runtime.identity
+        assert ident.blocklist.blocks("Guest")
+        assert ident.blocklist.blocks("test-123")
+        assert ident.limits.limit("email") == 1
+        assert ident.limits.limit("ext:shopify") == 2
+        assert ident.limits.limit("esp:klaviyo") == 1
+        runtime.pipeline.process([ev(email="one@x.test", esp_profile_id="Q1")])
+        runtime.pipeline.process([ev(email="two@x.test", esp_profile_id="Q1")])
+        assert runtime.identity.merge_log("acme", status="refused")  # a second email: refused
+    finally:
+        runtime.events._command(f"DROP DATABASE IF EXISTS `{runtime.events.database}`")
+        runtime.close()

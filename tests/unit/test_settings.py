@@ -362,3 +362,15 @@ def test_cli_long_setting_error_stays_on_one_line() -> None:
         "error: SENDFLOWR_EVENT_STORE_URL (event_store_url): unknown scheme 'mysql'; "
         "expected chdb://DIR or clickhouse://user:pass@host:8123/db"
     ]
+
+
+def test_identity_guardrail_settings_are_checked(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SENDFLOWR_IDENTITY_BLOCKED_PATTERNS", '["(unclosed"]')
+    with pytest.raises(SettingsError, match="SENDFLOWR_IDENTITY_BLOCKED_PATTERNS"):
+        load_settings()
+    monkeypatch.setenv("SENDFLOWR_IDENTITY_BLOCKED_PATTERNS", '["^x$"]')
+    monkeypatch.setenv("SENDFLOWR_IDENTITY_LIMITS", '{"email": 0}')
+    with pytest.raises(SettingsError, match="SENDFLOWR_IDENTITY_LIMITS"):
+        load_settings()
+    monkeypatch.setenv("SENDFLOWR_IDENTITY_LIMITS", '{"email": 3}')
+    assert load_settings().identity_limits == {"email": 3}

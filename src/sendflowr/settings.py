@@ -7,12 +7,13 @@ setting (`SettingsError`), never later in a request.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -210,28 +211,10 @@ class Settings(BaseSettings):
                 raise ValueError(f"limit for {kind!r} must be at least 1, got {limit}")
         return v
 
-    @field_validator("event_store_url")
+    @field_validator("event_store_url", "metadata_url", "bus_url", "feature_cache_url")
     @classmethod
-    def _check_event_store(cls, v: str) -> str:
-        parse_event_store_url(v)
-        return v
-
-    @field_validator("metadata_url")
-    @classmethod
-    def _check_metadata(cls, v: str) -> str:
-        parse_metadata_url(v)
-        return v
-
-    @field_validator("bus_url")
-    @classmethod
-    def _check_bus(cls, v: str) -> str:
-        parse_bus_url(v)
-        return v
-
-    @field_validator("feature_cache_url")
-    @classmethod
-    def _check_cache(cls, v: str) -> str:
-        parse_cache_url(v)
+    def _check_url(cls, v: str, info: ValidationInfo) -> str:
+        _URL_PARSERS[str(info.field_name)](v)
         return v
 
     @property
@@ -264,6 +247,14 @@ class Settings(BaseSettings):
         if toml is not None:
             sources.append(TomlConfigSettingsSource(settings_cls, toml_file=toml))
         return tuple(sources)
+
+
+_URL_PARSERS: dict[str, Callable[[str], object]] = {
+    "event_store_url": parse_event_store_url,
+    "metadata_url": parse_metadata_url,
+    "bus_url": parse_bus_url,
+    "feature_cache_url": parse_cache_url,
+}
 
 
 def _config_file() -> Path | None:

@@ -138,3 +138,39 @@ def test_reassign_moves_events_and_keeps_one_copy(store: ChdbEventStore) -> None
     assert [e.esp_event_id for e in to] == ["evt-1", "evt-3"]
     assert to[0].email_hash == events[1].identifiers.email_hash
     assert store.count_events("acme") == 4
+
+
+def test_explanations_round_trip_and_dedup(store: ChdbEventStore) -> None:
+    from datetime import UTC, datetime
+
+    from sendflowr.timing.explanation import Explanation
+
+    at = datetime(2026, 3, 2, 9, 0, 0, 123000, tzinfo=UTC)
+    row = Explanation(
+        tenant="acme",
+        explanation_ref="exp_1",
+        decision_id="dec_1",
+        universal_id="sf_0123456789abcdef",
+        intent_id="promo_jan",
+        created_at=at,
+        model_version="test-1",
+        target_minute_utc=at.replace(microsecond=0),
+        trigger_timestamp_utc=at.replace(microsecond=0, second=0, minute=0),
+        confidence_score=0.625,
+        fallback_level="personal",
+        weight_personal=0.5,
+        weight_audience=0.25,
+        weight_global=0.25,
+        machine_opens_excluded=3,
+        policies=("quiet_hours", "frequency_cap"),
+        exploration=True,
+        evidence={"clicks": 4, "opens": 9},
+        details={"alternatives": [1, 2]},
+    )
+    assert store.insert_explanations([row, row]) == 2
+    got = store.get_explanation("acme", "exp_1")
+    assert got == row
+    assert store.get_explanation("other", "exp_1") is None
+    assert store._rows(f"SELECT count() FROM `{store.database}`.timing_explanations FINAL") == [
+        ["1"]
+    ] or store._rows(f"SELECT count() FROM `{store.database}`.timing_explanations FINAL") == [[1]]

@@ -13,7 +13,9 @@ import orjson
 import pyarrow as pa
 
 from sendflowr.storage.events.migrations import MIGRATIONS, STATUS_TABLE, Migration
+from sendflowr.storage.events.rows import explanations_to_arrow
 from sendflowr.storage.health import BackendHealth
+from sendflowr.timing.explanation import Explanation
 
 _EVENT_COLUMNS = (
     "tenant", "universal_id", "occurred_at", "event_id", "esp", "esp_event_id", "event_type",
@@ -211,6 +213,50 @@ class EventStore(abc.ABC):
             params,
         )
         return len(event_ids)
+
+    # -- timing explanations ---------------------------------------------------------------
+    def insert_explanations(self, rows: Sequence[Explanation]) -> int:
+        if not rows:
+            return 0
+        self._insert_arrow("timing_explanations", explanations_to_arrow(rows))
+        return len(rows)
+
+    def get_explanation(self, tenant: str, explanation_ref: str) -> Explanation | None:
+        rows = self._rows(
+            "SELECT tenant, explanation_ref, decision_id, universal_id, intent_id, "
+            "toUnixTimestamp64Milli(created_at), model_version, "
+            "toUnixTimestamp64Milli(target_minute_utc), "
+            "toUnixTimestamp64Milli(trigger_timestamp_utc), confidence_score, fallback_level, "
+            "weight_personal, weight_audience, weight_global, machine_opens_excluded, policies, "
+            "exploration, evidence, details "
+            f"FROM `{self.database}`.timing_explanations FINAL "
+            "WHERE tenant = {tenant:String} AND explanation_ref = {ref:String} LIMIT 1",
+            {"tenant": tenant, "ref": explanation_ref},
+        )
+        if not rows:
+            return None
+        r = rows[0]
+        return Explanation(
+            tenant=r[0],
+            explanation_ref=r[1],
+            decision_id=r[2],
+            universal_id=r[3],
+            intent_id=r[4],
+            created_at=_from_ms(r[5]),
+            model_version=r[6],
+            target_minute_utc=_from_ms(r[7]),
+            trigger_timestamp_utc=_from_ms(r[8]),
+            confidence_score=float(r[9]),
+            fallback_level=r[10],
+            weight_personal=float(r[11]),
+            weight_audience=float(r[12]),
+            weight_global=float(r[13]),
+            machine_opens_excluded=int(r[14]),
+            policies=tuple(r[15]),
+            exploration=bool(r[16]),
+            evidence=orjson.loads(r[17]) if r[17] else {},
+            details=orjson.loads(r[18]) if r[18] else {},
+        )
 
     def tenants(self) -> list[str]:
         rows = self._rows(

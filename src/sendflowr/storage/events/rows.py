@@ -8,6 +8,7 @@ import orjson
 import pyarrow as pa
 
 from sendflowr.events import CanonicalEvent
+from sendflowr.timing.explanation import Explanation
 
 EMAIL_EVENT_SCHEMA = pa.schema(
     [
@@ -61,3 +62,54 @@ def events_to_arrow(events: Sequence[CanonicalEvent], universal_ids: Sequence[st
         "schema_version": [e.schema_version for e in events],
     }
     return pa.Table.from_pydict(cols, schema=EMAIL_EVENT_SCHEMA)
+
+
+EXPLANATION_SCHEMA = pa.schema(
+    [
+        ("tenant", pa.string()),
+        ("explanation_ref", pa.string()),
+        ("decision_id", pa.string()),
+        ("universal_id", pa.string()),
+        ("intent_id", pa.string()),
+        ("created_at", pa.timestamp("ms", tz="UTC")),
+        ("model_version", pa.string()),
+        ("target_minute_utc", pa.timestamp("ms", tz="UTC")),
+        ("trigger_timestamp_utc", pa.timestamp("ms", tz="UTC")),
+        ("confidence_score", pa.float32()),
+        ("fallback_level", pa.string()),
+        ("weight_personal", pa.float32()),
+        ("weight_audience", pa.float32()),
+        ("weight_global", pa.float32()),
+        ("evidence", pa.string()),
+        ("machine_opens_excluded", pa.uint32()),
+        ("policies", pa.list_(pa.string())),
+        ("exploration", pa.bool_()),
+        ("details", pa.string()),
+    ]
+)
+
+
+def explanations_to_arrow(rows: Sequence[Explanation]) -> pa.Table:
+    dumps = orjson.dumps
+    cols: dict[str, object] = {
+        "tenant": [r.tenant for r in rows],
+        "explanation_ref": [r.explanation_ref for r in rows],
+        "decision_id": [r.decision_id for r in rows],
+        "universal_id": [r.universal_id for r in rows],
+        "intent_id": [r.intent_id for r in rows],
+        "created_at": [r.created_at for r in rows],
+        "model_version": [r.model_version for r in rows],
+        "target_minute_utc": [r.target_minute_utc for r in rows],
+        "trigger_timestamp_utc": [r.trigger_timestamp_utc for r in rows],
+        "confidence_score": [r.confidence_score for r in rows],
+        "fallback_level": [r.fallback_level for r in rows],
+        "weight_personal": [r.weight_personal for r in rows],
+        "weight_audience": [r.weight_audience for r in rows],
+        "weight_global": [r.weight_global for r in rows],
+        "evidence": [dumps(r.evidence).decode() for r in rows],
+        "machine_opens_excluded": [r.machine_opens_excluded for r in rows],
+        "policies": [list(r.policies) for r in rows],
+        "exploration": [r.exploration for r in rows],
+        "details": [dumps(r.details).decode() for r in rows],
+    }
+    return pa.Table.from_pydict(cols, schema=EXPLANATION_SCHEMA)

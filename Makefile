@@ -42,6 +42,8 @@ bench: $(STAMP)
 	@mkdir -p bench/results
 	$(PY) bench/bench_ingest.py
 	$(PY) bench/bench_simulate.py
+	$(PY) bench/bench_identity.py
+	$(PY) bench/bench_evaluate.py
 
 clean:
 	rm -rf $(VENV) var .mypy_cache .ruff_cache .pytest_cache

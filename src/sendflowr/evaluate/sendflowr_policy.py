@@ -1,0 +1,73 @@
+"""SendFlowr's production timing engine as a replay policy (EVALUATION.md section 1).
+
+No evaluation-only model: the history the replay hands over is folded into activity profiles
+with the same incremental update the pipeline uses (`ActivityTable.observe`, the audience via
+`absorb`), and each day is decided by `engine.decide_batch`, the batch form of the decision the
+API serves, given the zone by name as the API is. In activity logs every event is an engagement
+signal of weight 1 and delivery is instant (latency 0), so target = trigger = the chosen instant.
+"""
+
+from __future__ import annotations
+
+from zoneinfo import ZoneInfo
+
+import numpy as np
+
+from sendflowr.evaluate.replay import Day, Decisions, IntArray, ReplaySetup
+from sendflowr.timing.activity import ActivityTable, global_prior
+from sendflowr.timing.engine import EngineParams, decide_batch
+
+
+class SendflowrPolicy:
+    def __init__(self, params: EngineParams | None = None) -> None:
+        self.params = params if params is not None else EngineParams()
+        self._setup: ReplaySetup | None = None
+        self._people = ActivityTable.empty(0)
+        self._audiences: list[ActivityTable] = []
+        self._prior = global_prior()
+
+    def begin(self, setup: ReplaySetup) -> None:
+        self._setup = setup
+        self._people = ActivityTable.empty(setup.n_users)
+        # one audience per zone: the replay's days are per zone, as a tenant's audience would be
+        self._audiences = [ActivityTable.empty(1) for _ in setup.clocks]
+
+    def observe(self, users: IntArray, unix_ts: IntArray) -> None:
+        if self._setup is None:
+            raise RuntimeError("observe before begin")
+        if len(users) == 0:
+            return
+        offsets = self._setup.local_seconds(users, unix_ts) - unix_ts
+        now = int(unix_ts.max())
+        act = self.params.activity
+        weights = np.ones(len(users))
+        aged_w, aged_d = self._people.observe(users, unix_ts, offsets, weights, now, act)
+        zone = self._setup.user_zone[users]
+        for z, audience in enumerate(self._audiences):
+            mine = zone == z
+            audience.absorb(
+                unix_ts[mine], offsets[mine], aged_w[mine], aged_d[mine], now, act.half_life_s
+            )
+
+    def choose(self, day: Day) -> Decisions:
+        if self._setup is None:
+            raise RuntimeError("choose before begin")
+        zone = ZoneInfo(self._setup.clocks[day.zone].zone)
+        got = decide_batch(
+            self._people,
+            day.users,
+            self._audiences[day.zone],
+            self._prior,
+            day.start,
+            day.end,
+            zone,
+            0,
+            day.start,
+            self.params,
+        )
+        return Decisions(got.target, got.confidence)
+
+
+def sendflowr_policy(params: EngineParams | None = None) -> SendflowrPolicy:
+    """The policy under its report name `sendflowr`."""
+    return SendflowrPolicy(params)

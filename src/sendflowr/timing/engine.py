@@ -1,0 +1,284 @@
+"""The timing decision: the best minute of a window for each person (pure numpy).
+
+The engagement curve over the week is a blend of three sources, each a shape over the window:
+- personal: the person's decayed local-week bins, pooled across days (day of week, weekday or
+  weekend, any day) and smoothed with a circular Gaussian across minute-of-week;
+- audience: the tenant's aggregate, smoothed the same way with its own width;
+- global: the fixed prior of activity.py.
+Weights follow the evidence: w_personal = n / (n + k_personal); the rest goes to the audience in
+proportion m / (m + k_audience), then to the global prior. So nobody is dropped: with no history
+the audience (or the prior) decides, with rich history the person does.
+
+Each source is normalised to its mass over the window, so the blend compares where in the
+window each source puts the engagement, not how much of the week the window holds.
+
+Scoring: a candidate target (delivery) minute t scores the blended share of the window's
+engagement that falls in [t, t + horizon). Curves are constant within a 15-minute bin, so the
+score is piecewise linear in t and its maximum lies where t or t + horizon meets a bin edge (or
+at the window's ends): only those minutes are scored, which makes a batch one small matrix
+product (people x ~120 bins) @ (~120 bins x ~100 candidates). Ties go to the earliest minute.
+
+Confidence: if a person's engagements on a day they engage are k independent draws from the
+curve, P(at least one in the horizon) = 1 - (1 - share)^k; k is the decayed engaged sittings per
+active day, blended like the curve. It is the probability given the person engages that day.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Final
+from zoneinfo import ZoneInfo
+
+import numpy as np
+
+from sendflowr.timing.activity import (
+    BIN_MINUTES,
+    BINS,
+    BINS_PER_DAY,
+    ActivityParams,
+    ActivityProfile,
+    ActivityTable,
+    FloatArray,
+    IntArray,
+    minute_of_week,
+)
+
+MODEL_VERSION: Final = "sendflowr-timing-1"
+LEVELS: Final = ("personal", "audience", "global")
+MINUTE: Final = 60
+BoolArray = np.ndarray[tuple[int, ...], np.dtype[np.bool_]]
+Curves = np.ndarray[tuple[int, ...], np.dtype[np.float32 | np.float64]]
+_PROBE_S: Final = BIN_MINUTES * MINUTE  # UTC offsets are whole quarter hours, so are changes
+
+
+@dataclass(frozen=True, slots=True)
+class EngineParams:
+    activity: ActivityParams = field(default_factory=ActivityParams)
+    # Defaults tuned on the radoslaw_email replay (EWH@60 0.451); neighbours within +-0.005.
+    personal_sigma_bins: float = 2.0  # Gaussian width across minute-of-week, in 15-min bins
+    audience_sigma_bins: float = 2.0
+    k_personal: float = 2.0  # evidence at which the person gets half the weight
+    k_audience: float = 20.0
+    share_dow: float = 0.3  # personal pooling: same day of week ...
+    share_group: float = 0.0  # ... weekday or weekend (did not help there) ... rest: any day
+    horizon_s: int = 3_600
+    alternatives: int = 5
+    alternative_gap_s: int = 1_800
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    target_minute_utc: int  # delivery minute, unix seconds
+    trigger_timestamp_utc: int  # target minus the ESP latency
+    confidence_score: float
+    alternatives: tuple[tuple[int, float], ...]  # (target minute, score), best first
+    fallback_level: str
+    weights: dict[str, float]  # personal / audience / global, summing to 1
+    model_version: str = MODEL_VERSION
+
+
+@dataclass(frozen=True, slots=True)
+class BatchDecisions:
+    """`decide_batch` for many people, one row each."""
+
+    target: IntArray
+    trigger: IntArray
+    confidence: FloatArray
+    alternatives: IntArray  # (people, alternatives), -1 where fewer exist
+    alternative_scores: FloatArray  # same shape, nan where absent
+    level: IntArray  # index into LEVELS
+    weights: FloatArray  # (people, 3)
+
+    def row(self, i: int) -> Decision:
+        alts = tuple(
+            (int(t), float(s))
+            for t, s in zip(self.alternatives[i], self.alternative_scores[i], strict=True)
+            if t >= 0
+        )
+        w = {name: float(x) for name, x in zip(LEVELS, self.weights[i], strict=True)}
+        return Decision(
+            int(self.target[i]),
+            int(self.trigger[i]),
+            float(self.confidence[i]),
+            alts,
+            LEVELS[int(self.level[i])],
+            w,
+        )
+
+
+def local_minute_of_week(utc_minutes: IntArray, zone: ZoneInfo | int) -> IntArray:
+    """Minute of the local week (Monday 00:00 = 0) of UTC instants on minute boundaries.
+
+    `zone`: an IANA zone, or a fixed UTC offset in seconds.
+    """
+    if isinstance(zone, int):
+        return minute_of_week(utc_minutes + zone)
+    probes = utc_minutes - utc_minutes % _PROBE_S
+    uniq, back = np.unique(probes, return_inverse=True)
+    offsets = np.empty(len(uniq), np.int64)
+    for i, p in enumerate(uniq.tolist()):
+        delta = datetime.fromtimestamp(p, UTC).astimezone(zone).utcoffset()
+        offsets[i] = int(delta.total_seconds()) if delta is not None else 0
+    return minute_of_week(utc_minutes + offsets[back.ravel()])
+
+
+def _circulant(sigma_bins: float) -> FloatArray:
+    if sigma_bins <= 0:
+        return np.eye(BINS)
+    d = np.arange(BINS, dtype=np.float64)
+    d = np.minimum(d, BINS - d)
+    g = np.exp(-0.5 * (d / sigma_bins) ** 2)
+    g /= g.sum()
+    idx = (np.arange(BINS)[:, None] - np.arange(BINS)[None, :]) % BINS
+    out: FloatArray = g[idx]
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class _Window:
+    candidates: IntArray  # target minutes, unix seconds, ascending
+    horizon: FloatArray  # (BINS, candidates + 1): bin mass per candidate; last column the window
+
+
+def _window(start_utc: int, end_utc: int, zone: ZoneInfo | int, horizon_s: int) -> _Window:
+    first = -(-start_utc // MINUTE) * MINUTE  # targets are whole minutes
+    if first >= end_utc:
+        raise ValueError(f"window [{start_utc}, {end_utc}) holds no whole minute")
+    h = max(horizon_s // MINUTE, 1)
+    minutes = np.arange(first, end_utc + h * MINUTE, MINUTE, dtype=np.int64)
+    local_bin = local_minute_of_week(minutes, zone) // BIN_MINUTES
+    n_targets = int(np.sum(minutes < end_utc))
+    edge = np.flatnonzero(np.r_[True, local_bin[1:] != local_bin[:-1]])
+    # score(t) is linear between bin edges met by t or t + h: score only the kinks and ends
+    kinks = np.unique(np.concatenate([edge, edge - h, [0, n_targets - 1]]))
+    kinks = kinks[(kinks >= 0) & (kinks < n_targets)]
+    horizon = np.zeros((BINS, len(kinks) + 1))
+    cols = np.repeat(np.arange(len(kinks)), h)
+    rows = local_bin[(kinks[:, None] + np.arange(h)[None, :]).ravel()]
+    np.add.at(horizon, (rows, cols), 1.0 / BIN_MINUTES)
+    np.add.at(horizon[:, -1], local_bin[:n_targets], 1.0 / BIN_MINUTES)
+    return _Window(minutes[kinks], horizon)
+
+
+def _pooled(bins: FloatArray, share_dow: float, share_group: float) -> FloatArray:
+    """Mix each row's own day of week with its weekday/weekend mean and its all-days mean."""
+    days = bins.reshape(len(bins), 7, BINS_PER_DAY)
+    any_day = np.broadcast_to(days.mean(axis=1, keepdims=True), days.shape)
+    group = np.concatenate(
+        [
+            np.broadcast_to(days[:, :5].mean(axis=1, keepdims=True), (len(bins), 5, BINS_PER_DAY)),
+            np.broadcast_to(days[:, 5:].mean(axis=1, keepdims=True), (len(bins), 2, BINS_PER_DAY)),
+        ],
+        axis=1,
+    )
+    rest = 1.0 - share_dow - share_group
+    out: FloatArray = (share_dow * days + share_group * group + rest * any_day).reshape(bins.shape)
+    return out
+
+
+def _shares(curves: Curves, operator: Curves) -> tuple[FloatArray, BoolArray]:
+    """Per row: share of the window's mass at each candidate, and whether it has any mass."""
+    used = np.flatnonzero(np.abs(operator).sum(axis=1) > 1e-12)
+    raw = (curves[:, used] @ operator[used]).astype(np.float64)
+    mass = raw[:, -1:]
+    has = mass[:, 0] > 1e-12
+    out: FloatArray = np.where(
+        has[:, None], raw[:, :-1] / np.where(has, mass[:, 0], 1.0)[:, None], 0
+    )
+    return out, has
+
+
+def decide_batch(
+    people: ActivityTable,
+    rows: IntArray,
+    audience: ActivityTable,
+    prior: FloatArray,
+    start_utc: int,
+    end_utc: int,
+    zone: ZoneInfo | int,
+    latency_s: int | IntArray,
+    now: int,
+    params: EngineParams = EngineParams(),
+) -> BatchDecisions:
+    """Decide for `people[rows]` (row -1: nobody known) over one window in one zone."""
+    win = _window(start_utc, end_utc, zone, params.horizon_s)
+    half = params.activity.half_life_s
+    known = rows >= 0
+    safe = np.where(known, rows, 0)
+    bins = people.bins[safe]  # float32: the batch's one big product stays in single precision
+    n = np.where(known, people.evidence[safe] * people.aged(now, half)[safe], 0.0)
+    days = np.where(known, people.active_days[safe] * people.aged(now, half)[safe], 0.0)
+    # pooling and smoothing are linear, so they fold into the window's operator once per batch
+    pooling = _pooled(np.eye(BINS), params.share_dow, params.share_group)
+    personal_op = pooling @ _circulant(params.personal_sigma_bins) @ win.horizon
+    audience_op = _circulant(params.audience_sigma_bins) @ win.horizon
+    s_p, has_p = _shares(bins, personal_op.astype(np.float32))
+    has_p &= known
+    s_a, has_a = _shares(audience.bins[:1].astype(np.float64), audience_op)
+    s_g, _ = _shares(prior[None, :], win.horizon)
+    m = float(audience.evidence[0] * audience.aged(now, half)[0]) if has_a[0] else 0.0
+    w_p = np.where(has_p, n / (n + params.k_personal), 0.0)
+    w_a = (1.0 - w_p) * (m / (m + params.k_audience))
+    w_g = 1.0 - w_p - w_a
+    score = w_p[:, None] * s_p + w_a[:, None] * s_a + w_g[:, None] * s_g
+    a_days = float(audience.active_days[0] * audience.aged(now, half)[0])
+    k_aud = m / a_days if a_days > 0 else 1.0
+    k_per = np.where(days > 0, n / np.maximum(days, 1e-12), k_aud)
+    k = np.maximum(w_p * k_per + (1.0 - w_p) * k_aud, 1.0)
+    prob = -np.expm1(k[:, None] * np.log1p(-np.clip(score, 0.0, 1.0 - 1e-12)))
+    best = np.argmax(score, axis=1)  # first maximum: the earliest minute
+    target = win.candidates[best]
+    alts, alt_scores = _alternatives(prob, best, win.candidates, params)
+    weights = np.stack([w_p, w_a, w_g], axis=1)
+    return BatchDecisions(
+        target,
+        target - np.asarray(latency_s, np.int64),
+        prob[np.arange(len(best)), best],
+        alts,
+        alt_scores,
+        np.argmax(weights, axis=1).astype(np.int64),
+        weights,
+    )
+
+
+def _alternatives(
+    prob: FloatArray, best: IntArray, candidates: IntArray, params: EngineParams
+) -> tuple[IntArray, FloatArray]:
+    """Greedy next-best targets, each at least the gap away from the choice and each other."""
+    people = np.arange(len(best))
+    open_ = np.ones(prob.shape, bool)
+    chosen = best
+    alts = np.full((len(best), params.alternatives), -1, np.int64)
+    scores = np.full((len(best), params.alternatives), np.nan)
+    for j in range(params.alternatives + 1):
+        near = np.abs(candidates[None, :] - candidates[chosen][:, None]) < params.alternative_gap_s
+        open_ &= ~near
+        if j == params.alternatives:
+            break
+        masked = np.where(open_, prob, -np.inf)
+        chosen = np.argmax(masked, axis=1)
+        ok = open_[people, chosen]
+        alts[ok, j] = candidates[chosen[ok]]
+        scores[ok, j] = prob[people[ok], chosen[ok]]
+    return alts, scores
+
+
+def decide(
+    profile: ActivityProfile | None,
+    audience: ActivityTable,
+    prior: FloatArray,
+    start_utc: int,
+    end_utc: int,
+    zone: ZoneInfo | int,
+    latency_s: int,
+    now: int,
+    params: EngineParams = EngineParams(),
+) -> Decision:
+    """One person's decision (the API path); `decide_batch` with a single row."""
+    table = profile.table() if profile is not None else ActivityTable.empty(1)
+    rows = np.array([0 if profile is not None else -1], np.int64)
+    batch = decide_batch(
+        table, rows, audience, prior, start_utc, end_utc, zone, latency_s, now, params
+    )
+    return batch.row(0)

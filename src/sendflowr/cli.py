@@ -250,13 +250,13 @@ def evaluate(
     seed: Annotated[int, typer.Option(min=0, help="Seeds the random baseline and bootstrap.")] = 0,
     out: Annotated[Path | None, typer.Option(help="Write the JSON report here.")] = None,
 ) -> None:
-    """EWH@60 replay (../shared/EVALUATION.md section 1) of the baselines on an activity log.
-
-    The SendFlowr policy joins the table when the timing engine lands."""
+    """EWH@60 replay (../shared/EVALUATION.md section 1): SendFlowr's timing engine against the
+    random, global_hour and user_hour baselines, with the calibration of its confidence."""
     from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
     from sendflowr.evaluate import baselines, run_evaluation
     from sendflowr.evaluate.data import load_events
+    from sendflowr.evaluate.sendflowr_policy import sendflowr_policy
 
     if not events.exists():
         _fail(f"--events: no such file or folder {str(events)!r}")
@@ -277,16 +277,19 @@ def evaluate(
     else:
         _fail("--tz: required (the file has no per-user tz column)")
     with console.status("replaying..."):
-        report = run_evaluation(loaded, zones, baselines(), seed=seed)
+        policies = {**baselines(), "sendflowr": sendflowr_policy()}
+        report = run_evaluation(loaded, zones, policies, seed=seed)
     table = Table(title=f"EWH@60 over {report['windows']:,} windows (seed {seed})")
-    for col in ("policy", "EWH@60", "95% CI", "successes"):
+    for col in ("policy", "EWH@60", "95% CI", "successes", "Brier"):
         table.add_column(col, justify="right" if col != "policy" else "left")
     for name, r in report["policies"].items():
+        calibration = r.get("calibration")
         table.add_row(
             name,
             f"{r['ewh']:.3f}",
             f"[{r['ci_low']:.3f}, {r['ci_high']:.3f}]",
             f"{r['successes']:,}",
+            f"{calibration['brier']:.3f}" if calibration else "-",
         )
     console.print(table)
     text = json.dumps(report, indent=2) + "\n"

@@ -100,8 +100,10 @@ def test_evaluate_on_a_csv(env: dict[str, str], tmp_path: Path) -> None:
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     report = json.loads(out.read_text())
-    assert set(report["policies"]) == {"random", "global_hour", "user_hour"}
+    assert set(report["policies"]) == {"random", "global_hour", "user_hour", "sendflowr"}
     assert report["policies"]["user_hour"]["ewh"] == 1.0  # each user's own hour is exact
+    assert report["policies"]["sendflowr"]["ewh"] == 1.0  # so is a personal curve
+    assert "brier" in report["policies"]["sendflowr"]["calibration"]
     assert "user_hour" in result.output
 
 

@@ -9,6 +9,7 @@ from datetime import timedelta
 from pathlib import Path
 
 from sendflowr.bus import Bus, open_bus
+from sendflowr.decisions import TimingService
 from sendflowr.identity.identifiers import (
     DEFAULT_BLOCKED_PATTERNS,
     DEFAULT_BLOCKED_VALUES,
@@ -69,6 +70,7 @@ class Runtime:
     pipeline: Pipeline
     bus: Bus
     hash_key: bytes
+    timing: TimingService
 
     @classmethod
     def open(cls, settings: Settings, *, migrate: bool = True) -> Runtime:
@@ -91,11 +93,12 @@ class Runtime:
                 max_future_skew=timedelta(seconds=settings.max_future_skew_seconds),
             )
             bus = open_bus(settings.bus, pipeline)
+            timing = TimingService(events, identity)
         except BaseException:
             events.close()
             metadata.close()
             raise
-        return cls(settings, events, metadata, features, identity, pipeline, bus, hash_key)
+        return cls(settings, events, metadata, features, identity, pipeline, bus, hash_key, timing)
 
     def health(self) -> list[BackendHealth]:
         return [

@@ -10,7 +10,7 @@ from fastapi import FastAPI
 
 from sendflowr import __version__
 from sendflowr.api.errors import install_error_handlers
-from sendflowr.api.routes import events, health, identity, mock, tenants
+from sendflowr.api.routes import events, health, identity, mock, tenants, timing
 from sendflowr.runtime import Runtime
 from sendflowr.settings import Settings, load_settings
 
@@ -43,6 +43,6 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     if runtime is not None:
         app.state.runtime = runtime
     install_error_handlers(app)
-    for module in (health, tenants, events, identity, mock):
+    for module in (health, tenants, events, identity, timing, mock):
         app.include_router(module.router)
     return app

@@ -118,3 +118,84 @@ class SplitOut(BaseModel):
     restored_universal_id: str
     identifiers_moved_back: list[IdentifierOut]
     events_moved: int
+
+
+class IdentifierIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    type: str = Field(
+        max_length=64,
+        description="email, phone, klaviyo_id, esp:<name>, external:<name>, anonymous, "
+        "universal_id",
+    )
+    value: str = Field(min_length=1, max_length=320)
+
+
+class DecideIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    tenant: str = Field(pattern=TENANT_PATTERN)
+    identifier: IdentifierIn
+    send_after: datetime | None = Field(None, description="default: now")
+    send_before: datetime | None = Field(None, description="default: send_after + 24 hours")
+    latency_estimate_seconds: int | None = Field(
+        None, ge=0, le=86_400, description="default: the tenant's ESP latency"
+    )
+    intent_id: str = Field("", max_length=128)
+    channel: Literal["email", "sms", "push"] = "email"
+
+
+class LegacyDecideIn(BaseModel):
+    """The request shape of the original notes (POST /timing-decision)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    tenant: str | None = Field(None, pattern=TENANT_PATTERN, description="default: demo tenant")
+    email: str | None = Field(None, max_length=320)
+    klaviyo_id: str | None = Field(None, max_length=128)
+    send_after: datetime | None = None
+    send_before: datetime | None = None
+    latency_estimate_seconds: int | None = Field(None, ge=0, le=86_400)
+
+
+class AlternativeOut(BaseModel):
+    target_minute_utc: datetime
+    score: float
+
+
+class DecisionOut(BaseModel):
+    decision_id: str
+    tenant: str
+    universal_id: str
+    intent_id: str
+    target_minute_utc: datetime
+    trigger_timestamp_utc: datetime
+    latency_estimate_seconds: int
+    confidence_score: float = Field(ge=0.0, le=1.0)
+    window: list[datetime]
+    alternatives: list[AlternativeOut]
+    fallback_level: Literal["personal", "audience", "global"]
+    context_weights: dict[str, float]
+    model_version: str
+    explanation_ref: str
+
+
+class ExplanationOut(BaseModel):
+    explanation_ref: str
+    decision_id: str
+    tenant: str
+    universal_id: str
+    intent_id: str
+    created_at: datetime
+    model_version: str
+    target_minute_utc: datetime
+    trigger_timestamp_utc: datetime
+    confidence_score: float
+    fallback_level: str
+    context_weights: dict[str, float]
+    machine_opens_excluded: int
+    policies: list[str]
+    exploration: bool
+    evidence: dict[str, Any]
+    details: dict[str, Any]
+    summary: str = Field(description="the explanation in words")

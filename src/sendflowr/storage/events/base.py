@@ -214,6 +214,26 @@ class EventStore(abc.ABC):
         )
         return len(event_ids)
 
+    def engagement_history(
+        self, tenant: str, types: Sequence[str], since: datetime, limit: int = 2_000_000
+    ) -> tuple[list[str], list[int], list[str], list[bool]]:
+        """A tenant's engagement events since `since`, in one query (person, then time):
+        universal ids, UTC seconds, event types, machine-open flags."""
+        rows = self._rows(
+            "SELECT universal_id, toUnixTimestamp(occurred_at), event_type, is_machine_open "
+            f"FROM `{self.database}`.email_events FINAL "
+            "WHERE tenant = {tenant:String} AND event_type IN {types:Array(String)} "
+            "AND occurred_at >= fromUnixTimestamp64Milli({since:Int64}, 'UTC') "
+            "ORDER BY universal_id, occurred_at LIMIT {limit:UInt32}",
+            {"tenant": tenant, "types": list(types), "since": _to_ms(since), "limit": limit},
+        )
+        return (
+            [r[0] for r in rows],
+            [int(r[1]) for r in rows],
+            [r[2] for r in rows],
+            [bool(r[3]) for r in rows],
+        )
+
     # -- timing explanations ---------------------------------------------------------------
     def insert_explanations(self, rows: Sequence[Explanation]) -> int:
         if not rows:

@@ -1,0 +1,182 @@
+"""Timing decisions and their explanations."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from zoneinfo import ZoneInfo
+
+from fastapi import APIRouter, Path, Query
+
+from sendflowr.api.deps import RuntimeDep
+from sendflowr.api.routes.identity import resolve_identifier
+from sendflowr.api.schemas import (
+    TENANT_PATTERN,
+    AlternativeOut,
+    DecideIn,
+    DecisionOut,
+    ExplanationOut,
+    LegacyDecideIn,
+)
+from sendflowr.decisions import DecisionRecord, explain_in_words, unknown_person_id
+from sendflowr.errors import InvalidInputError, NotFoundError
+from sendflowr.identity.identifiers import IdentifierError, parse_lookup
+from sendflowr.runtime import Runtime
+from sendflowr.timing.window import WindowError, check_window
+
+router = APIRouter(tags=["timing"])
+
+DEFAULT_LATENCY_SECONDS = 60
+
+
+def _person(runtime: Runtime, tenant: str, id_type: str, value: str) -> tuple[str, bool]:
+    """The person's universal id, and whether we know them. A stranger still gets a decision
+    (from the audience and the prior) under the id they will get when first seen."""
+    try:
+        return resolve_identifier(runtime, tenant, id_type, value), True
+    except NotFoundError:
+        if id_type == "universal_id":
+            raise
+    try:
+        ident = parse_lookup(id_type, value, runtime.hash_key, runtime.identity.blocklist)
+    except IdentifierError as exc:  # already reported by resolve_identifier; kept for types
+        raise InvalidInputError(
+            [{"loc": ["body", "identifier", exc.field], "msg": exc.reason, "type": "value_error"}]
+        ) from None
+    return unknown_person_id(runtime.identity, tenant, ident), False
+
+
+def _decide(
+    runtime: Runtime,
+    tenant: str,
+    id_type: str,
+    value: str,
+    send_after: datetime | None,
+    send_before: datetime | None,
+    latency: int | None,
+    intent_id: str,
+    channel: str,
+    loc: tuple[str, ...],
+) -> DecisionOut:
+    t = runtime.metadata.get_tenant(tenant)
+    if latency is None:
+        latency = int(t.settings.get("esp_latency_seconds", DEFAULT_LATENCY_SECONDS))
+    try:
+        window = check_window(send_after, send_before, latency, datetime.now(UTC))
+    except WindowError as exc:
+        raise InvalidInputError(
+            [{"loc": ["body", exc.field], "msg": exc.reason, "type": "value_error"}]
+        ) from None
+    try:
+        uid, known = _person(runtime, tenant, id_type, value)
+    except InvalidInputError as exc:
+        raise InvalidInputError(
+            [{**e, "loc": ["body", *loc, *e["loc"][1:]]} for e in exc.errors]
+        ) from None
+    record = runtime.timing.decide(
+        tenant, uid, known, ZoneInfo(t.timezone), window, latency, intent_id, channel
+    )
+    return _out(tenant, uid, intent_id, record)
+
+
+def _out(tenant: str, uid: str, intent_id: str, r: DecisionRecord) -> DecisionOut:
+    d = r.decision
+    return DecisionOut(
+        decision_id=r.decision_id,
+        tenant=tenant,
+        universal_id=uid,
+        intent_id=intent_id,
+        target_minute_utc=datetime.fromtimestamp(d.target_minute_utc, UTC),
+        trigger_timestamp_utc=datetime.fromtimestamp(d.trigger_timestamp_utc, UTC),
+        latency_estimate_seconds=r.latency_seconds,
+        confidence_score=min(1.0, max(0.0, d.confidence_score)),
+        window=[r.window.start, r.window.end],
+        alternatives=[
+            AlternativeOut(target_minute_utc=datetime.fromtimestamp(t, UTC), score=s)
+            for t, s in d.alternatives
+        ],
+        fallback_level=d.fallback_level,
+        context_weights=d.weights,
+        model_version=d.model_version,
+        explanation_ref=r.explanation.explanation_ref,
+    )
+
+
+@router.post("/timing/decide", response_model=DecisionOut)
+def decide(body: DecideIn, runtime: RuntimeDep) -> DecisionOut:
+    """The minute to deliver to one person in a window, the trigger time (minus the ESP's
+    latency), a confidence, alternatives and an explanation reference."""
+    return _decide(
+        runtime,
+        body.tenant,
+        body.identifier.type,
+        body.identifier.value,
+        body.send_after,
+        body.send_before,
+        body.latency_estimate_seconds,
+        body.intent_id,
+        body.channel,
+        ("identifier",),
+    )
+
+
+@router.post("/timing-decision", response_model=DecisionOut)
+def decide_legacy(body: LegacyDecideIn, runtime: RuntimeDep) -> DecisionOut:
+    """The original notes' shape: {email, klaviyo_id, send_after, send_before,
+    latency_estimate_seconds}; the email wins when both are given."""
+    if body.email:
+        id_type, value, field = "email", body.email, "email"
+    elif body.klaviyo_id:
+        id_type, value, field = "klaviyo_id", body.klaviyo_id, "klaviyo_id"
+    else:
+        raise InvalidInputError(
+            [{"loc": ["body", "email"], "msg": "give an email or a klaviyo_id", "type": "missing"}]
+        )
+    return _decide(
+        runtime,
+        body.tenant or runtime.settings.demo_tenant,
+        id_type,
+        value,
+        body.send_after,
+        body.send_before,
+        body.latency_estimate_seconds,
+        "",
+        "email",
+        (field,),
+    )
+
+
+@router.get("/timing/explanations/{ref}", response_model=ExplanationOut)
+def explanation(
+    runtime: RuntimeDep,
+    ref: str = Path(pattern=r"^exp_[0-9a-f]{32}$"),
+    tenant: str = Query(pattern=TENANT_PATTERN),
+) -> ExplanationOut:
+    """Why a decision chose its time, in numbers and in words."""
+    runtime.metadata.get_tenant(tenant)
+    e = runtime.events.get_explanation(tenant, ref)
+    if e is None:
+        raise NotFoundError(f"no explanation {ref!r} in tenant {tenant!r}", field="ref")
+    return ExplanationOut(
+        explanation_ref=e.explanation_ref,
+        decision_id=e.decision_id,
+        tenant=e.tenant,
+        universal_id=e.universal_id,
+        intent_id=e.intent_id,
+        created_at=e.created_at,
+        model_version=e.model_version,
+        target_minute_utc=e.target_minute_utc,
+        trigger_timestamp_utc=e.trigger_timestamp_utc,
+        confidence_score=e.confidence_score,
+        fallback_level=e.fallback_level,
+        context_weights={
+            "personal": e.weight_personal,
+            "audience": e.weight_audience,
+            "global": e.weight_global,
+        },
+        machine_opens_excluded=e.machine_opens_excluded,
+        policies=list(e.policies),
+        exploration=e.exploration,
+        evidence=e.evidence,
+        details=e.details,
+        summary=explain_in_words(e),
+    )

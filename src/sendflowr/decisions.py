@@ -23,7 +23,7 @@ from sendflowr.identity.identifiers import Identifier
 from sendflowr.identity.store import IdentityGraphStore
 from sendflowr.storage.events.base import EventStore, StoredEvent
 from sendflowr.timing.activity import ActivityParams, ActivityProfile, ActivityTable, global_prior
-from sendflowr.timing.engine import Decision, EngineParams, decide
+from sendflowr.timing.engine import BatchDecisions, Decision, EngineParams, decide, decide_batch
 from sendflowr.timing.explanation import Explanation
 from sendflowr.timing.features import ENGAGEMENT_WEIGHTS
 from sendflowr.timing.window import Window
@@ -215,6 +215,93 @@ class TimingService:
         )
         self.events.insert_explanations([explanation])
         return DecisionRecord(decision, decision_id, explanation, latency_seconds, window)
+
+
+@dataclass(frozen=True, slots=True)
+class BatchRecord:
+    universal_ids: list[str]
+    decisions: BatchDecisions
+    decision_ids: list[str]
+    explanation_refs: list[str]
+
+
+def decide_many(
+    service: TimingService,
+    tenant: str,
+    universal_ids: Sequence[str],
+    known: Sequence[bool],
+    zone: ZoneInfo,
+    window: Window,
+    latency_seconds: int,
+    intent_id: str = "",
+) -> BatchRecord:
+    """Decisions for many people over one window: their histories in one query, the engine's
+    batch form, and one explanation row each."""
+    now_dt = service.clock()
+    now = int(now_dt.timestamp())
+    params = service.params
+    since = datetime.fromtimestamp(now - AUDIENCE_DAYS * 86_400, UTC)
+    uids, utc, types, machine = service.events.engagement_history(
+        tenant, sorted(ENGAGEMENT_WEIGHTS), since
+    )
+    aliases = service.identity.alias_map(tenant)
+    row_of = {u: i for i, (u, k) in enumerate(zip(universal_ids, known, strict=True)) if k}
+    people = ActivityTable.empty(len(universal_ids))
+    keep = [i for i, u in enumerate(uids) if aliases.get(u, u) in row_of]
+    if keep:
+        utc_k = [utc[i] for i in keep]
+        rows = np.asarray([row_of[aliases.get(uids[i], uids[i])] for i in keep], np.int64)
+        people.observe(
+            rows,
+            np.asarray(utc_k, np.int64),
+            _offsets(utc_k, zone),
+            np.asarray([ENGAGEMENT_WEIGHTS[types[i]] for i in keep], np.float64),
+            now,
+            params.activity,
+            machine=np.asarray([machine[i] for i in keep], np.bool_),
+        )
+    has = people.evidence > 0
+    rows_arg = np.where(has, np.arange(len(universal_ids)), -1).astype(np.int64)
+    batch = decide_batch(
+        people,
+        rows_arg,
+        service.audience(tenant, zone, now),
+        service._prior,
+        int(window.start.timestamp()),
+        int(window.end.timestamp()),
+        zone,
+        latency_seconds,
+        now,
+        params,
+    )
+    decision_ids = [str(uuid.uuid4()) for _ in universal_ids]
+    refs = ["exp_" + d.replace("-", "") for d in decision_ids]
+    explanations = []
+    for i, uid in enumerate(universal_ids):
+        d = batch.row(i)
+        explanations.append(
+            Explanation(
+                tenant=tenant,
+                explanation_ref=refs[i],
+                decision_id=decision_ids[i],
+                universal_id=uid,
+                intent_id=intent_id,
+                created_at=now_dt,
+                model_version=d.model_version,
+                target_minute_utc=datetime.fromtimestamp(d.target_minute_utc, UTC),
+                trigger_timestamp_utc=datetime.fromtimestamp(d.trigger_timestamp_utc, UTC),
+                confidence_score=d.confidence_score,
+                fallback_level=d.fallback_level,
+                weight_personal=d.weights["personal"],
+                weight_audience=d.weights["audience"],
+                weight_global=d.weights["global"],
+                machine_opens_excluded=int(people.machine_opens[i]),
+                evidence={"evidence": float(people.evidence[i]), "known_person": known[i]},
+                details={"batch": True, "latency_estimate_seconds": latency_seconds},
+            )
+        )
+    service.events.insert_explanations(explanations)
+    return BatchRecord(list(universal_ids), batch, decision_ids, refs)
 
 
 def unknown_person_id(identity: IdentityGraphStore, tenant: str, ident: Identifier) -> str:

@@ -199,3 +199,52 @@ def test_unknown_tenant_and_explanation(client: TestClient) -> None:
     ref = "exp_" + "0" * 32
     assert client.get(f"/timing/explanations/{ref}", params={"tenant": "acme"}).status_code == 404
     assert client.get("/timing/explanations/bad", params={"tenant": "acme"}).status_code == 422
+
+
+def test_batch_decisions_match_single_ones(client: TestClient, runtime: Runtime) -> None:
+    _brand(client, runtime)
+    day = datetime.now(UTC).astimezone(WARSAW).date() + timedelta(days=1)
+    while day.weekday() >= 5:
+        day += timedelta(days=1)
+    start = datetime(day.year, day.month, day.day, 5, 0, tzinfo=WARSAW)
+    window = {
+        "send_after": start.isoformat(),
+        "send_before": (start + timedelta(hours=8)).isoformat(),
+        "latency_estimate_seconds": 300,
+    }
+    recipients = [
+        {"type": "email", "value": "anna@acme.test"},
+        {"type": "email", "value": "someone.new@acme.test"},
+    ]
+    r = client.post(
+        "/timing/decide/batch",
+        json={"tenant": "acme", "recipients": recipients, "intent_id": "promo", **window},
+    )
+    assert r.status_code == 200, r.text
+    items = r.json()["decisions"]
+    assert [i["index"] for i in items] == [0, 1]
+    single = _decide(client, **window)
+    assert items[0]["universal_id"] == single["universal_id"]
+    assert items[0]["target_minute_utc"] == single["target_minute_utc"]
+    assert items[0]["fallback_level"] == "personal"
+    assert items[1]["fallback_level"] in ("audience", "global")
+    e = client.get(f"/timing/explanations/{items[1]['explanation_ref']}", params={"tenant": "acme"})
+    assert e.status_code == 200
+    assert e.json()["intent_id"] == "promo"
+
+    bad = client.post(
+        "/timing/decide/batch",
+        json={
+            "tenant": "acme",
+            "recipients": [
+                recipients[0],
+                {"type": "phone", "value": "12"},
+                {"type": "x", "value": "y"},
+            ],
+        },
+    )
+    assert bad.status_code == 422
+    locs = [d["loc"] for d in bad.json()["detail"]]
+    assert locs == [["body", "recipients", 1, "value"], ["body", "recipients", 2, "type"]]
+    empty = client.post("/timing/decide/batch", json={"tenant": "acme", "recipients": []})
+    assert empty.status_code == 422

@@ -199,3 +199,35 @@ class ExplanationOut(BaseModel):
     evidence: dict[str, Any]
     details: dict[str, Any]
     summary: str = Field(description="the explanation in words")
+
+
+class BatchDecideIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    tenant: str = Field(pattern=TENANT_PATTERN)
+    recipients: list[IdentifierIn] = Field(min_length=1, max_length=100_000)
+    send_after: datetime | None = None
+    send_before: datetime | None = None
+    latency_estimate_seconds: int | None = Field(None, ge=0, le=86_400)
+    intent_id: str = Field("", max_length=128)
+    channel: Literal["email", "sms", "push"] = "email"
+
+
+class BatchItemOut(BaseModel):
+    index: int
+    universal_id: str
+    decision_id: str
+    target_minute_utc: datetime
+    trigger_timestamp_utc: datetime
+    confidence_score: float = Field(ge=0.0, le=1.0)
+    fallback_level: Literal["personal", "audience", "global"]
+    explanation_ref: str
+
+
+class BatchDecisionOut(BaseModel):
+    tenant: str
+    intent_id: str
+    window: list[datetime]
+    latency_estimate_seconds: int
+    model_version: str
+    decisions: list[BatchItemOut]

@@ -401,6 +401,37 @@ class IdentityGraphStore:
             ).scalar_one_or_none()
         return uid
 
+    def owners(self, tenant: str, identifiers: Sequence[Identifier]) -> dict[Identifier, str]:
+        """Root universal ids of many identifiers at once (absent: unknown)."""
+        by_kind: dict[str, list[str]] = {}
+        for ident in identifiers:
+            by_kind.setdefault(ident.kind, []).append(ident.value)
+        out: dict[Identifier, str] = {}
+        with self.metadata._guard(), self.engine.connect() as conn:
+            chunk = 4000 if conn.dialect.name == "postgresql" else _CHUNK
+            for kind, values in by_kind.items():
+                for i in range(0, len(values), chunk):
+                    rows = conn.execute(
+                        sa.select(ids_t.c.value, ids_t.c.universal_id).where(
+                            ids_t.c.tenant == tenant,
+                            ids_t.c.kind == kind,
+                            ids_t.c.value.in_(values[i : i + chunk]),
+                        )
+                    )
+                    for value, uid in rows:
+                        out[Identifier(kind, value)] = uid
+        return out
+
+    def alias_map(self, tenant: str) -> dict[str, str]:
+        """Every merged-away universal id of the tenant -> the id it was merged into."""
+        with self.metadata._guard(), self.engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(profiles_t.c.universal_id, profiles_t.c.merged_into).where(
+                    profiles_t.c.tenant == tenant, profiles_t.c.merged_into.is_not(None)
+                )
+            )
+            return {str(u): str(m) for u, m in rows}
+
     def aliases(self, tenant: str, universal_id: str) -> list[str]:
         """The universal ids whose stored events are this person's (itself first)."""
         with self.metadata._guard(), self.engine.connect() as conn:

@@ -12,15 +12,24 @@ from sendflowr.api.routes.identity import resolve_identifier
 from sendflowr.api.schemas import (
     TENANT_PATTERN,
     AlternativeOut,
+    BatchDecideIn,
+    BatchDecisionOut,
+    BatchItemOut,
     DecideIn,
     DecisionOut,
     ExplanationOut,
     LegacyDecideIn,
 )
-from sendflowr.decisions import DecisionRecord, explain_in_words, unknown_person_id
+from sendflowr.decisions import (
+    DecisionRecord,
+    decide_many,
+    explain_in_words,
+    unknown_person_id,
+)
 from sendflowr.errors import InvalidInputError, NotFoundError
-from sendflowr.identity.identifiers import IdentifierError, parse_lookup
+from sendflowr.identity.identifiers import Identifier, IdentifierError, parse_lookup
 from sendflowr.runtime import Runtime
+from sendflowr.timing.engine import MODEL_VERSION
 from sendflowr.timing.window import WindowError, check_window
 
 router = APIRouter(tags=["timing"])
@@ -142,6 +151,90 @@ def decide_legacy(body: LegacyDecideIn, runtime: RuntimeDep) -> DecisionOut:
         "",
         "email",
         (field,),
+    )
+
+
+@router.post("/timing/decide/batch", response_model=BatchDecisionOut)
+def decide_batch(body: BatchDecideIn, runtime: RuntimeDep) -> BatchDecisionOut:
+    """Up to 100,000 recipients over one window: one history read, the engine's batch form,
+    one explanation row each. Any bad identifier rejects the request (each one is listed)."""
+    t = runtime.metadata.get_tenant(body.tenant)
+    latency = body.latency_estimate_seconds
+    if latency is None:
+        latency = int(t.settings.get("esp_latency_seconds", DEFAULT_LATENCY_SECONDS))
+    try:
+        window = check_window(body.send_after, body.send_before, latency, datetime.now(UTC))
+    except WindowError as exc:
+        raise InvalidInputError(
+            [{"loc": ["body", exc.field], "msg": exc.reason, "type": "value_error"}]
+        ) from None
+    idents: list[Identifier | None] = []
+    given_uids: dict[int, str] = {}
+    errors = []
+    for i, r in enumerate(body.recipients):
+        if r.type == "universal_id":
+            given_uids[i] = r.value
+            idents.append(None)
+            continue
+        try:
+            idents.append(
+                parse_lookup(r.type, r.value, runtime.hash_key, runtime.identity.blocklist)
+            )
+        except IdentifierError as exc:
+            idents.append(None)
+            errors.append(
+                {
+                    "loc": ["body", "recipients", i, exc.field],
+                    "msg": exc.reason,
+                    "type": "value_error",
+                }
+            )
+    if errors:
+        raise InvalidInputError(errors[:1000])
+    owners = runtime.identity.owners(body.tenant, [i for i in idents if i is not None])
+    aliases = runtime.identity.alias_map(body.tenant)
+    uids: list[str] = []
+    known: list[bool] = []
+    for i, ident in enumerate(idents):
+        if ident is None:
+            uid = aliases.get(given_uids[i], given_uids[i])
+            if runtime.identity.root(body.tenant, uid) is None:
+                raise NotFoundError(
+                    f"recipients[{i}]: no person {given_uids[i]!r}", field="recipients"
+                )
+            uids.append(uid)
+            known.append(True)
+        elif ident in owners:
+            uids.append(aliases.get(owners[ident], owners[ident]))
+            known.append(True)
+        else:
+            uids.append(unknown_person_id(runtime.identity, body.tenant, ident))
+            known.append(False)
+    record = decide_many(
+        runtime.timing, body.tenant, uids, known, ZoneInfo(t.timezone), window, latency,
+        body.intent_id,
+    )  # fmt: skip
+    b = record.decisions
+    levels = ("personal", "audience", "global")
+    return BatchDecisionOut(
+        tenant=body.tenant,
+        intent_id=body.intent_id,
+        window=[window.start, window.end],
+        latency_estimate_seconds=latency,
+        model_version=MODEL_VERSION,
+        decisions=[
+            BatchItemOut(
+                index=i,
+                universal_id=uids[i],
+                decision_id=record.decision_ids[i],
+                target_minute_utc=datetime.fromtimestamp(int(b.target[i]), UTC),
+                trigger_timestamp_utc=datetime.fromtimestamp(int(b.trigger[i]), UTC),
+                confidence_score=min(1.0, max(0.0, float(b.confidence[i]))),
+                fallback_level=levels[int(b.level[i])],
+                explanation_ref=record.explanation_refs[i],
+            )
+            for i in range(len(uids))
+        ],
     )
 
 

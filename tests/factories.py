@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+import os
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 from sendflowr.events import CanonicalEvent, EventType, Identifiers
@@ -48,3 +50,11 @@ def payload(n: int, **overrides: Any) -> dict[str, Any]:
     }
     body.update(overrides)
     return body
+
+
+def radoslaw_dir() -> Path | None:
+    """../shared/data/radoslaw_email beside the repository (or under $SENDFLOWR_SHARED_DIR)."""
+    candidates = [Path(__file__).resolve().parents[2] / "shared" / "data" / "radoslaw_email"]
+    if shared := os.environ.get("SENDFLOWR_SHARED_DIR"):
+        candidates.append(Path(shared) / "data" / "radoslaw_email")
+    return next((p for p in candidates if (p / "out.radoslaw_email").is_file()), None)

@@ -182,31 +182,21 @@ class TimingService:
             self.params,
         )
         decision_id = str(uuid.uuid4())
-        explanation = Explanation(
-            tenant=tenant,
-            explanation_ref="exp_" + decision_id.replace("-", ""),
-            decision_id=decision_id,
-            universal_id=universal_id,
-            intent_id=intent_id,
-            created_at=now_dt,
-            model_version=decision.model_version,
-            target_minute_utc=datetime.fromtimestamp(decision.target_minute_utc, UTC),
-            trigger_timestamp_utc=datetime.fromtimestamp(decision.trigger_timestamp_utc, UTC),
-            confidence_score=decision.confidence_score,
-            fallback_level=decision.fallback_level,
-            weight_personal=decision.weights["personal"],
-            weight_audience=decision.weights["audience"],
-            weight_global=decision.weights["global"],
-            machine_opens_excluded=machine_opens,
-            policies=(),
-            exploration=False,
-            evidence={
+        explanation = _explanation(
+            tenant,
+            decision_id,
+            universal_id,
+            intent_id,
+            now_dt,
+            decision,
+            machine_opens,
+            {
                 "engagements": engagements,
                 "last_engagement": last_engagement,
                 "known_person": known,
                 "zone": zone.key,
             },
-            details={
+            {
                 "channel": channel,
                 "latency_estimate_seconds": latency_seconds,
                 "window": [window.start.isoformat(), window.end.isoformat()],
@@ -275,33 +265,56 @@ def decide_many(
         params,
     )
     decision_ids = [str(uuid.uuid4()) for _ in universal_ids]
-    refs = ["exp_" + d.replace("-", "") for d in decision_ids]
-    explanations = []
-    for i, uid in enumerate(universal_ids):
-        d = batch.row(i)
-        explanations.append(
-            Explanation(
-                tenant=tenant,
-                explanation_ref=refs[i],
-                decision_id=decision_ids[i],
-                universal_id=uid,
-                intent_id=intent_id,
-                created_at=now_dt,
-                model_version=d.model_version,
-                target_minute_utc=datetime.fromtimestamp(d.target_minute_utc, UTC),
-                trigger_timestamp_utc=datetime.fromtimestamp(d.trigger_timestamp_utc, UTC),
-                confidence_score=d.confidence_score,
-                fallback_level=d.fallback_level,
-                weight_personal=d.weights["personal"],
-                weight_audience=d.weights["audience"],
-                weight_global=d.weights["global"],
-                machine_opens_excluded=int(people.machine_opens[i]),
-                evidence={"evidence": float(people.evidence[i]), "known_person": known[i]},
-                details={"batch": True, "latency_estimate_seconds": latency_seconds},
-            )
+    explanations = [
+        _explanation(
+            tenant,
+            decision_ids[i],
+            uid,
+            intent_id,
+            now_dt,
+            batch.row(i),
+            int(people.machine_opens[i]),
+            {"evidence": float(people.evidence[i]), "known_person": known[i]},
+            {"batch": True, "latency_estimate_seconds": latency_seconds},
         )
+        for i, uid in enumerate(universal_ids)
+    ]
     service.events.insert_explanations(explanations)
+    refs = [e.explanation_ref for e in explanations]
     return BatchRecord(list(universal_ids), batch, decision_ids, refs)
+
+
+def _explanation(
+    tenant: str,
+    decision_id: str,
+    universal_id: str,
+    intent_id: str,
+    created_at: datetime,
+    d: Decision,
+    machine_opens: int,
+    evidence: dict[str, Any],
+    details: dict[str, Any],
+) -> Explanation:
+    """The audit row of one decision (single and batch decisions write the same shape)."""
+    return Explanation(
+        tenant=tenant,
+        explanation_ref="exp_" + decision_id.replace("-", ""),
+        decision_id=decision_id,
+        universal_id=universal_id,
+        intent_id=intent_id,
+        created_at=created_at,
+        model_version=d.model_version,
+        target_minute_utc=datetime.fromtimestamp(d.target_minute_utc, UTC),
+        trigger_timestamp_utc=datetime.fromtimestamp(d.trigger_timestamp_utc, UTC),
+        confidence_score=d.confidence_score,
+        fallback_level=d.fallback_level,
+        weight_personal=d.weights["personal"],
+        weight_audience=d.weights["audience"],
+        weight_global=d.weights["global"],
+        machine_opens_excluded=machine_opens,
+        evidence=evidence,
+        details=details,
+    )
 
 
 def unknown_person_id(identity: IdentityGraphStore, tenant: str, ident: Identifier) -> str:

@@ -59,7 +59,7 @@ class CacheURL:
     url: str = ""
 
 
-def _db_name(raw: str, setting: str) -> str:
+def _db_name(raw: str) -> str:
     name = raw.strip("/") or "sendflowr"
     if not name.replace("_", "").isalnum():
         raise ValueError(f"database name {name!r} may hold only letters, digits and '_'")
@@ -75,7 +75,7 @@ def parse_event_store_url(raw: str) -> EventStoreURL:
             path = unquote(parts.netloc + parts.path)
             if not path:
                 raise ValueError("chdb:// needs a directory, e.g. chdb://var/events")
-            db = _db_name(query.get("database", "sendflowr"), "database")
+            db = _db_name(query.get("database", "sendflowr"))
             return EventStoreURL("chdb", path=Path(path), database=db)
         case "clickhouse" | "clickhouses":
             if not parts.hostname:
@@ -88,7 +88,7 @@ def parse_event_store_url(raw: str) -> EventStoreURL:
                 raise ValueError("the port is not a number") from None
             return EventStoreURL(
                 "clickhouse",
-                database=_db_name(parts.path, "database"),
+                database=_db_name(parts.path),
                 host=parts.hostname,
                 port=port,
                 username=unquote(parts.username or "default"),

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from datetime import UTC, date, datetime
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -28,6 +27,7 @@ from sendflowr.evaluate import (
 )
 from sendflowr.evaluate.data import load_events, parse_csv, parse_konect
 from sendflowr.evaluate.replay import IntArray, ZoneClock, bootstrap_ci, successes
+from tests.factories import radoslaw_dir
 
 WARSAW = "Europe/Warsaw"
 H = 3600
@@ -357,16 +357,9 @@ def test_load_events_reads_a_konect_directory(tmp_path: Path) -> None:
 # --- the development data set ------------------------------------------------------------------
 
 
-def _radoslaw() -> Path | None:
-    candidates = [Path(__file__).resolve().parents[3] / "shared" / "data" / "radoslaw_email"]
-    if shared := os.environ.get("SENDFLOWR_SHARED_DIR"):
-        candidates.append(Path(shared) / "data" / "radoslaw_email")
-    return next((p for p in candidates if (p / "out.radoslaw_email").is_file()), None)
-
-
 @pytest.mark.slow
 def test_reference_figures_on_radoslaw_email() -> None:
-    path = _radoslaw()
+    path = radoslaw_dir()
     if path is None:
         pytest.skip("../shared/data/radoslaw_email not found (set SENDFLOWR_SHARED_DIR)")
     report = run_evaluation(load_events(path, "konect"), WARSAW, baselines(), seed=0)

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import os
 from datetime import datetime, timedelta
-from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import numpy as np
@@ -34,6 +32,7 @@ from sendflowr.timing.engine import (
     decide_batch,
     local_minute_of_week,
 )
+from tests.factories import radoslaw_dir
 
 WARSAW = ZoneInfo("Europe/Warsaw")
 DAY = 86_400
@@ -317,16 +316,9 @@ def test_batch_rows_match_single_decisions() -> None:
 # --- replay ------------------------------------------------------------------------------------
 
 
-def _radoslaw() -> Path | None:
-    candidates = [Path(__file__).resolve().parents[3] / "shared" / "data" / "radoslaw_email"]
-    if shared := os.environ.get("SENDFLOWR_SHARED_DIR"):
-        candidates.append(Path(shared) / "data" / "radoslaw_email")
-    return next((p for p in candidates if (p / "out.radoslaw_email").is_file()), None)
-
-
 @pytest.mark.slow
 def test_sendflowr_beats_user_hour_on_radoslaw_email() -> None:
-    path = _radoslaw()
+    path = radoslaw_dir()
     if path is None:
         pytest.skip("../shared/data/radoslaw_email not found (set SENDFLOWR_SHARED_DIR)")
     policies = {**baselines(), "sendflowr": sendflowr_policy(EngineParams())}

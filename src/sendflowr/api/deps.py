@@ -7,7 +7,6 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from sendflowr.runtime import Runtime
-from sendflowr.storage.metadata.store import Tenant
 
 
 def get_runtime(request: Request) -> Runtime:
@@ -16,7 +15,3 @@ def get_runtime(request: Request) -> Runtime:
 
 
 RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
-
-
-def existing_tenant(runtime: Runtime, tenant: str) -> Tenant:
-    return runtime.metadata.get_tenant(tenant)

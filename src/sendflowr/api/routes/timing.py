@@ -29,8 +29,9 @@ from sendflowr.decisions import (
 from sendflowr.errors import InvalidInputError, NotFoundError
 from sendflowr.identity.identifiers import Identifier, IdentifierError, parse_lookup
 from sendflowr.runtime import Runtime
+from sendflowr.storage.metadata.store import Tenant
 from sendflowr.timing.engine import MODEL_VERSION
-from sendflowr.timing.window import WindowError, check_window
+from sendflowr.timing.window import Window, WindowError, check_window
 
 router = APIRouter(tags=["timing"])
 
@@ -40,18 +41,32 @@ DEFAULT_LATENCY_SECONDS = 60
 def _person(runtime: Runtime, tenant: str, id_type: str, value: str) -> tuple[str, bool]:
     """The person's universal id, and whether we know them. A stranger still gets a decision
     (from the audience and the prior) under the id they will get when first seen."""
-    try:
+    if id_type == "universal_id":
         return resolve_identifier(runtime, tenant, id_type, value), True
-    except NotFoundError:
-        if id_type == "universal_id":
-            raise
     try:
         ident = parse_lookup(id_type, value, runtime.hash_key, runtime.identity.blocklist)
-    except IdentifierError as exc:  # already reported by resolve_identifier; kept for types
+    except IdentifierError as exc:
         raise InvalidInputError(
-            [{"loc": ["body", "identifier", exc.field], "msg": exc.reason, "type": "value_error"}]
+            [{"loc": ["query", exc.field], "msg": exc.reason, "type": "value_error"}]
         ) from None
-    return unknown_person_id(runtime.identity, tenant, ident), False
+    uid = runtime.identity.owner(tenant, ident)
+    if uid is None:
+        return unknown_person_id(runtime.identity, tenant, ident), False
+    return runtime.identity.root(tenant, uid) or uid, True
+
+
+def _latency_and_window(
+    tenant: Tenant, latency: int | None, send_after: datetime | None, send_before: datetime | None
+) -> tuple[int, Window]:
+    """The tenant's ESP latency unless the request gives one, and the checked window."""
+    if latency is None:
+        latency = int(tenant.settings.get("esp_latency_seconds", DEFAULT_LATENCY_SECONDS))
+    try:
+        return latency, check_window(send_after, send_before, latency, datetime.now(UTC))
+    except WindowError as exc:
+        raise InvalidInputError(
+            [{"loc": ["body", exc.field], "msg": exc.reason, "type": "value_error"}]
+        ) from None
 
 
 def _decide(
@@ -67,14 +82,7 @@ def _decide(
     loc: tuple[str, ...],
 ) -> DecisionOut:
     t = runtime.metadata.get_tenant(tenant)
-    if latency is None:
-        latency = int(t.settings.get("esp_latency_seconds", DEFAULT_LATENCY_SECONDS))
-    try:
-        window = check_window(send_after, send_before, latency, datetime.now(UTC))
-    except WindowError as exc:
-        raise InvalidInputError(
-            [{"loc": ["body", exc.field], "msg": exc.reason, "type": "value_error"}]
-        ) from None
+    latency, window = _latency_and_window(t, latency, send_after, send_before)
     try:
         uid, known = _person(runtime, tenant, id_type, value)
     except InvalidInputError as exc:
@@ -159,15 +167,9 @@ def decide_batch(body: BatchDecideIn, runtime: RuntimeDep) -> BatchDecisionOut:
     """Up to 100,000 recipients over one window: one history read, the engine's batch form,
     one explanation row each. Any bad identifier rejects the request (each one is listed)."""
     t = runtime.metadata.get_tenant(body.tenant)
-    latency = body.latency_estimate_seconds
-    if latency is None:
-        latency = int(t.settings.get("esp_latency_seconds", DEFAULT_LATENCY_SECONDS))
-    try:
-        window = check_window(body.send_after, body.send_before, latency, datetime.now(UTC))
-    except WindowError as exc:
-        raise InvalidInputError(
-            [{"loc": ["body", exc.field], "msg": exc.reason, "type": "value_error"}]
-        ) from None
+    latency, window = _latency_and_window(
+        t, body.latency_estimate_seconds, body.send_after, body.send_before
+    )
     idents: list[Identifier | None] = []
     given_uids: dict[int, str] = {}
     errors = []

@@ -4,6 +4,7 @@ moves the events it must."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 
 from sendflowr.identity.identifiers import (
     ANON,
@@ -19,6 +20,8 @@ from sendflowr.storage.events.base import EventStore, StoredEvent
 from sendflowr.storage.features.base import FeatureCache
 from sendflowr.timing.features import ProfileFeatures, features_from_events
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MS = timedelta(milliseconds=1)
 MAX_HISTORY = 50_000  # events read to rebuild one person's features
 
 
@@ -38,7 +41,7 @@ def features_for(
     )
     features = features_from_events(
         [e.event_type for e in stored],
-        [int(e.occurred_at.timestamp() * 1000) for e in stored],
+        [(e.occurred_at - _EPOCH) // _MS for e in stored],  # exact, unlike float seconds
         [e.is_machine_open for e in stored],
     )
     cache.put_many(tenant, {universal_id: features})

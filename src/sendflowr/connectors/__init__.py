@@ -1,0 +1,1 @@
+"""Connectors to email service providers (ESPs)."""

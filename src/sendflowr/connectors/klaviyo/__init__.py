@@ -1,0 +1,1 @@
+"""Klaviyo: the API client, normalisation to canonical events, OAuth, backfill and webhooks."""

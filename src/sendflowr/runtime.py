@@ -18,11 +18,15 @@ from sendflowr.identity.identifiers import (
 from sendflowr.identity.rules import DEFAULT_LIMITS, Limits
 from sendflowr.identity.store import IdentityGraphStore
 from sendflowr.pipeline import Pipeline
+from sendflowr.secrets import SecretBox, load_secret_box
 from sendflowr.settings import Settings
 from sendflowr.storage.events import EventStore, open_event_store
 from sendflowr.storage.features import FeatureCache, open_feature_cache
 from sendflowr.storage.health import BackendHealth
 from sendflowr.storage.metadata import MetadataStore, open_metadata_store
+from sendflowr.storage.metadata.accounts import AccountStore
+from sendflowr.storage.metadata.backfill import BackfillStore
+from sendflowr.storage.metadata.catalog import CatalogStore
 
 
 def load_hash_key(settings: Settings) -> bytes:
@@ -71,10 +75,20 @@ class Runtime:
     bus: Bus
     hash_key: bytes
     timing: TimingService
+    box: SecretBox
+    accounts: AccountStore
+    backfills: BackfillStore
+    catalog: CatalogStore
 
     @classmethod
-    def open(cls, settings: Settings, *, migrate: bool = True) -> Runtime:
+    def open(
+        cls, settings: Settings, *, migrate: bool = True, create_secret_key: bool = False
+    ) -> Runtime:
+        """Open every port. `create_secret_key`: generate a development encryption key under
+        data_dir when none is configured (only `sendflowr run`'s embedded demo does this)."""
         hash_key = load_hash_key(settings)
+        raw_key = settings.secret_key.get_secret_value() if settings.secret_key else None
+        box = load_secret_box(raw_key, Path(settings.data_dir), create=create_secret_key)
         metadata = open_metadata_store(settings.metadata)
         events = open_event_store(settings.event_store)
         try:
@@ -98,7 +112,21 @@ class Runtime:
             events.close()
             metadata.close()
             raise
-        return cls(settings, events, metadata, features, identity, pipeline, bus, hash_key, timing)
+        return cls(
+            settings,
+            events,
+            metadata,
+            features,
+            identity,
+            pipeline,
+            bus,
+            hash_key,
+            timing,
+            box,
+            AccountStore(metadata, box),
+            BackfillStore(metadata),
+            CatalogStore(metadata),
+        )
 
     def health(self) -> list[BackendHealth]:
         return [

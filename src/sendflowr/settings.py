@@ -191,6 +191,57 @@ class Settings(BaseSettings):
         description='per-person limits by kind or family, e.g. {"email": 5, "esp": 1}',
     )
 
+    secret_key: SecretStr | None = Field(
+        None,
+        description=(
+            "Fernet key(s) encrypting ESP credentials at rest, comma-separated, newest first "
+            "(older keys still decrypt: rotation); credentials are refused without one"
+        ),
+    )
+    public_url: str = Field(
+        "http://127.0.0.1:8001",
+        description="how ESPs and browsers reach this service (OAuth redirect, webhooks)",
+    )
+    klaviyo_api_url: str = Field(
+        "https://a.klaviyo.com", description="Klaviyo's API (a local simulator in development)"
+    )
+    klaviyo_authorize_url: str = Field(
+        "https://www.klaviyo.com/oauth/authorize", description="Klaviyo's OAuth consent page"
+    )
+    klaviyo_client_id: str | None = Field(None, description="OAuth app client id")
+    klaviyo_client_secret: SecretStr | None = Field(None, description="OAuth app client secret")
+    klaviyo_scopes: str = Field(
+        "accounts:read events:read events:write metrics:read profiles:read campaigns:read "
+        "flows:read lists:read segments:read webhooks:read webhooks:write",
+        description="OAuth scopes requested, space-separated",
+    )
+    backfill_concurrency: int = Field(
+        4, ge=1, le=64, description="(metric, day) units fetched at once per backfill"
+    )
+    sync_interval_seconds: int = Field(
+        0, ge=0, description="incremental Klaviyo sync every N seconds (0: off)"
+    )
+    webhook_tolerance_seconds: int = Field(
+        300, ge=1, le=3600, description="webhook timestamps further from now are refused"
+    )
+
+    @field_validator("secret_key")
+    @classmethod
+    def _check_secret_key(cls, v: SecretStr | None) -> SecretStr | None:
+        if v is not None:
+            from sendflowr.secrets import parse_keys
+
+            parse_keys(v.get_secret_value())
+        return v
+
+    @field_validator("public_url", "klaviyo_api_url", "klaviyo_authorize_url")
+    @classmethod
+    def _check_http_url(cls, v: str) -> str:
+        parts = urlsplit(v)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"{v!r} is not an http(s) URL")
+        return v.rstrip("/")
+
     @field_validator("identity_blocked_patterns")
     @classmethod
     def _check_patterns(cls, v: list[str]) -> list[str]:

@@ -109,3 +109,115 @@ identity_merges = Table(
     UniqueConstraint("tenant", "refusal_key", name="uq_identity_merges_refusal"),
     Index("ix_identity_merges_tenant_created", "tenant", "created_at"),
 )
+
+# -- ESP connector (migration 0003) ----------------------------------------------------------
+
+esp_accounts = Table(
+    "esp_accounts",
+    metadata,
+    Column("tenant", String(63), ForeignKey("tenants.id", ondelete="CASCADE"), primary_key=True),
+    Column("esp", String(32), primary_key=True),
+    Column("auth_kind", String(16), nullable=False),  # api_key | oauth
+    Column("credentials", Text, nullable=True),  # Fernet token of a JSON object
+    Column("webhook_secret", Text, nullable=True),  # Fernet token
+    Column("flow_webhook_secret", Text, nullable=True),  # Fernet token
+    Column("api_url", String(300), nullable=True),  # overrides settings (a simulator)
+    Column("status", String(16), nullable=False),  # connected | disconnected | error
+    Column("last_error", Text, nullable=True),
+    Column("account_id", String(100), nullable=True),  # the ESP's own account id
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+)
+
+oauth_states = Table(
+    "oauth_states",
+    metadata,
+    Column("state_hash", String(64), primary_key=True),  # sha256 of the state sent out
+    Column("tenant", String(63), ForeignKey("tenants.id", ondelete="CASCADE"), nullable=False),
+    Column("esp", String(32), nullable=False),
+    Column("code_verifier", Text, nullable=False),  # Fernet token
+    Column("redirect_uri", String(500), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("expires_at", DateTime(timezone=True), nullable=False),
+    Column("used_at", DateTime(timezone=True), nullable=True),
+)
+
+backfill_jobs = Table(
+    "backfill_jobs",
+    metadata,
+    Column(
+        "id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    ),
+    Column("tenant", String(63), ForeignKey("tenants.id", ondelete="CASCADE"), nullable=False),
+    Column("esp", String(32), nullable=False),
+    Column("kind", String(16), nullable=False),  # backfill | incremental
+    # queued | in_progress | completed | failed | cancelled
+    Column("status", String(16), nullable=False),
+    Column("range_start", DateTime(timezone=True), nullable=False),
+    Column("range_end", DateTime(timezone=True), nullable=False),
+    Column("total_units", Integer, nullable=False),
+    Column("done_units", Integer, nullable=False),
+    Column("failed_units", Integer, nullable=False),
+    Column("events", BigInteger, nullable=False),
+    Column("error", Text, nullable=True),
+    Column("cancel_requested", Integer, nullable=False),
+    Column("worker", String(100), nullable=True),
+    Column("heartbeat_at", DateTime(timezone=True), nullable=True),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("started_at", DateTime(timezone=True), nullable=True),
+    Column("finished_at", DateTime(timezone=True), nullable=True),
+    Index("ix_backfill_jobs_tenant_created", "tenant", "created_at"),
+    Index("ix_backfill_jobs_status", "status"),
+)
+
+backfill_units = Table(
+    "backfill_units",
+    metadata,
+    Column(
+        "job_id", BigInteger, ForeignKey("backfill_jobs.id", ondelete="CASCADE"), primary_key=True
+    ),
+    Column("metric_id", String(64), primary_key=True),
+    Column("day", String(10), primary_key=True),  # YYYY-MM-DD (UTC), or "catalog"
+    Column("metric_name", String(200), nullable=False),
+    Column("status", String(16), nullable=False),  # queued | in_progress | completed | failed
+    Column("events", BigInteger, nullable=False),
+    Column("pages", Integer, nullable=False),
+    Column("next_url", Text, nullable=True),  # checkpoint: the page to fetch next
+    Column("error", Text, nullable=True),
+    Column("attempts", Integer, nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    Index("ix_backfill_units_job_status", "job_id", "status"),
+)
+
+sync_checkpoints = Table(
+    "sync_checkpoints",
+    metadata,
+    Column("tenant", String(63), ForeignKey("tenants.id", ondelete="CASCADE"), primary_key=True),
+    Column("esp", String(32), primary_key=True),
+    Column("metric_id", String(64), primary_key=True),
+    Column("synced_until", DateTime(timezone=True), nullable=False),
+)
+
+webhook_deliveries = Table(
+    "webhook_deliveries",
+    metadata,
+    Column("tenant", String(63), ForeignKey("tenants.id", ondelete="CASCADE"), primary_key=True),
+    Column("signature", String(64), primary_key=True),
+    Column("received_at", DateTime(timezone=True), nullable=False),
+    Index("ix_webhook_deliveries_received", "received_at"),
+)
+
+esp_catalog = Table(
+    "esp_catalog",
+    metadata,
+    Column("tenant", String(63), ForeignKey("tenants.id", ondelete="CASCADE"), primary_key=True),
+    Column("esp", String(32), primary_key=True),
+    Column("kind", String(16), primary_key=True),  # campaign | flow | metric
+    Column("esp_id", String(100), primary_key=True),
+    Column("name", String(500), nullable=False),
+    Column("status", String(50), nullable=True),
+    Column("channel", String(32), nullable=True),
+    Column("sent_at", DateTime(timezone=True), nullable=True),
+    Column("raw", JSON, nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+)

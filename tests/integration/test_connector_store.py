@@ -45,7 +45,8 @@ def test_credentials_are_encrypted_at_rest_and_never_in_the_record(meta: Metadat
     assert "pk_live_SECRET123" not in repr(account)
     with meta.engine.connect() as conn:
         raw = conn.execute(sa.select(esp_accounts.c.credentials)).scalar()
-    assert raw is not None and "SECRET123" not in raw
+    assert raw is not None
+    assert "SECRET123" not in raw
     assert accounts.credentials("brand", "klaviyo") == {"api_key": "pk_live_SECRET123"}
 
     accounts.set_webhook_secret("brand", "klaviyo", "whsec")
@@ -121,7 +122,7 @@ def test_oauth_state_race_has_one_winner(meta: MetadataStore) -> None:
         t.start()
     for t in threads:
         t.join()
-    assert len(wins) == 1 and len(errors) == 5
+    assert (len(wins), len(errors)) == (1, 5)
 
 
 def test_webhook_replay_guard(meta: MetadataStore) -> None:
@@ -141,7 +142,8 @@ def test_backfill_job_lifecycle(meta: MetadataStore) -> None:
         jobs.create_job("brand", "klaviyo", "backfill", start, start + timedelta(days=2))
 
     claimed = jobs.claim_job("w1", stale_after=timedelta(seconds=60))
-    assert claimed is not None and claimed.id == job.id and claimed.status == "in_progress"
+    assert claimed is not None
+    assert (claimed.id, claimed.status) == (job.id, "in_progress")
     assert jobs.claim_job("w2", stale_after=timedelta(seconds=60)) is None
     # A worker that stopped heartbeating loses the job to the next one.
     assert jobs.claim_job("w2", stale_after=timedelta(seconds=-1)) is not None
@@ -168,7 +170,7 @@ def test_backfill_job_lifecycle(meta: MetadataStore) -> None:
 
     jobs.finish_job(job.id, "failed", "1 day failed")
     retried = jobs.retry("brand")
-    assert retried.status == "queued" and retried.failed_units == 0 and retried.done_units == 1
+    assert (retried.status, retried.failed_units, retried.done_units) == ("queued", 0, 1)
     assert [u.status for u in jobs.units(job.id, ["queued"])] == ["queued"]
     cancelled = jobs.request_cancel("brand")
     assert cancelled.status == "cancelled"

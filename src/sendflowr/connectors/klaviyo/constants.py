@@ -15,7 +15,7 @@ from sendflowr.events import EventType
 REVISION: Final = "2026-07-15"
 API_BASE_URL: Final = "https://a.klaviyo.com"
 OAUTH_AUTHORIZE_URL: Final = "https://www.klaviyo.com/oauth/authorize"
-OAUTH_TOKEN_PATH: Final = "/oauth/token"
+OAUTH_TOKEN_PATH: Final = "/oauth/token"  # noqa: S105 - a path, not a password
 OAUTH_REVOKE_PATH: Final = "/oauth/revoke"
 JSON_API: Final = "application/vnd.api+json"
 

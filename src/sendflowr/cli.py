@@ -311,6 +311,106 @@ def schema(
 
 
 @app.command()
+def backfill(
+    tenant: Annotated[
+        list[str] | None, typer.Option("--tenant", "-t", help="Tenant to backfill (repeatable).")
+    ] = None,
+    all_tenants: Annotated[
+        bool, typer.Option("--all", help="Every tenant with a connected Klaviyo account.")
+    ] = False,
+    days: Annotated[
+        int | None, typer.Option(min=1, max=3650, help="Days of history (default 90).")
+    ] = None,
+    years: Annotated[int | None, typer.Option(min=1, max=10, help="Years of history.")] = None,
+    incremental: Annotated[
+        bool, typer.Option(help="Only what is new since the last completed backfill.")
+    ] = False,
+) -> None:
+    """Backfill Klaviyo history with a progress bar; resumes an interrupted job where it
+    stopped (also one left by a killed process)."""
+    import asyncio
+    from datetime import UTC, datetime
+
+    from sendflowr.connectors.klaviyo.backfill import (
+        ESP,
+        BackfillRunner,
+        incremental_range,
+        plan_range,
+    )
+    from sendflowr.errors import SendFlowrError
+
+    if not tenant and not all_tenants:
+        _fail("name a tenant with --tenant, or use --all")
+    settings = _settings()
+    rt = _runtime(settings)
+    try:
+        targets = list(tenant or [])
+        if all_tenants:
+            targets += [
+                a.tenant for a in rt.accounts.list() if a.esp == ESP and a.status == "connected"
+            ]
+        if not targets:
+            _fail("no tenant has a connected Klaviyo account")
+        failed = False
+        for name in dict.fromkeys(targets):
+            try:
+                rt.metadata.get_tenant(name)
+                rt.accounts.get(name, ESP)
+                latest = rt.backfills.latest_job(name, ESP)
+                if latest is not None and latest.status in ("queued", "in_progress"):
+                    job = latest
+                    console.print(f"{name}: resuming job {job.id}")
+                else:
+                    now = datetime.now(UTC)
+                    if incremental:
+                        start, end = incremental_range(rt, name, now)
+                    else:
+                        start, end = plan_range(
+                            now, days_back=days or (None if years else 90), years_back=years
+                        )
+                    job = rt.backfills.create_job(
+                        name, ESP, "incremental" if incremental else "backfill", start, end
+                    )
+            except (SendFlowrError, LookupError) as exc:
+                err_console.print(f"[red]{name}:[/] {exc}", highlight=False)
+                failed = True
+                continue
+            with _progress() as progress:
+                bar = progress.add_task(f"{name}: planning", total=None)
+
+                def show(j: object, bar: object = bar, name: str = name) -> None:
+                    from sendflowr.storage.metadata.backfill import Job
+
+                    assert isinstance(j, Job)
+                    progress.update(
+                        bar,  # type: ignore[arg-type]
+                        total=j.total_units or None,
+                        completed=j.done_units + j.failed_units,
+                        description=f"{name}: {j.events:,} events",
+                    )
+
+                runner = BackfillRunner(rt, on_progress=show)
+                claimed = runner.claim(job.id)
+                if claimed is None:
+                    err_console.print(f"{name}: job {job.id} is running in another live process")
+                    failed = True
+                    continue
+                final = asyncio.run(runner.run(claimed))
+            colour = "green" if final.status == "completed" else "red"
+            console.print(
+                f"{name}: [{colour}]{final.status}[/] - {final.events:,} events, "
+                f"{final.done_units}/{final.total_units} units"
+                + (f" - {final.error}" if final.error else ""),
+                highlight=False,
+            )
+            failed = failed or final.status != "completed"
+    finally:
+        rt.close()
+    if failed:
+        raise typer.Exit(1)
+
+
+@app.command()
 def health() -> None:
     """Open every backend from settings and report its state (exit 1 if any is down)."""
     settings = _settings()

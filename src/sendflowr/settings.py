@@ -218,6 +218,9 @@ class Settings(BaseSettings):
     backfill_concurrency: int = Field(
         4, ge=1, le=64, description="(metric, day) units fetched at once per backfill"
     )
+    backfill_worker: bool = Field(
+        True, description="run queued backfills inside the API process (embedded default)"
+    )
     sync_interval_seconds: int = Field(
         0, ge=0, description="incremental Klaviyo sync every N seconds (0: off)"
     )

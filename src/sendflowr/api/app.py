@@ -10,11 +10,37 @@ from fastapi import FastAPI
 
 from sendflowr import __version__
 from sendflowr.api.errors import install_error_handlers
-from sendflowr.api.routes import events, health, identity, mock, tenants, timing
+from sendflowr.api.routes import (
+    accounts,
+    backfill,
+    events,
+    health,
+    identity,
+    mock,
+    oauth,
+    tenants,
+    timing,
+    webhooks,
+)
 from sendflowr.runtime import Runtime
 from sendflowr.settings import Settings, load_settings
 
 log = logging.getLogger("sendflowr")
+
+
+@asynccontextmanager
+async def _workers(runtime: Runtime) -> AsyncIterator[None]:
+    """Background work that lives as long as the app: the backfill worker (when enabled)."""
+    from sendflowr.connectors.klaviyo.manager import BackfillManager
+
+    manager = BackfillManager(runtime) if runtime.settings.backfill_worker else None
+    if manager is not None:
+        manager.start()
+    try:
+        yield
+    finally:
+        if manager is not None:
+            await manager.stop()
 
 
 def create_app(settings: Settings | None = None, runtime: Runtime | None = None) -> FastAPI:
@@ -25,12 +51,14 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if runtime is not None:
             app.state.runtime = runtime
-            yield
+            async with _workers(runtime):
+                yield
             return
         owned = Runtime.open(settings or load_settings())
         app.state.runtime = owned
         try:
-            yield
+            async with _workers(owned):
+                yield
         finally:
             owned.close()
 
@@ -43,6 +71,17 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     if runtime is not None:
         app.state.runtime = runtime
     install_error_handlers(app)
-    for module in (health, tenants, events, identity, timing, mock):
+    for module in (
+        health,
+        tenants,
+        accounts,
+        oauth,
+        events,
+        identity,
+        timing,
+        mock,
+        backfill,
+        webhooks,
+    ):
         app.include_router(module.router)
     return app

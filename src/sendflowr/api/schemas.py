@@ -6,7 +6,7 @@ from datetime import datetime
 from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
 TENANT_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,62}$"
 
@@ -231,3 +231,145 @@ class BatchDecisionOut(BaseModel):
     latency_estimate_seconds: int
     model_version: str
     decisions: list[BatchItemOut]
+
+
+# -- tenant settings and ESP accounts --------------------------------------------------------
+def _http_url(v: str) -> str:
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(v)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("must be an http:// or https:// URL with a host")
+    if parts.username or parts.password:
+        raise ValueError("must not carry a user name or password")
+    return v.rstrip("/")
+
+
+class TenantSettingsIn(BaseModel):
+    """Per-brand settings; a field given as null goes back to the default."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    notification_url: str | None = Field(
+        None,
+        max_length=2048,
+        description="http(s) URL that receives the brand's connector notifications",
+    )
+    esp_latency_seconds: int | None = Field(
+        None, ge=0, le=3600, description="seconds the ESP takes from trigger to delivery"
+    )
+
+    @field_validator("notification_url")
+    @classmethod
+    def _url(cls, v: str | None) -> str | None:
+        return None if v is None else _http_url(v)
+
+
+class TenantPatchIn(BaseModel):
+    """Only the fields present change."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str | None = Field(None, min_length=1, max_length=200)
+    timezone: str | None = Field(None, description="IANA time zone of the brand")
+    settings: TenantSettingsIn | None = None
+
+    @field_validator("name", "settings")
+    @classmethod
+    def _not_null(cls, v: object) -> object:
+        if v is None:
+            raise ValueError("may not be null")
+        return v
+
+    @field_validator("timezone")
+    @classmethod
+    def _zone(cls, v: str | None) -> str:
+        if v is None:
+            raise ValueError("may not be null")
+        try:
+            ZoneInfo(v)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown IANA time zone {v!r}") from None
+        return v
+
+
+class TenantSettingsOut(BaseModel):
+    notification_url: str | None = None
+    esp_latency_seconds: int | None = None
+
+
+class TenantDetailOut(TenantOut):
+    settings: TenantSettingsOut
+
+
+API_KEY_MIN_LENGTH = 10
+API_KEY_MAX_LENGTH = 128
+
+
+class KlaviyoApiKeyIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    api_key: SecretStr = Field(
+        description="a Klaviyo private API key (starts with pk_); stored encrypted, never shown"
+    )
+    api_url: str | None = Field(
+        None,
+        max_length=2048,
+        description="Klaviyo's API base URL, overriding the deployment's (e.g. a simulator)",
+    )
+
+    @field_validator("api_key")
+    @classmethod
+    def _key(cls, v: SecretStr) -> SecretStr:
+        key = v.get_secret_value()
+        if not key.startswith("pk_"):
+            raise ValueError("a Klaviyo private API key starts with 'pk_'")
+        if not API_KEY_MIN_LENGTH <= len(key) <= API_KEY_MAX_LENGTH:
+            raise ValueError(
+                f"a Klaviyo private API key has {API_KEY_MIN_LENGTH} to {API_KEY_MAX_LENGTH} "
+                "characters"
+            )
+        if not all(c.isascii() and (c.isalnum() or c in "_-") for c in key):
+            raise ValueError("a Klaviyo private API key holds only letters, digits, '_' and '-'")
+        return v
+
+    @field_validator("api_url")
+    @classmethod
+    def _url(cls, v: str | None) -> str | None:
+        return None if v is None else _http_url(v)
+
+
+class AccountOut(BaseModel):
+    """A connected ESP account: never a secret."""
+
+    tenant: str
+    esp: str
+    auth_kind: Literal["api_key", "oauth"]
+    status: Literal["connected", "disconnected", "error"]
+    account_id: str | None = Field(description="the ESP's id for the account")
+    api_url: str | None = Field(description="API base URL override; null: the deployment's")
+    last_error: str | None
+    has_webhook_secret: bool
+    has_flow_webhook_secret: bool
+    created_at: datetime
+    updated_at: datetime
+
+
+class WebhookSecretIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    secret: SecretStr = Field(description="use this secret (16 to 256 characters)")
+
+    @field_validator("secret")
+    @classmethod
+    def _length(cls, v: SecretStr) -> SecretStr:
+        if not 16 <= len(v.get_secret_value()) <= 256:
+            raise ValueError("a webhook secret has 16 to 256 characters")
+        if any(c.isspace() or not c.isprintable() for c in v.get_secret_value()):
+            raise ValueError("a webhook secret holds no spaces or control characters")
+        return v
+
+
+class WebhookSecretOut(BaseModel):
+    secret: str = Field(description="shown once: store it in Klaviyo now")
+    flow: bool = Field(description="true: the secret for flow webhook actions")

@@ -6,7 +6,7 @@ import abc
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import orjson
@@ -277,6 +277,63 @@ class EventStore(abc.ABC):
             evidence=orjson.loads(r[17]) if r[17] else {},
             details=orjson.loads(r[18]) if r[18] else {},
         )
+
+    # -- data summaries (the connector's data viewer) ------------------------------------------
+    def daily_counts(self, tenant: str) -> list[tuple[str, str, int, int]]:
+        """(UTC day, event type, events, machine opens) for every day with events."""
+        rows = self._rows(
+            "SELECT toString(toDate(occurred_at)) AS day, event_type, count(), "
+            "countIf(is_machine_open) "
+            f"FROM `{self.database}`.email_events FINAL WHERE tenant = {{tenant:String}} "
+            "GROUP BY day, event_type ORDER BY day, event_type",
+            {"tenant": tenant},
+        )
+        return [(str(r[0]), str(r[1]), int(r[2]), int(r[3])) for r in rows]
+
+    def order_totals(self, tenant: str) -> list[tuple[str, int, float]]:
+        """(currency, orders, revenue) over the tenant's orders."""
+        rows = self._rows(
+            "SELECT JSONExtractString(properties, 'Currency') AS currency, count(), "
+            "sum(JSONExtractFloat(properties, '$value')) "
+            f"FROM `{self.database}`.email_events FINAL "
+            "WHERE tenant = {tenant:String} AND event_type = 'ordered' "
+            "GROUP BY currency ORDER BY currency",
+            {"tenant": tenant},
+        )
+        return [(str(r[0]), int(r[1]), float(r[2])) for r in rows]
+
+    def orders(
+        self, tenant: str, day: date | None, limit: int, offset: int
+    ) -> tuple[int, list[dict[str, Any]]]:
+        """One page of the tenant's orders (newest first) and the total matching."""
+        where = "tenant = {tenant:String} AND event_type = 'ordered'"
+        params: dict[str, Any] = {"tenant": tenant, "limit": limit, "offset": offset}
+        if day is not None:
+            where += " AND toDate(occurred_at) = {day:Date}"
+            params["day"] = day.isoformat()
+        total = self._rows(
+            f"SELECT count() FROM `{self.database}`.email_events FINAL WHERE {where}", params
+        )
+        rows = self._rows(
+            "SELECT esp_event_id, toUnixTimestamp64Milli(occurred_at), universal_id, "
+            "campaign_id, flow_id, message_id, properties "
+            f"FROM `{self.database}`.email_events FINAL WHERE {where} "
+            "ORDER BY occurred_at DESC, esp_event_id LIMIT {limit:UInt32} OFFSET {offset:UInt64}",
+            params,
+        )
+        out = [
+            {
+                "esp_event_id": str(r[0]),
+                "occurred_at": _from_ms(r[1]),
+                "universal_id": str(r[2]),
+                "campaign_id": str(r[3]) or None,
+                "flow_id": str(r[4]) or None,
+                "message_id": str(r[5]) or None,
+                "properties": orjson.loads(r[6]) if r[6] else {},
+            }
+            for r in rows
+        ]
+        return int(total[0][0]) if total else 0, out
 
     def tenants(self) -> list[str]:
         rows = self._rows(

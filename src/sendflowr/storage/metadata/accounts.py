@@ -297,6 +297,16 @@ class AccountStore:
             )
         return inserted == 1
 
+    def forget_delivery(self, tenant: str, signature: str) -> None:
+        """Undo record_delivery for a delivery that was not accepted after all."""
+        with self.metadata._guard(), self.engine.begin() as conn:
+            conn.execute(
+                webhook_deliveries.delete().where(
+                    webhook_deliveries.c.tenant == tenant,
+                    webhook_deliveries.c.signature == signature[:64],
+                )
+            )
+
 
 def _account(row: Any) -> Account:
     return Account(

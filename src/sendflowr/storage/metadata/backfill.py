@@ -196,8 +196,11 @@ class BackfillStore:
         with self.metadata._guard(), self.engine.connect() as conn:
             return [_job(r._mapping) for r in conn.execute(query)]
 
-    def claim_job(self, worker: str, stale_after: timedelta) -> Job | None:
-        """Take the oldest queued job, or a running one whose worker stopped heartbeating.
+    def claim_job(
+        self, worker: str, stale_after: timedelta, *, job_id: int | None = None
+    ) -> Job | None:
+        """Take the oldest queued job (or `job_id`), or a running one whose worker stopped
+        heartbeating for `stale_after`.
 
         The UPDATE re-checks the condition it selected on, so two workers never both win.
         """
@@ -213,13 +216,14 @@ class BackfillStore:
             ),
         )
         with self.metadata._guard(), self.engine.begin() as conn:
-            candidates = conn.execute(
-                sa.select(backfill_jobs.c.id).where(claimable).order_by(backfill_jobs.c.id).limit(5)
-            ).all()
-            for (job_id,) in candidates:
+            query = sa.select(backfill_jobs.c.id).where(claimable)
+            if job_id is not None:
+                query = query.where(backfill_jobs.c.id == job_id)
+            candidates = conn.execute(query.order_by(backfill_jobs.c.id).limit(5)).all()
+            for (candidate,) in candidates:
                 won = conn.execute(
                     backfill_jobs.update()
-                    .where(backfill_jobs.c.id == job_id, claimable)
+                    .where(backfill_jobs.c.id == candidate, claimable)
                     .values(
                         status="in_progress",
                         worker=worker,
@@ -229,7 +233,7 @@ class BackfillStore:
                 )
                 if won.rowcount:
                     row = conn.execute(
-                        backfill_jobs.select().where(backfill_jobs.c.id == job_id)
+                        backfill_jobs.select().where(backfill_jobs.c.id == candidate)
                     ).first()
                     return _job(row._mapping) if row is not None else None
         return None

@@ -148,6 +148,47 @@ class MetadataStore:
             rows = conn.execute(tenants.select().order_by(tenants.c.id)).all()
         return [_tenant(dict(r._mapping)) for r in rows]
 
+    def update_tenant(
+        self,
+        tenant_id: str,
+        *,
+        name: str | None = None,
+        timezone: str | None = None,
+        settings: Mapping[str, Any] | None = None,
+    ) -> Tenant:
+        """Change a tenant's name, time zone and settings (merged key by key; a key given as
+        None is removed) in one transaction; NotFoundError when there is no such tenant."""
+        with self._guard(), self.engine.begin() as conn:
+            row = conn.execute(
+                tenants.select().where(tenants.c.id == tenant_id).with_for_update()
+            ).first()
+            if row is None:
+                raise NotFoundError(f"no tenant {tenant_id!r}", field="tenant")
+            values: dict[str, Any] = {}
+            if name is not None:
+                values["name"] = name
+            if timezone is not None:
+                values["timezone"] = timezone
+            if settings is not None:
+                merged = dict(row.settings or {})
+                for key, value in settings.items():
+                    if value is None:
+                        merged.pop(key, None)
+                    else:
+                        merged[key] = value
+                values["settings"] = merged
+            if values:
+                conn.execute(tenants.update().where(tenants.c.id == tenant_id).values(**values))
+        return self.get_tenant(tenant_id)
+
+    def delete_tenant(self, tenant_id: str) -> None:
+        """Delete a tenant; every metadata row that names it goes with it (ON DELETE CASCADE:
+        identity graph, accounts, OAuth states, backfills, catalogue, dead letters)."""
+        with self._guard(), self.engine.begin() as conn:
+            result = conn.execute(tenants.delete().where(tenants.c.id == tenant_id))
+        if not result.rowcount:
+            raise NotFoundError(f"no tenant {tenant_id!r}", field="tenant")
+
     # -- dead letters -----------------------------------------------------------------------
     def add_dead_letters(self, letters: Sequence[DeadLetter]) -> None:
         if not letters:

@@ -1,0 +1,240 @@
+"""Signed Klaviyo webhooks and flow webhook actions.
+
+A delivery is answered 2xx only after its events are durable. A bad or missing signature or
+a stale timestamp is 401, a replayed delivery 409, a malformed body 400 naming the field; an
+item SendFlowr does not use (an SMS topic, say) is counted as ignored; an item that cannot be
+normalised is kept as a dead letter with its reason.
+"""
+
+from __future__ import annotations
+
+import hmac
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Any
+
+import orjson
+from fastapi import APIRouter, Header, Request
+from pydantic import BaseModel, ValidationError
+from starlette.concurrency import run_in_threadpool
+
+from sendflowr.api.deps import RuntimeDep
+from sendflowr.connectors.klaviyo.flow_actions import (
+    FLOW_SECRET_HEADER,
+    FlowAction,
+    flow_action_event,
+)
+from sendflowr.connectors.klaviyo.normalize import (
+    NormalizationError,
+    UnknownMetricError,
+    normalize_webhook_item,
+)
+from sendflowr.connectors.klaviyo.webhooks import (
+    WebhookAuthError,
+    WebhookBodyError,
+    parse_delivery,
+    verify,
+)
+from sendflowr.errors import InvalidInputError, SendFlowrError
+from sendflowr.events import CanonicalEvent
+from sendflowr.runtime import Runtime
+from sendflowr.storage.metadata.store import DeadLetter
+
+router = APIRouter(prefix="/api/webhook", tags=["webhooks"])
+
+MAX_BODY = 5 * 1024 * 1024
+ESP = "klaviyo"
+
+
+class WebhookUnauthorizedError(SendFlowrError):
+    status = 401
+    code = "unauthorized"
+
+
+class WebhookReplayedError(SendFlowrError):
+    status = 409
+    code = "replayed"
+
+
+class BodyTooLargeError(SendFlowrError):
+    status = 413
+    code = "too_large"
+
+
+class BadBodyError(InvalidInputError):
+    status = 400
+
+
+class WebhookOut(BaseModel):
+    received: int
+    accepted: int
+    ignored: int
+    dead_lettered: int
+
+
+async def _body(request: Request) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > MAX_BODY:
+        raise BodyTooLargeError(f"the body exceeds {MAX_BODY // (1024 * 1024)} MB")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_BODY:
+            raise BodyTooLargeError(f"the body exceeds {MAX_BODY // (1024 * 1024)} MB")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+@router.post("/klaviyo/{tenant}", response_model=WebhookOut)
+async def klaviyo_webhook(
+    tenant: str,
+    request: Request,
+    runtime: RuntimeDep,
+    klaviyo_timestamp: Annotated[str | None, Header()] = None,
+    klaviyo_signature: Annotated[str | None, Header()] = None,
+    klaviyo_webhook_id: Annotated[str | None, Header()] = None,
+) -> WebhookOut:
+    """Receive a signed Klaviyo webhook delivery (`data[]` items become canonical events)."""
+    body = await _body(request)
+    return await run_in_threadpool(
+        _accept_delivery, runtime, tenant, body, klaviyo_timestamp, klaviyo_signature,
+        klaviyo_webhook_id,
+    )  # fmt: skip
+
+
+def _accept_delivery(
+    runtime: Runtime,
+    tenant: str,
+    body: bytes,
+    timestamp: str | None,
+    signature_header: str | None,
+    webhook_id: str | None,
+) -> WebhookOut:
+    secret = runtime.accounts.webhook_secret(tenant, ESP) if _known(runtime, tenant) else None
+    if secret is None:
+        raise WebhookUnauthorizedError("no webhook secret is configured for this tenant")
+    now = datetime.now(UTC)
+    tolerance = timedelta(seconds=runtime.settings.webhook_tolerance_seconds)
+    try:
+        verify(
+            secret=secret,
+            body=body,
+            timestamp=timestamp,
+            signature=signature_header,
+            now=now,
+            tolerance=tolerance,
+        )
+        delivery = parse_delivery(body, webhook_id)
+    except WebhookAuthError as exc:
+        raise WebhookUnauthorizedError(str(exc)) from None
+    except WebhookBodyError as exc:
+        raise BadBodyError(
+            [{"loc": ["body", *exc.loc], "msg": exc.msg, "type": "value_error"}]
+        ) from None
+
+    assert signature_header is not None  # verified above
+    signature = signature_header.strip().lower()
+    if not runtime.accounts.record_delivery(tenant, signature, keep=2 * tolerance):
+        raise WebhookReplayedError("this delivery was received already (same signature)")
+    try:
+        events, ignored, dead = _normalise(runtime.hash_key, tenant, delivery.items)
+        if dead:
+            runtime.metadata.add_dead_letters(dead)
+        if events:
+            runtime.bus.publish(events, source="klaviyo-webhook")
+    except BaseException:
+        # Not accepted: let Klaviyo's retry through the replay guard.
+        runtime.accounts.forget_delivery(tenant, signature)
+        raise
+    return WebhookOut(
+        received=len(delivery.items),
+        accepted=len(events),
+        ignored=ignored,
+        dead_lettered=len(dead),
+    )
+
+
+def _known(runtime: Runtime, tenant: str) -> bool:
+    return runtime.metadata.find_tenant(tenant) is not None
+
+
+def _normalise(
+    hash_key: bytes, tenant: str, items: list[dict[str, Any]]
+) -> tuple[list[CanonicalEvent], int, list[DeadLetter]]:
+    events: list[CanonicalEvent] = []
+    dead: list[DeadLetter] = []
+    ignored = 0
+    for i, item in enumerate(items):
+        try:
+            events.append(normalize_webhook_item(item, tenant=tenant, hash_key=hash_key))
+        except UnknownMetricError:
+            ignored += 1
+        except NormalizationError as exc:
+            dead.append(
+                DeadLetter(
+                    source="klaviyo-webhook",
+                    payload=orjson.dumps(item, default=str).decode(),
+                    reason=f"data[{i}]: {exc}",
+                    tenant=tenant,
+                )
+            )
+    return events, ignored, dead
+
+
+@router.post("/klaviyo/{tenant}/flow", response_model=WebhookOut)
+async def klaviyo_flow_action(
+    tenant: str,
+    request: Request,
+    runtime: RuntimeDep,
+    x_sendflowr_flow_secret: Annotated[
+        str | None, Header(alias=FLOW_SECRET_HEADER, description="the tenant's flow secret")
+    ] = None,
+) -> WebhookOut:
+    """Receive a Klaviyo flow webhook action, authenticated by the tenant's flow secret."""
+    body = await _body(request)
+    return await run_in_threadpool(
+        _accept_flow_action, runtime, tenant, body, x_sendflowr_flow_secret
+    )
+
+
+def _accept_flow_action(
+    runtime: Runtime, tenant: str, body: bytes, given_secret: str | None
+) -> WebhookOut:
+    secret = (
+        runtime.accounts.webhook_secret(tenant, ESP, flow=True) if _known(runtime, tenant) else None
+    )
+    if (
+        secret is None
+        or given_secret is None
+        or not hmac.compare_digest(secret.encode(), given_secret.encode())
+    ):
+        raise WebhookUnauthorizedError(f"missing or wrong {FLOW_SECRET_HEADER} header")
+    try:
+        action = FlowAction.model_validate_json(body)
+    except ValidationError as exc:
+        raise BadBodyError(
+            [
+                {
+                    "loc": ["body", *err["loc"]],
+                    "msg": str(err["msg"]).removeprefix("Value error, "),
+                    "type": err["type"],
+                }
+                for err in exc.errors()
+            ]
+        ) from None
+    try:
+        event = flow_action_event(
+            action, tenant=tenant, hash_key=runtime.hash_key, now=datetime.now(UTC)
+        )
+    except ValueError as exc:
+        raise BadBodyError([{"loc": ["body"], "msg": str(exc), "type": "value_error"}]) from None
+    result = runtime.bus.publish([event], source="klaviyo-flow-action")
+    if result.rejected:
+        raise BadBodyError(
+            [
+                {"loc": ["body", *e.loc], "msg": e.msg, "type": "value_error"}
+                for r in result.rejected
+                for e in r.errors
+            ]
+        )
+    return WebhookOut(received=1, accepted=1, ignored=0, dead_lettered=0)

@@ -1,0 +1,313 @@
+"""Backfill and incremental sync of a tenant's Klaviyo history, resumable at any point.
+
+A job is planned as (metric, UTC day) units plus one catalogue unit (campaigns and flows).
+Units run a few at a time; the client paces every request to Klaviyo's published limits.
+For each page: normalise, store through the pipeline (durable when it returns), then record
+the page's count and the next page's URL in the unit's checkpoint. A crash between the store
+and the checkpoint re-fetches one page, whose events have the same deterministic ids and so
+replace themselves: resumed jobs end with no gap and no duplicate.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+import orjson
+
+from sendflowr.connectors.klaviyo.catalog import fetch_catalog
+from sendflowr.connectors.klaviyo.client import EventsPage, KlaviyoClient, KlaviyoError
+from sendflowr.connectors.klaviyo.constants import METRIC_ALIASES, METRIC_EVENT_TYPES
+from sendflowr.connectors.klaviyo.factory import open_client
+from sendflowr.connectors.klaviyo.normalize import normalize_page
+from sendflowr.connectors.notify import notify_job
+from sendflowr.runtime import Runtime
+from sendflowr.storage.metadata.backfill import Job, Unit
+from sendflowr.storage.metadata.catalog import CatalogItem
+from sendflowr.storage.metadata.store import DeadLetter
+
+log = logging.getLogger("sendflowr.backfill")
+
+ESP = "klaviyo"
+CATALOG = "catalog"  # the unit (metric_id and day) that fetches campaigns and flows
+SOURCE = "klaviyo-backfill"
+ENGAGEMENT_METRICS = frozenset(METRIC_EVENT_TYPES) | frozenset(METRIC_ALIASES)
+
+
+class Cancelled(Exception):
+    """The job was cancelled, or another worker took it over."""
+
+
+def worker_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def worker_alive(worker: str | None) -> bool:
+    """False only when `worker` ran on this host and its process is gone."""
+    if not worker:
+        return False
+    host, _, pid = worker.rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return True  # another machine: only its heartbeat can tell
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def days(start: datetime, end: datetime) -> list[str]:
+    """The UTC days (YYYY-MM-DD) that [start, end) touches, oldest first."""
+    out: list[str] = []
+    day = start.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    while day < end:
+        out.append(day.date().isoformat())
+        day += timedelta(days=1)
+    return out
+
+
+def day_range(day: str, start: datetime, end: datetime) -> tuple[datetime, datetime]:
+    """A unit's time range: its UTC day clipped to the job's range."""
+    lo = datetime.fromisoformat(day).replace(tzinfo=UTC)
+    return max(lo, start), min(lo + timedelta(days=1), end)
+
+
+@dataclass
+class RunnerOptions:
+    concurrency: int = 4
+    page_size: int = 1000
+    heartbeat_seconds: float = 5.0
+    stale_after: timedelta = timedelta(seconds=60)
+
+
+ProgressHook = Callable[[Job], None]
+
+
+class BackfillRunner:
+    """Claims backfill jobs and runs them to an end (completed, failed or cancelled)."""
+
+    def __init__(
+        self,
+        runtime: Runtime,
+        options: RunnerOptions | None = None,
+        *,
+        client_factory: Callable[[str], KlaviyoClient] | None = None,
+        on_progress: ProgressHook | None = None,
+        worker: str | None = None,
+    ) -> None:
+        self.runtime = runtime
+        self.options = options or RunnerOptions(concurrency=runtime.settings.backfill_concurrency)
+        self.client_factory = client_factory or (lambda tenant: open_client(runtime, tenant))
+        self.on_progress = on_progress
+        self.worker = worker or worker_name()
+        self.store = runtime.backfills
+        self._write_lock = asyncio.Lock()
+
+    # -- claiming -----------------------------------------------------------------------------
+    def claim(self, job_id: int | None = None) -> Job | None:
+        """The next job to run: `job_id` if given (taken over when its worker is gone),
+        else the oldest queued job or one whose worker stopped heartbeating or died here."""
+        if job_id is not None:
+            job = self.store.get_job(job_id)
+            if job.status == "in_progress" and worker_alive(job.worker):
+                return self.store.claim_job(self.worker, self.options.stale_after, job_id=job_id)
+            return self.store.claim_job(self.worker, timedelta(0), job_id=job_id)
+        for job in self.store.jobs():
+            if (
+                job.status == "in_progress"
+                and job.worker != self.worker
+                and not worker_alive(job.worker)
+            ):
+                taken = self.store.claim_job(self.worker, timedelta(0), job_id=job.id)
+                if taken is not None:
+                    return taken
+        return self.store.claim_job(self.worker, self.options.stale_after)
+
+    async def run_next(self) -> Job | None:
+        job = self.claim()
+        return await self.run(job) if job is not None else None
+
+    # -- running ------------------------------------------------------------------------------
+    async def run(self, job: Job) -> Job:
+        log.info("backfill %s for %s: %s to %s", job.id, job.tenant, job.range_start, job.range_end)
+        heart = asyncio.create_task(self._heartbeat(job.id))
+        try:
+            client = self.client_factory(job.tenant)
+            async with client:
+                if job.total_units == 0:
+                    await self._plan(client, job)
+                await self._run_units(client, job)
+        except Cancelled:
+            final = self._finish(job.id, "cancelled", None)
+        except KlaviyoError as exc:
+            final = self._finish(job.id, "failed", f"Klaviyo: {exc}")
+        except Exception as exc:
+            log.exception("backfill %s failed", job.id)
+            final = self._finish(job.id, "failed", f"{type(exc).__name__}: {exc}")
+        else:
+            current = self.store.get_job(job.id)
+            if current.cancel_requested:
+                final = self._finish(job.id, "cancelled", None)
+            elif current.failed_units:
+                failed = self.store.units(job.id, ["failed"])
+                first = failed[0].error if failed else ""
+                final = self._finish(
+                    job.id,
+                    "failed",
+                    f"{current.failed_units} of {current.total_units} units failed; first: {first}",
+                )
+            else:
+                self._advance_checkpoints(current)
+                final = self._finish(job.id, "completed", None)
+        finally:
+            heart.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await heart
+        await notify_job(self.runtime, final)
+        return final
+
+    def _finish(self, job_id: int, status: str, error: str | None) -> Job:
+        job = self.store.finish_job(job_id, status, error)  # type: ignore[arg-type]
+        self._report(job)
+        log.info("backfill %s %s: %s events", job.id, job.status, job.events)
+        return job
+
+    async def _plan(self, client: KlaviyoClient, job: Job) -> None:
+        metrics = [m for m in await client.list_metrics() if m.name in ENGAGEMENT_METRICS]
+        self.runtime.catalog.upsert(
+            job.tenant, ESP, [CatalogItem("metric", m.id, m.name) for m in metrics]
+        )
+        units: list[tuple[str, str, str]] = [(CATALOG, "campaigns and flows", CATALOG)]
+        for day in days(job.range_start, job.range_end):
+            units.extend((m.id, m.name, day) for m in metrics)
+        self.store.add_units(job.id, units)
+        self._report(self.store.get_job(job.id))
+
+    async def _run_units(self, client: KlaviyoClient, job: Job) -> None:
+        pending = self.store.units(job.id, ["queued", "in_progress"])
+        queue: asyncio.Queue[Unit] = asyncio.Queue()
+        for unit in pending:
+            queue.put_nowait(unit)
+
+        async def worker() -> None:
+            while True:
+                try:
+                    unit = queue.get_nowait()
+                except asyncio.QueueEmpty:
+                    return
+                await self._run_unit(client, job, unit)
+
+        workers = [asyncio.create_task(worker()) for _ in range(self.options.concurrency)]
+        try:
+            await asyncio.gather(*workers)
+        except BaseException:
+            for w in workers:
+                w.cancel()
+            await asyncio.gather(*workers, return_exceptions=True)
+            raise
+
+    async def _run_unit(self, client: KlaviyoClient, job: Job, unit: Unit) -> None:
+        if unit.metric_id == CATALOG:
+            try:
+                items = await fetch_catalog(client)
+                await asyncio.to_thread(self.runtime.catalog.upsert, job.tenant, ESP, items)
+                self.store.page_done(unit, 0, None, finished=True)
+            except KlaviyoError as exc:
+                self.store.unit_failed(unit, f"catalogue: {exc}")
+            self._report(self.store.get_job(job.id))
+            return
+        start, end = day_range(unit.day, job.range_start, job.range_end)
+        url = unit.next_url
+        while True:
+            if self.store.cancel_requested(job.id):
+                raise Cancelled
+            try:
+                page = await client.events_page(
+                    metric_id=unit.metric_id,
+                    start=start,
+                    end=end,
+                    cursor_url=url,
+                    page_size=self.options.page_size,
+                )
+            except KlaviyoError as exc:
+                self.store.unit_failed(unit, str(exc))
+                self._report(self.store.get_job(job.id))
+                return
+            stored = await self._store_page(job.tenant, unit, page)
+            finished = page.next_url is None
+            self.store.page_done(unit, stored, page.next_url, finished=finished)
+            self._report(self.store.get_job(job.id))
+            if finished:
+                return
+            url = page.next_url
+
+    async def _store_page(self, tenant: str, unit: Unit, page: EventsPage) -> int:
+        """Normalise and store one page; what cannot be normalised becomes a dead letter
+        naming the field and the reason (the rest of the page is kept)."""
+        events, bad = normalize_page(
+            page,
+            {unit.metric_id: unit.metric_name},
+            tenant=tenant,
+            hash_key=self.runtime.hash_key,
+            metric_id=unit.metric_id,
+        )
+        rejected = [
+            DeadLetter(
+                source=SOURCE,
+                payload=orjson.dumps(raw, default=str).decode(),
+                reason=str(exc),
+                tenant=tenant,
+            )
+            for raw, exc in bad
+        ]
+        async with self._write_lock:
+            if rejected:
+                await asyncio.to_thread(self.runtime.metadata.add_dead_letters, rejected)
+            if not events:
+                return 0
+            result = await asyncio.to_thread(self.runtime.bus.publish, events, source=SOURCE)
+        return int(result.stored)
+
+    def _advance_checkpoints(self, job: Job) -> None:
+        metric_ids = {u.metric_id for u in self.store.units(job.id) if u.metric_id != CATALOG}
+        for metric_id in metric_ids:
+            self.store.set_checkpoint(job.tenant, ESP, metric_id, job.range_end)
+
+    async def _heartbeat(self, job_id: int) -> None:
+        while True:
+            await asyncio.sleep(self.options.heartbeat_seconds)
+            await asyncio.to_thread(self.store.heartbeat, job_id, self.worker)
+
+    def _report(self, job: Job) -> None:
+        if self.on_progress is not None:
+            self.on_progress(job)
+
+
+def plan_range(
+    now: datetime, *, days_back: int | None = None, years_back: int | None = None
+) -> tuple[datetime, datetime]:
+    """[start, end) for a backfill of the last N days or years, ending now."""
+    span = timedelta(days=(days_back or 0) + 365 * (years_back or 0))
+    return now - span, now
+
+
+def incremental_range(runtime: Runtime, tenant: str, now: datetime) -> tuple[datetime, datetime]:
+    """From the oldest per-metric checkpoint (every metric synced up to it) to now."""
+    metric_ids = runtime.catalog.names(tenant, "metric")
+    marks = [runtime.backfills.checkpoint(tenant, ESP, m) for m in metric_ids]
+    known = [m for m in marks if m is not None]
+    if not known or len(known) < len(marks):
+        raise LookupError(f"tenant {tenant!r} has no completed backfill to continue from")
+    return min(known), now
+
+
+def active_units(units: Sequence[Unit]) -> int:
+    return sum(1 for u in units if u.status == "in_progress")

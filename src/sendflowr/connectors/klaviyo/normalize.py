@@ -1,0 +1,385 @@
+"""Klaviyo events -> canonical events. Pure: no I/O, no clock; the hashing key is passed in.
+
+Input shapes (Klaviyo's spec, revision `constants.REVISION`):
+- an event resource (`EventResponseObjectResource`): `id`, `attributes.datetime` (ISO 8601)
+  or `attributes.timestamp` (Unix seconds), `attributes.event_properties`,
+  `relationships.profile.data.id`, `relationships.metric.data.id`;
+- its profile (`ProfileResponseObjectResource`, from `included`): `id`,
+  `attributes.email`, `attributes.phone_number`, `attributes.external_id`;
+- a webhook delivery item: `{"external_id", "topic", "payload": {"data": <event>,
+  "included": [<profile>, <metric>]}}`, the payload shaped like
+  GET /api/events/{id}?include=profile,metric.
+
+Mapping:
+- event type from the metric name (`METRIC_EVENT_TYPES`, then `METRIC_ALIASES`); an unknown
+  metric is an error, never a guess;
+- identifiers: the keyed hash of the profile's email (the address itself is never kept),
+  the Klaviyo profile id, the phone in E.164 (when `phonenumbers` accepts it), the profile's
+  external id as `external_ids["klaviyo_external_id"]`, an anonymous id (`ANONYMOUS_ID_KEYS`).
+  An email or phone that does not parse is dropped, not fatal; an event left with no
+  identifier at all is an error;
+- `message_id` = `$message`, `flow_id` = `$flow`, `campaign_id` = `$message` when there is no
+  `$flow` (Klaviyo puts the campaign's message id in `$message`);
+- `is_machine_open` for an Opened Email when any flag in `MACHINE_OPEN_FLAGS` is truthy;
+- `properties` = the raw `event_properties`, untouched (orders keep `$value`, currency,
+  items, discounts and UTM parameters), plus `"$metric"`: the metric name.
+
+Every failure is a `NormalizationError(loc, msg)` naming the JSON path in the input, never a
+bare KeyError/TypeError (property-tested with arbitrary JSON).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any, Final, Protocol
+
+from sendflowr.connectors.klaviyo.constants import METRIC_ALIASES, METRIC_EVENT_TYPES
+from sendflowr.events import CanonicalEvent, EventType, EventValidationError, parse_event
+from sendflowr.identity.hashing import hash_email
+from sendflowr.identity.identifiers import normalise_phone
+
+ESP: Final = "klaviyo"
+EXTERNAL_ID_NAMESPACE: Final = "klaviyo_external_id"
+
+# Apple Mail Privacy Protection: Klaviyo (and integrations relaying its events) mark opens
+# that Apple's proxy fetched, not a person, with one of these event properties. The names
+# differ between Klaviyo's own property, older exports and third-party relays; any truthy
+# one makes the open a machine open. Truthy: true, a non-zero number, or "true"/"1"/"yes".
+MACHINE_OPEN_FLAGS: Final = (
+    "machine_open",
+    "$machine_open",
+    "Apple Privacy Open",
+    "is_machine_open",
+)
+
+# Where an anonymous (web tracking) id can appear: profile attributes, then event properties.
+ANONYMOUS_ID_KEYS: Final = ("anonymous_id", "_kx", "$anonymous", "$_kx", "$exchange_id")
+
+_TRUTHY_STRINGS: Final = frozenset({"true", "1", "yes"})
+_MAX_ID_LEN: Final = 256
+
+Loc = tuple[str | int, ...]
+
+
+class NormalizationError(ValueError):
+    """A payload could not become a canonical event: `loc` is the JSON path, `msg` why."""
+
+    def __init__(self, loc: Loc, msg: str) -> None:
+        self.loc = tuple(loc)
+        self.msg = msg
+        super().__init__(f"{'.'.join(map(str, self.loc)) or '$'}: {msg}")
+
+    def prefixed(self, prefix: Loc) -> NormalizationError:
+        """The same error (same class) located under `prefix`."""
+        err = NormalizationError.__new__(type(self))
+        NormalizationError.__init__(err, (*prefix, *self.loc), self.msg)
+        err.__dict__.update({k: v for k, v in self.__dict__.items() if k not in ("loc", "msg")})
+        return err
+
+
+class UnknownMetricError(NormalizationError):
+    """The metric is not one SendFlowr maps (a caller may skip it rather than dead-letter it)."""
+
+    def __init__(self, loc: Loc, msg: str, *, metric: object = None) -> None:
+        super().__init__(loc, msg)
+        self.metric = metric
+
+
+class PageLike(Protocol):
+    """What `normalize_page` needs from a page (`client.EventsPage` fits)."""
+
+    @property
+    def events(self) -> Sequence[Mapping[str, Any]]: ...
+
+    @property
+    def profiles(self) -> Mapping[str, Mapping[str, Any]]: ...
+
+
+def event_type_for(metric_name: str) -> EventType:
+    """The canonical type of a Klaviyo metric; NormalizationError when it is not one we map."""
+    if isinstance(metric_name, str):
+        found = METRIC_EVENT_TYPES.get(metric_name) or METRIC_ALIASES.get(metric_name)
+        if found is not None:
+            return found
+    raise UnknownMetricError(
+        ("relationships", "metric"),
+        f"unknown metric {metric_name!r}: not a mapped Klaviyo metric",
+        metric=metric_name,
+    )
+
+
+def _mapping(value: Any, loc: Loc, what: str) -> Mapping[str, Any]:
+    if not isinstance(value, Mapping):
+        raise NormalizationError(loc, f"{what} must be an object, got {type(value).__name__}")
+    return value
+
+
+def _text(value: Any) -> str | None:
+    """A usable id-like string: non-empty str (or an integer, as Klaviyo sometimes sends)."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int) and not -(2**63) <= value < 2**64:
+        return None
+    text = str(value) if isinstance(value, int) else value
+    if isinstance(text, str):
+        text = text.strip()
+        if text and len(text) <= _MAX_ID_LEN and text.isprintable():
+            return text
+    return None
+
+
+def _truthy(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int | float):
+        return value != 0 and value == value  # NaN is not a flag
+    if isinstance(value, str):
+        return value.strip().lower() in _TRUTHY_STRINGS
+    return False
+
+
+def _occurred_at(attributes: Mapping[str, Any]) -> datetime:
+    raw = attributes.get("datetime")
+    if raw is not None:
+        loc: Loc = ("attributes", "datetime")
+        if not isinstance(raw, str):
+            raise NormalizationError(loc, f"expected an ISO 8601 string, got {type(raw).__name__}")
+        try:
+            at = datetime.fromisoformat(raw.strip())
+        except ValueError:
+            raise NormalizationError(loc, f"{raw[:64]!r} is not an ISO 8601 datetime") from None
+        if at.tzinfo is None or at.utcoffset() is None:
+            raise NormalizationError(loc, f"{raw[:64]!r} has no UTC offset")
+        try:
+            return at.astimezone(UTC)
+        except (OverflowError, ValueError):
+            raise NormalizationError(loc, f"{raw[:64]!r} is out of range") from None
+    ts = attributes.get("timestamp")
+    loc = ("attributes", "timestamp")
+    if ts is None:
+        raise NormalizationError(("attributes", "datetime"), "missing (and no timestamp)")
+    if isinstance(ts, bool) or not isinstance(ts, int | float):
+        raise NormalizationError(loc, f"expected Unix seconds, got {type(ts).__name__}")
+    try:
+        return datetime.fromtimestamp(ts, UTC)
+    except (OverflowError, OSError, ValueError):
+        raise NormalizationError(loc, f"{ts!r} is out of range") from None
+
+
+def _profile_id(resource: Mapping[str, Any], profile: Mapping[str, Any] | None) -> str | None:
+    rels = resource.get("relationships")
+    rel = rels.get("profile") if isinstance(rels, Mapping) else None
+    data = rel.get("data") if isinstance(rel, Mapping) else None
+    from_rel = _text(data.get("id")) if isinstance(data, Mapping) else None
+    if from_rel is not None:
+        return from_rel
+    return _text(profile.get("id")) if profile is not None else None
+
+
+def _identifiers(
+    profile_id: str | None,
+    profile: Mapping[str, Any] | None,
+    event_properties: Mapping[str, Any],
+    hash_key: bytes,
+) -> dict[str, Any]:
+    ids: dict[str, Any] = {}
+    attrs = profile.get("attributes") if profile is not None else None
+    if not isinstance(attrs, Mapping):
+        attrs = {}
+    email = attrs.get("email")
+    if isinstance(email, str) and email.strip():
+        # Not an address: dropped; the other identifiers still place the person.
+        with contextlib.suppress(ValueError):
+            ids["email_hash"] = hash_email(hash_key, email)
+    if profile_id is not None:
+        ids["esp_profile_id"] = profile_id
+    phone = attrs.get("phone_number")
+    if isinstance(phone, str) and phone.strip() and len(phone) <= 64:
+        with contextlib.suppress(ValueError):
+            ids["phone"] = normalise_phone(phone)
+    external = _text(attrs.get("external_id"))
+    if external is not None:
+        ids["external_ids"] = {EXTERNAL_ID_NAMESPACE: external}
+    for source in (attrs, event_properties):
+        for key in ANONYMOUS_ID_KEYS:
+            anon = _text(source.get(key))
+            if anon is not None:
+                ids["anonymous_id"] = anon
+                return ids
+    return ids
+
+
+# Canonical field -> where it came from in the Klaviyo event resource.
+_SOURCE_LOC: Final[dict[str, Loc]] = {
+    "tenant": ("tenant",),
+    "esp_event_id": ("id",),
+    "event_id": ("id",),
+    "occurred_at": ("attributes", "datetime"),
+    "identifiers": ("relationships", "profile"),
+    "message_id": ("attributes", "event_properties", "$message"),
+    "campaign_id": ("attributes", "event_properties", "$message"),
+    "flow_id": ("attributes", "event_properties", "$flow"),
+    "properties": ("attributes", "event_properties"),
+    "is_machine_open": ("attributes", "event_properties"),
+}
+
+
+def normalize_event(
+    resource: Mapping[str, Any],
+    *,
+    metric_name: str,
+    profile: Mapping[str, Any] | None,
+    tenant: str,
+    hash_key: bytes,
+) -> CanonicalEvent:
+    """One Klaviyo event resource (and its profile, when known) as a canonical event."""
+    resource = _mapping(resource, (), "an event resource")
+    event_type = event_type_for(metric_name)
+    event_id = _text(resource.get("id"))
+    if event_id is None:
+        raise NormalizationError(("id",), "missing or not a usable id")
+    attributes = _mapping(resource.get("attributes"), ("attributes",), "attributes")
+    props_raw = attributes.get("event_properties")
+    props = (
+        {}
+        if props_raw is None
+        else _mapping(props_raw, ("attributes", "event_properties"), "event_properties")
+    )
+    occurred_at = _occurred_at(attributes)
+    if profile is not None and not isinstance(profile, Mapping):
+        raise NormalizationError(("profile",), "the profile must be an object")
+    identifiers = _identifiers(_profile_id(resource, profile), profile, props, hash_key)
+    if not identifiers:
+        raise NormalizationError(
+            ("relationships", "profile"),
+            "no identifier: no profile id, email, phone, external id or anonymous id",
+        )
+    message_id = _text(props.get("$message"))
+    flow_id = _text(props.get("$flow"))
+    properties = dict(props)
+    properties["$metric"] = metric_name
+    data: dict[str, Any] = {
+        "tenant": tenant,
+        "esp": ESP,
+        "esp_event_id": event_id,
+        "event_type": event_type.value,
+        "occurred_at": occurred_at,
+        "identifiers": identifiers,
+        "message_id": message_id,
+        "flow_id": flow_id,
+        "campaign_id": message_id if flow_id is None else None,
+        "is_machine_open": event_type is EventType.OPENED
+        and any(_truthy(props.get(flag)) for flag in MACHINE_OPEN_FLAGS),
+        "properties": properties,
+    }
+    try:
+        return parse_event(data)
+    except EventValidationError as exc:
+        err = exc.errors[0]
+        head = err.loc[0] if err.loc else ""
+        loc = _SOURCE_LOC.get(str(head), ())
+        raise NormalizationError(loc, f"{'.'.join(map(str, err.loc))}: {err.msg}") from None
+
+
+def _metric_id(resource: Mapping[str, Any]) -> str | None:
+    rels = resource.get("relationships")
+    rel = rels.get("metric") if isinstance(rels, Mapping) else None
+    data = rel.get("data") if isinstance(rel, Mapping) else None
+    return _text(data.get("id")) if isinstance(data, Mapping) else None
+
+
+def normalize_page(
+    page: PageLike,
+    metric_names: Mapping[str, str],
+    *,
+    tenant: str,
+    hash_key: bytes,
+    metric_id: str | None = None,
+) -> tuple[list[CanonicalEvent], list[tuple[Any, NormalizationError]]]:
+    """A page of events: the good ones, and each bad one with its error (never raises for one).
+
+    The metric of an event is its `relationships.metric.data.id`, or `metric_id` (the metric
+    the page was requested for) when the relationship carries no data.
+    """
+    good: list[CanonicalEvent] = []
+    bad: list[tuple[Any, NormalizationError]] = []
+    for i, raw in enumerate(page.events):
+        try:
+            resource = _mapping(raw, (), "an event resource")
+            mid = _metric_id(resource) or metric_id
+            if mid is None:
+                raise NormalizationError(("relationships", "metric"), "no metric id")
+            name = metric_names.get(mid)
+            if name is None:
+                raise NormalizationError(
+                    ("relationships", "metric", "data", "id"), f"metric id {mid!r} is not known"
+                )
+            pid = _profile_id(resource, None)
+            profile = page.profiles.get(pid) if pid is not None else None
+            good.append(
+                normalize_event(
+                    resource, metric_name=name, profile=profile, tenant=tenant, hash_key=hash_key
+                )
+            )
+        except NormalizationError as exc:
+            bad.append((raw, exc.prefixed(("data", i))))
+    return good, bad
+
+
+def normalize_webhook_item(
+    item: Mapping[str, Any], *, tenant: str, hash_key: bytes
+) -> CanonicalEvent:
+    """One webhook `data[]` item: its payload's event, profile and metric from `included`."""
+    item = _mapping(item, (), "a webhook item")
+    payload = _mapping(item.get("payload"), ("payload",), "payload")
+    try:
+        event = _mapping(payload.get("data"), ("data",), "data")
+        included_raw = payload.get("included")
+        included = included_raw if isinstance(included_raw, list) else []
+        by_type: dict[tuple[str, str], Mapping[str, Any]] = {}
+        for res in included:
+            if isinstance(res, Mapping):
+                rtype, rid = _text(res.get("type")), _text(res.get("id"))
+                if rtype is not None and rid is not None:
+                    by_type[(rtype, rid)] = res
+        metrics = [r for (t, _), r in by_type.items() if t == "metric"]
+        mid = _metric_id(event)
+        metric = by_type.get(("metric", mid)) if mid is not None else None
+        if metric is None and len(metrics) == 1:
+            metric = metrics[0]
+        if metric is None:
+            raise NormalizationError(("included",), "no metric resource for the event")
+        mattrs = metric.get("attributes")
+        name = mattrs.get("name") if isinstance(mattrs, Mapping) else None
+        if not isinstance(name, str):
+            raise NormalizationError(("included",), "the metric has no name")
+        pid = _profile_id(event, None)
+        profile = by_type.get(("profile", pid)) if pid is not None else None
+        if profile is None:
+            profiles = [r for (t, _), r in by_type.items() if t == "profile"]
+            profile = profiles[0] if len(profiles) == 1 else None
+        try:
+            return normalize_event(
+                event, metric_name=name, profile=profile, tenant=tenant, hash_key=hash_key
+            )
+        except NormalizationError as exc:
+            raise exc.prefixed(("data",)) from None
+    except NormalizationError as exc:
+        raise exc.prefixed(("payload",)) from None
+
+
+__all__ = [
+    "ANONYMOUS_ID_KEYS",
+    "ESP",
+    "EXTERNAL_ID_NAMESPACE",
+    "MACHINE_OPEN_FLAGS",
+    "NormalizationError",
+    "PageLike",
+    "UnknownMetricError",
+    "event_type_for",
+    "normalize_event",
+    "normalize_page",
+    "normalize_webhook_item",
+]

@@ -410,6 +410,68 @@ def backfill(
         raise typer.Exit(1)
 
 
+def _klaviyo_sim_command() -> None:
+    from sendflowr.klaviyo_sim.command import klaviyo_sim
+
+    app.command("klaviyo-sim")(klaviyo_sim)
+
+
+_klaviyo_sim_command()
+
+webhooks_app = typer.Typer(help="Klaviyo webhook subscriptions.", no_args_is_help=True)
+app.add_typer(webhooks_app, name="webhooks")
+
+
+@webhooks_app.command("register")
+def webhooks_register(
+    tenant: Annotated[
+        list[str] | None, typer.Option("--tenant", "-t", help="Tenant (repeatable).")
+    ] = None,
+    all_tenants: Annotated[
+        bool, typer.Option("--all", help="Every tenant with a connected Klaviyo account.")
+    ] = False,
+) -> None:
+    """Subscribe SendFlowr's webhook receiver to each tenant's Klaviyo engagement events
+    (settings.public_url must be reachable from Klaviyo)."""
+    import asyncio
+
+    from sendflowr.connectors.klaviyo.client import KlaviyoError
+    from sendflowr.connectors.klaviyo.factory import open_client
+    from sendflowr.connectors.klaviyo.registration import register_webhook
+    from sendflowr.errors import SendFlowrError
+
+    if not tenant and not all_tenants:
+        _fail("name a tenant with --tenant, or use --all")
+    settings = _settings()
+    rt = _runtime(settings)
+    failed = False
+    try:
+        targets = list(tenant or [])
+        if all_tenants:
+            targets += [
+                a.tenant
+                for a in rt.accounts.list()
+                if a.esp == "klaviyo" and a.status == "connected"
+            ]
+        for name in dict.fromkeys(targets):
+
+            async def one(name: str = name) -> str:
+                async with open_client(rt, name) as client:
+                    reg = await register_webhook(rt, name, client)
+                verb = "created" if reg.created else "already registered"
+                return f"{name}: webhook {reg.webhook_id} {verb} -> {reg.endpoint_url}"
+
+            try:
+                console.print(asyncio.run(one()), highlight=False)
+            except (SendFlowrError, KlaviyoError, LookupError, ValueError) as exc:
+                err_console.print(f"[red]{name}:[/] {exc}", highlight=False)
+                failed = True
+    finally:
+        rt.close()
+    if failed:
+        raise typer.Exit(1)
+
+
 @app.command()
 def health() -> None:
     """Open every backend from settings and report its state (exit 1 if any is down)."""

@@ -76,33 +76,47 @@ def run(
     host: Annotated[str | None, typer.Option(help="Bind address (default: settings.host).")] = None,
     port: Annotated[int | None, typer.Option(help="Port (default: settings.port, 8001).")] = None,
     demo: Annotated[
-        bool, typer.Option(help="Create the simulated demo brand and load its history if empty.")
+        bool,
+        typer.Option(
+            help="Start the demo: a local Klaviyo simulator with a simulated brand, connected "
+            "by API key, live events by signed webhook, and a backfill while it has no data."
+        ),
     ] = True,
 ) -> None:
     """Run the API service with every backend from settings (migrations applied first)."""
     import uvicorn
 
     from sendflowr.api import create_app
-    from sendflowr.demo import ensure_demo_brand
 
     settings = _settings()
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(levelname)s %(name)s: %(message)s"
     )
     logging.getLogger("alembic").setLevel(logging.WARNING)  # health checks read the revision
-    rt = _runtime(settings)
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per outbound request
+    bind_host, bind_port = host or settings.host, port or settings.port
+    if "public_url" not in settings.model_fields_set:
+        settings = settings.model_copy(update={"public_url": f"http://{bind_host}:{bind_port}"})
+    # The embedded demo may generate its own development encryption key under data_dir.
     try:
-        if demo:
-            with _progress() as progress:
-                task = progress.add_task(f"loading demo brand '{settings.demo_tenant}'", total=None)
+        from sendflowr.runtime import Runtime
 
-                def tick(done: int, total: int) -> None:
-                    progress.update(task, completed=done, total=total)
+        rt = Runtime.open(settings, create_secret_key=demo)
+    except (NotImplementedError, RuntimeError, OSError) as exc:
+        _fail(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+    stop_sim = None
+    try:
+        if demo and settings.demo_profiles > 0:
+            from sendflowr.demo_klaviyo import start_demo_klaviyo
 
-                loaded = ensure_demo_brand(rt, progress=tick)
-            if loaded:
-                console.print(f"demo brand '{settings.demo_tenant}': {loaded:,} events loaded")
-        bind_host, bind_port = host or settings.host, port or settings.port
+            sim = start_demo_klaviyo(rt)
+            stop_sim = sim.stop
+            console.print(f"Klaviyo simulator for tenant '{sim.tenant}' on {sim.url}")
+            if sim.backfill_job is not None:
+                console.print(
+                    f"backfill {sim.backfill_job} queued: follow it at "
+                    f"/api/connector/backfill/status/{sim.tenant}"
+                )
         console.print(
             f"SendFlowr on http://{bind_host}:{bind_port}  (API docs: /docs, health: /health)"
         )
@@ -113,6 +127,8 @@ def run(
             log_level=settings.log_level,
         )
     finally:
+        if stop_sim is not None:
+            stop_sim()
         rt.close()
 
 

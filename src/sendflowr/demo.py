@@ -1,4 +1,4 @@
-"""The simulated brand `make run` starts with, and generated events for the mock endpoint."""
+"""The demo brand's start date, and simulated events for the mock endpoint."""
 
 from __future__ import annotations
 
@@ -9,8 +9,7 @@ from datetime import UTC, datetime, timedelta
 from sendflowr.events import CanonicalEvent
 from sendflowr.pipeline import IngestResult
 from sendflowr.runtime import Runtime
-from sendflowr.simulate import SimConfig, config_for_event_count, simulate
-from sendflowr.storage.metadata.store import Tenant
+from sendflowr.simulate import config_for_event_count, simulate
 
 BATCH = 10_000
 Progress = Callable[[int, int], None]
@@ -42,27 +41,6 @@ def ingest(
         if progress is not None:
             progress(total.received, len(events))
     return total
-
-
-def ensure_demo_brand(
-    runtime: Runtime, now: datetime | None = None, progress: Progress | None = None
-) -> int:
-    """Create the demo tenant and load its simulated history once; returns events loaded now."""
-    settings = runtime.settings
-    tenant = settings.demo_tenant
-    now = now or datetime.now(UTC)
-    cfg = SimConfig(
-        tenant=tenant,
-        profiles=settings.demo_profiles,
-        days=settings.demo_days,
-        start=recent_start(now, settings.demo_days),
-        hash_key=runtime.hash_key,
-    )
-    runtime.metadata.ensure_tenant(Tenant(tenant, "Demo brand (simulated)", cfg.brand_tz))
-    if settings.demo_profiles == 0 or runtime.events.count_events(tenant) > 0:
-        return 0
-    sim = simulate(cfg)
-    return ingest(runtime, sim.events, "demo", progress).stored
 
 
 def generate_events(

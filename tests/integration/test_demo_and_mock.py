@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 from datetime import UTC, datetime
 
+import httpx
+import pytest
 from fastapi.testclient import TestClient
 
-from sendflowr.demo import ensure_demo_brand, recent_start
+from sendflowr.demo import recent_start
 from sendflowr.runtime import Runtime
 
 
@@ -19,18 +22,42 @@ def test_recent_start_is_a_monday_before_the_history() -> None:
     assert (now - start).days >= 61
 
 
-def test_demo_brand_loads_once(runtime: Runtime) -> None:
-    rt = dataclasses.replace(
-        runtime, settings=runtime.settings.model_copy(update={"demo_profiles": 60, "demo_days": 21})
+@pytest.mark.network
+def test_demo_connects_the_klaviyo_simulator_and_backfills(runtime: Runtime) -> None:
+    from pydantic import SecretStr
+
+    from sendflowr.connectors.klaviyo.backfill import BackfillRunner
+    from sendflowr.demo_klaviyo import start_demo_klaviyo
+    from sendflowr.secrets import SecretBox, generate_key
+    from sendflowr.storage.metadata.accounts import AccountStore
+
+    settings = runtime.settings.model_copy(
+        update={"demo_profiles": 60, "demo_days": 14, "secret_key": SecretStr(generate_key())}
     )
-    loaded = ensure_demo_brand(rt)
-    assert loaded > 500
-    assert runtime.events.count_events("demo") == loaded
-    assert ensure_demo_brand(rt) == 0  # not loaded twice
-    counts = runtime.events.count_by_type("demo")
-    assert counts["received"] > 0
-    assert counts["opened"] > 0
-    assert runtime.metadata.get_tenant("demo").timezone
+    box = SecretBox.from_string(settings.secret_key.get_secret_value())  # type: ignore[union-attr]
+    rt = dataclasses.replace(
+        runtime, settings=settings, box=box, accounts=AccountStore(runtime.metadata, box)
+    )
+    demo = start_demo_klaviyo(rt, live_per_minute=0)
+    try:
+        account = rt.accounts.get("demo", "klaviyo")
+        assert (account.status, account.api_url) == ("connected", demo.url)
+        assert account.has_webhook_secret  # subscribed to live events
+        assert demo.backfill_job is not None
+        runner = BackfillRunner(rt)
+        job = runner.claim(demo.backfill_job)
+        assert job is not None
+        final = asyncio.run(runner.run(job))
+        assert final.status == "completed", final.error
+        truth = httpx.get(f"{demo.url}/_sim/brand").json()
+        assert rt.events.count_events("demo") == truth["events"] > 500
+        assert rt.metadata.get_tenant("demo").timezone == "America/New_York"
+        # Started again with data present: no second backfill.
+        again = start_demo_klaviyo(rt, live_per_minute=0)
+        again.stop()
+        assert again.backfill_job is None
+    finally:
+        demo.stop()
 
 
 def test_mock_generate_pushes_events_through_the_pipeline(client: TestClient) -> None:

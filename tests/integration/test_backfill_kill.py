@@ -84,7 +84,7 @@ print(json.dumps(out))
 @pytest.fixture
 def sim_url() -> Iterator[str]:
     config = SimServerConfig(
-        tenant="simbrand", profiles=300, days=14, api_keys=(API_KEY,), rate_limits=False
+        tenant="simbrand", profiles=3000, days=7, api_keys=(API_KEY,), rate_limits=False
     )
     base_url, stop = run_in_thread(config)
     try:
@@ -123,24 +123,40 @@ def _script(source: str, *args: str, env: Mapping[str, str], cwd: Path) -> Any:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def _latest_job(db: Path) -> dict[str, Any] | None:
-    """The tenant's newest backfill job row, read without taking a write lock."""
+def _read(db: Path, sql: str, *params: object) -> list[sqlite3.Row]:
+    """Rows from the metadata database, opened read-only; none while it is busy or new."""
     try:
         conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1.0)
     except sqlite3.OperationalError:
-        return None
+        return []
     try:
         conn.row_factory = sqlite3.Row
-        row = conn.execute(
-            "SELECT id, status, total_units, done_units, failed_units, events, worker "
-            "FROM backfill_jobs WHERE tenant = ? ORDER BY id DESC LIMIT 1",
-            (TENANT,),
-        ).fetchone()
-    except sqlite3.OperationalError:  # busy, or not migrated yet
-        return None
+        return conn.execute(sql, params).fetchall()
+    except sqlite3.OperationalError:
+        return []
     finally:
         conn.close()
-    return dict(row) if row is not None else None
+
+
+def _latest_job(db: Path) -> dict[str, Any] | None:
+    rows = _read(
+        db,
+        "SELECT id, status, total_units, done_units, failed_units, events, worker "
+        "FROM backfill_jobs WHERE tenant = ? ORDER BY id DESC LIMIT 1",
+        TENANT,
+    )
+    return dict(rows[0]) if rows else None
+
+
+def _cursors(db: Path, job_id: int) -> int:
+    """Units of the job stopped between two pages: a checkpointed `next_url` to resume from."""
+    rows = _read(
+        db,
+        "SELECT count(*) FROM backfill_units "
+        "WHERE job_id = ? AND status = 'in_progress' AND next_url IS NOT NULL",
+        job_id,
+    )
+    return int(rows[0][0]) if rows else 0
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:
@@ -165,7 +181,9 @@ def test_backfill_killed_with_sigkill_resumes_to_the_exact_count(
 
         _script(SETUP, TENANT, API_KEY, sim_url, env=env, cwd=tmp_path)
 
-        # Slow every events page a little so the kill lands mid-run, not after it.
+        # Slow every events page a little so the kill lands mid-run, not after it. The kill
+        # waits for stored events and for a unit stopped between two of its pages (a
+        # persisted cursor), so the resume continues units as well as starting new ones.
         slow = sim.post(
             "/_sim/faults",
             json={
@@ -190,13 +208,11 @@ def test_backfill_killed_with_sigkill_resumes_to_the_exact_count(
                     if first.poll() is not None:
                         break
                     job = _latest_job(db)
-                    if job is not None and job["total_units"]:
-                        share = job["done_units"] / job["total_units"]
-                        if 0.2 < share < 0.8:
-                            os.kill(first.pid, signal.SIGKILL)
-                            first.wait(timeout=10)
-                            killed_at = job
-                            break
+                    if job is not None and job["events"] > 0 and _cursors(db, job["id"]):
+                        os.kill(first.pid, signal.SIGKILL)
+                        first.wait(timeout=10)
+                        killed_at = job
+                        break
                     time.sleep(0.02)
             finally:
                 _stop(first)
@@ -209,6 +225,8 @@ def test_backfill_killed_with_sigkill_resumes_to_the_exact_count(
         assert midway["status"] == "in_progress"
         assert midway["id"] == killed_at["id"]
         assert 0 < midway["done_units"] < midway["total_units"]
+        assert 0 < midway["events"] < truth["events"]
+        assert _cursors(db, midway["id"]) > 0
         assert midway["worker"].endswith(f":{first.pid}")
 
         assert sim.delete("/_sim/faults").status_code < 300
@@ -232,9 +250,9 @@ def test_backfill_killed_with_sigkill_resumes_to_the_exact_count(
     assert final["status"] == "completed"
     assert final["done_units"] == final["total_units"]
     assert final["failed_units"] == 0
+    assert final["events"] == truth["events"]  # each page counted once, resumed or not
 
     counted = _script(COUNT, TENANT, env=env, cwd=tmp_path)
-    print("DIAG", killed_at, midway, final, counted, resumed.stdout, time.monotonic() - began)
     stored = {EVENT_TYPE_METRICS[EventType(t)]: n for t, n in counted["by_type"].items()}
     assert stored == expected
     assert counted["total"] == counted["final_rows"] == truth["events"]

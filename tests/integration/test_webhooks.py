@@ -137,6 +137,9 @@ def test_a_signed_delivery_is_stored_before_2xx_and_duplicates_are_harmless(
     later = str(int(time.time()) + 1)
     assert _deliver(client, items, timestamp=later).status_code == 200
     assert rt.events.count_events("brand") == 5
+    # Deleting the tenant deletes its events too.
+    assert client.delete("/api/tenants/brand").status_code == 204
+    assert rt.events.count_events("brand") == 0
 
 
 def test_replayed_delivery_is_refused(keyed_client: tuple[TestClient, Runtime]) -> None:

@@ -69,11 +69,14 @@ def update_tenant(tenant: str, body: TenantPatchIn, runtime: RuntimeDep) -> Tena
 
 @router.delete("/{tenant}", status_code=status.HTTP_204_NO_CONTENT)
 async def delete_tenant(tenant: str, runtime: RuntimeDep) -> Response:
-    """Delete a brand and everything SendFlowr keeps about it in the metadata store (accounts,
-    identity graph, backfills, catalogue); its OAuth tokens are revoked first (best effort)."""
+    """Delete a brand and everything SendFlowr keeps about it: its events and explanations,
+    and in the metadata store its accounts, identity graph, backfills and catalogue; its OAuth
+    tokens are revoked first (best effort)."""
     await run_in_threadpool(runtime.metadata.get_tenant, tenant)
     for account in await run_in_threadpool(runtime.accounts.list, tenant):
         await revoke_best_effort(runtime, tenant, account.esp)
+    # Events first: if this fails the tenant still exists and the delete can be retried.
+    await run_in_threadpool(runtime.events.delete_tenant, tenant)
     await run_in_threadpool(runtime.metadata.delete_tenant, tenant)
     runtime.identity.forget_cache(tenant)
     runtime.features.clear_tenant(tenant)

@@ -278,6 +278,14 @@ class EventStore(abc.ABC):
             details=orjson.loads(r[18]) if r[18] else {},
         )
 
+    def delete_tenant(self, tenant: str) -> None:
+        """Remove every event and explanation of a tenant (the tenant is being deleted)."""
+        for table in ("email_events", "timing_explanations"):
+            self._command(
+                f"DELETE FROM `{self.database}`.{table} WHERE tenant = {{tenant:String}}",
+                {"tenant": tenant},
+            )
+
     # -- data summaries (the connector's data viewer) ------------------------------------------
     def daily_counts(self, tenant: str) -> list[tuple[str, str, int, int]]:
         """(UTC day, event type, events, machine opens) for every day with events."""

@@ -22,7 +22,9 @@ def job_message(job: Job) -> str:
     return f"SendFlowr: {what} for {job.tenant} {job.status} ({span}){reason}"
 
 
-async def notify_job(runtime: Runtime, job: Job) -> bool:
+async def notify_job(
+    runtime: Runtime, job: Job, *, transport: httpx.AsyncBaseTransport | None = None
+) -> bool:
     """POST {"text": ...} (Slack's incoming-webhook shape) when the job completed or failed.
 
     Best effort: a notification that cannot be delivered is logged, never raised.
@@ -41,7 +43,7 @@ async def notify_job(runtime: Runtime, job: Job) -> bool:
         "events": job.events,
     }
     try:
-        async with httpx.AsyncClient(timeout=TIMEOUT) as client:
+        async with httpx.AsyncClient(timeout=TIMEOUT, transport=transport) as client:
             response = await client.post(url, json=payload)
         if response.status_code >= 400:
             log.warning("notification for %s answered HTTP %s", job.tenant, response.status_code)

@@ -44,6 +44,7 @@ bench: $(STAMP)
 	$(PY) bench/bench_simulate.py
 	$(PY) bench/bench_identity.py
 	$(PY) bench/bench_evaluate.py
+	$(PY) bench/bench_backfill.py
 
 clean:
 	rm -rf $(VENV) var .mypy_cache .ruff_cache .pytest_cache

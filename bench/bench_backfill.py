@@ -593,6 +593,7 @@ def main() -> None:
             print(profile_text)
         brand = sim.brand
         build_seconds, rss = sim.build_seconds, sim.rss_mib
+    shutil.rmtree(work, ignore_errors=True)  # kept (with sim.log) only when a run failed
 
     levels_out = [summarise(by_level[c], args.page_size) for c in levels]
     best_out = next(s for s in levels_out if s["concurrency"] == best)

@@ -7,16 +7,17 @@ import threading
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
-import httpx
 import typer
-import uvicorn
 
-from sendflowr.klaviyo_sim.app import create_sim_app
-from sendflowr.klaviyo_sim.brand import Brand
-from sendflowr.klaviyo_sim.config import SimServerConfig, new_api_key
-from sendflowr.klaviyo_sim.faults import quiet_truncations
+# The server's modules (the brand, the app, uvicorn) are imported when a function runs, not
+# when the CLI registers this command: every `sendflowr` command imports this module.
+if TYPE_CHECKING:
+    import httpx
+
+    from sendflowr.klaviyo_sim.brand import Brand
+    from sendflowr.klaviyo_sim.config import SimServerConfig
 
 
 def klaviyo_sim(
@@ -56,6 +57,12 @@ def klaviyo_sim(
     ] = None,
 ) -> None:
     """A local HTTP server that behaves like Klaviyo's API, serving a simulated brand."""
+    import uvicorn
+
+    from sendflowr.klaviyo_sim.app import create_sim_app
+    from sendflowr.klaviyo_sim.config import SimServerConfig, new_api_key
+    from sendflowr.klaviyo_sim.faults import quiet_truncations
+
     config = SimServerConfig(
         tenant=tenant,
         profiles=profiles,
@@ -101,6 +108,11 @@ def run_in_thread(
     """Serve the sim with uvicorn on a free 127.0.0.1 port in a background thread.
 
     Returns (base URL, stop); the keyword arguments are `create_sim_app`'s."""
+    import uvicorn
+
+    from sendflowr.klaviyo_sim.app import create_sim_app
+    from sendflowr.klaviyo_sim.faults import quiet_truncations
+
     app = create_sim_app(config, brand=brand, clock=clock, webhook_transport=webhook_transport)
     quiet_truncations()
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)

@@ -12,7 +12,14 @@ from typing import Annotated, NoReturn
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
 
 from sendflowr import __version__
@@ -348,12 +355,13 @@ def backfill(
     from datetime import UTC, datetime
 
     from sendflowr.connectors.klaviyo.backfill import (
-        ESP,
         BackfillRunner,
         incremental_range,
         plan_range,
     )
+    from sendflowr.connectors.klaviyo.constants import ESP
     from sendflowr.errors import SendFlowrError
+    from sendflowr.storage.metadata.backfill import Job
 
     if not tenant and not all_tenants:
         _fail("name a tenant with --tenant, or use --all")
@@ -394,12 +402,9 @@ def backfill(
             with _progress() as progress:
                 bar = progress.add_task(f"{name}: planning", total=None)
 
-                def show(j: object, bar: object = bar, name: str = name) -> None:
-                    from sendflowr.storage.metadata.backfill import Job
-
-                    assert isinstance(j, Job)
+                def show(j: Job, bar: TaskID = bar, name: str = name) -> None:
                     progress.update(
-                        bar,  # type: ignore[arg-type]
+                        bar,
                         total=j.total_units or None,
                         completed=j.done_units + j.failed_units,
                         description=f"{name}: {j.events:,} events",
@@ -452,6 +457,7 @@ def webhooks_register(
     import asyncio
 
     from sendflowr.connectors.klaviyo.client import KlaviyoError
+    from sendflowr.connectors.klaviyo.constants import ESP
     from sendflowr.connectors.klaviyo.factory import open_client
     from sendflowr.connectors.klaviyo.registration import register_webhook
     from sendflowr.errors import SendFlowrError
@@ -465,9 +471,7 @@ def webhooks_register(
         targets = list(tenant or [])
         if all_tenants:
             targets += [
-                a.tenant
-                for a in rt.accounts.list()
-                if a.esp == "klaviyo" and a.status == "connected"
+                a.tenant for a in rt.accounts.list() if a.esp == ESP and a.status == "connected"
             ]
         for name in dict.fromkeys(targets):
 

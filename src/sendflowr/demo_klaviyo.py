@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
+from sendflowr.connectors.klaviyo.constants import ESP
 from sendflowr.connectors.klaviyo.factory import open_client
 from sendflowr.connectors.klaviyo.registration import register_webhook
 from sendflowr.klaviyo_sim import SimServerConfig
@@ -22,7 +23,6 @@ from sendflowr.runtime import Runtime
 from sendflowr.storage.metadata.store import Tenant
 
 log = logging.getLogger("sendflowr.demo")
-ESP = "klaviyo"
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,7 +19,7 @@ from starlette.concurrency import run_in_threadpool
 
 from sendflowr.api.deps import RuntimeDep
 from sendflowr.api.schemas import AccountOut, KlaviyoApiKeyIn, WebhookSecretIn, WebhookSecretOut
-from sendflowr.connectors.klaviyo.constants import JSON_API, REVISION
+from sendflowr.connectors.klaviyo.constants import ESP, JSON_API, REVISION
 from sendflowr.connectors.klaviyo.oauth import (
     TIMEOUT,
     KlaviyoOAuth,
@@ -34,7 +34,6 @@ log = logging.getLogger("sendflowr.api.accounts")
 
 router = APIRouter(prefix="/api/tenants", tags=["accounts"])
 
-ESP = "klaviyo"
 NO_STORE = {"Cache-Control": "no-store"}
 
 

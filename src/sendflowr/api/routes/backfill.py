@@ -23,7 +23,8 @@ from sendflowr.api.connector_schemas import (
     TenantBackfillOut,
 )
 from sendflowr.api.deps import RuntimeDep
-from sendflowr.connectors.klaviyo.backfill import ESP, incremental_range, plan_range
+from sendflowr.connectors.klaviyo.backfill import incremental_range, plan_range
+from sendflowr.connectors.klaviyo.constants import ESP
 from sendflowr.errors import ConflictError, InvalidInputError
 from sendflowr.runtime import Runtime
 from sendflowr.storage.metadata.backfill import Job

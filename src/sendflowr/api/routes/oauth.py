@@ -24,8 +24,8 @@ from sendflowr.api.deps import RuntimeDep
 from sendflowr.api.pages import error_page, success_page
 from sendflowr.api.routes.accounts import account_id_or_none
 from sendflowr.api.schemas import TENANT_PATTERN
+from sendflowr.connectors.klaviyo.constants import ESP
 from sendflowr.connectors.klaviyo.oauth import (
-    ESP,
     InvalidGrantError,
     KlaviyoOAuth,
     KlaviyoUnavailableError,

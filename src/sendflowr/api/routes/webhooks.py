@@ -18,6 +18,7 @@ from pydantic import BaseModel, ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from sendflowr.api.deps import RuntimeDep
+from sendflowr.connectors.klaviyo.constants import ESP
 from sendflowr.connectors.klaviyo.flow_actions import (
     FLOW_SECRET_HEADER,
     FlowAction,
@@ -42,7 +43,6 @@ from sendflowr.storage.metadata.store import DeadLetter
 router = APIRouter(prefix="/api/webhook", tags=["webhooks"])
 
 MAX_BODY = 5 * 1024 * 1024
-ESP = "klaviyo"
 
 
 class WebhookUnauthorizedError(SendFlowrError):

@@ -15,7 +15,7 @@ import contextlib
 import logging
 import os
 import socket
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -23,18 +23,17 @@ import orjson
 
 from sendflowr.connectors.klaviyo.catalog import fetch_catalog
 from sendflowr.connectors.klaviyo.client import EventsPage, KlaviyoClient, KlaviyoError
-from sendflowr.connectors.klaviyo.constants import METRIC_ALIASES, METRIC_EVENT_TYPES
+from sendflowr.connectors.klaviyo.constants import ESP, METRIC_ALIASES, METRIC_EVENT_TYPES
 from sendflowr.connectors.klaviyo.factory import open_client
 from sendflowr.connectors.klaviyo.normalize import normalize_page
 from sendflowr.connectors.notify import notify_job
 from sendflowr.runtime import Runtime
-from sendflowr.storage.metadata.backfill import Job, Unit
+from sendflowr.storage.metadata.backfill import Job, JobStatus, Unit
 from sendflowr.storage.metadata.catalog import CatalogItem
 from sendflowr.storage.metadata.store import DeadLetter
 
 log = logging.getLogger("sendflowr.backfill")
 
-ESP = "klaviyo"
 CATALOG = "catalog"  # the unit (metric_id and day) that fetches campaigns and flows
 SOURCE = "klaviyo-backfill"
 ENGAGEMENT_METRICS = frozenset(METRIC_EVENT_TYPES) | frozenset(METRIC_ALIASES)
@@ -174,9 +173,10 @@ class BackfillRunner:
         await notify_job(self.runtime, final)
         return final
 
-    def _finish(self, job_id: int, status: str, error: str | None) -> Job:
-        job = self.store.finish_job(job_id, status, error)  # type: ignore[arg-type]
-        self._report(job)
+    def _finish(self, job_id: int, status: JobStatus, error: str | None) -> Job:
+        job = self.store.finish_job(job_id, status, error)
+        if self.on_progress is not None:
+            self.on_progress(job)
         log.info("backfill %s %s: %s events", job.id, job.status, job.events)
         return job
 
@@ -189,7 +189,7 @@ class BackfillRunner:
         for day in days(job.range_start, job.range_end):
             units.extend((m.id, m.name, day) for m in metrics)
         self.store.add_units(job.id, units)
-        self._report(self.store.get_job(job.id))
+        self._report(job.id)
 
     async def _run_units(self, client: KlaviyoClient, job: Job) -> None:
         pending = self.store.units(job.id, ["queued", "in_progress"])
@@ -222,7 +222,7 @@ class BackfillRunner:
                 self.store.page_done(unit, 0, None, finished=True)
             except KlaviyoError as exc:
                 self.store.unit_failed(unit, f"catalogue: {exc}")
-            self._report(self.store.get_job(job.id))
+            self._report(job.id)
             return
         start, end = day_range(unit.day, job.range_start, job.range_end)
         url = unit.next_url
@@ -239,12 +239,12 @@ class BackfillRunner:
                 )
             except KlaviyoError as exc:
                 self.store.unit_failed(unit, str(exc))
-                self._report(self.store.get_job(job.id))
+                self._report(job.id)
                 return
             stored = await self._store_page(job.tenant, unit, page)
             finished = page.next_url is None
             self.store.page_done(unit, stored, page.next_url, finished=finished)
-            self._report(self.store.get_job(job.id))
+            self._report(job.id)
             if finished:
                 return
             url = page.next_url
@@ -286,9 +286,10 @@ class BackfillRunner:
             await asyncio.sleep(self.options.heartbeat_seconds)
             await asyncio.to_thread(self.store.heartbeat, job_id, self.worker)
 
-    def _report(self, job: Job) -> None:
+    def _report(self, job_id: int) -> None:
+        """Hand the job's current state to the progress hook (read only when there is one)."""
         if self.on_progress is not None:
-            self.on_progress(job)
+            self.on_progress(self.store.get_job(job_id))
 
 
 def plan_range(
@@ -307,7 +308,3 @@ def incremental_range(runtime: Runtime, tenant: str, now: datetime) -> tuple[dat
     if not known or len(known) < len(marks):
         raise LookupError(f"tenant {tenant!r} has no completed backfill to continue from")
     return min(known), now
-
-
-def active_units(units: Sequence[Unit]) -> int:
-    return sum(1 for u in units if u.status == "in_progress")

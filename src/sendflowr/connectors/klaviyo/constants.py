@@ -12,6 +12,7 @@ from typing import Final
 
 from sendflowr.events import EventType
 
+ESP: Final = "klaviyo"  # the `esp` of canonical events and accounts from Klaviyo
 REVISION: Final = "2026-07-15"
 API_BASE_URL: Final = "https://a.klaviyo.com"
 OAUTH_AUTHORIZE_URL: Final = "https://www.klaviyo.com/oauth/authorize"

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 from sendflowr.connectors.klaviyo.client import ApiKeyAuth, Auth, BearerAuth, KlaviyoClient
+from sendflowr.connectors.klaviyo.constants import ESP
 from sendflowr.runtime import Runtime
-
-ESP = "klaviyo"
 
 
 def account_auth(runtime: Runtime, tenant: str) -> Auth:

@@ -18,7 +18,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from sendflowr.connectors.klaviyo.constants import METRIC_ALIASES, METRIC_EVENT_TYPES
+from sendflowr.connectors.klaviyo.constants import ESP, METRIC_EVENT_TYPES
+from sendflowr.connectors.klaviyo.normalize import NormalizationError, event_type_for
 from sendflowr.events import CanonicalEvent, EventType, Identifiers
 from sendflowr.identity.hashing import hash_email
 from sendflowr.identity.identifiers import normalise_phone
@@ -27,10 +28,11 @@ FLOW_SECRET_HEADER = "X-SendFlowr-Flow-Secret"  # noqa: S105 - a header name
 
 
 def event_type_of(name: str) -> EventType:
-    if name in METRIC_EVENT_TYPES:
-        return METRIC_EVENT_TYPES[name]
-    if name in METRIC_ALIASES:
-        return METRIC_ALIASES[name]
+    """A Klaviyo metric name (as the connector maps it) or a canonical event type."""
+    try:
+        return event_type_for(name)
+    except NormalizationError:
+        pass
     try:
         return EventType(name)
     except ValueError:
@@ -93,7 +95,7 @@ def flow_action_event(
         raise ValueError("profile: needs at least one of email, id, phone_number, external_id")
     return CanonicalEvent(
         tenant=tenant,
-        esp="klaviyo",
+        esp=ESP,
         esp_event_id=f"flow-action:{action.id}",
         event_type=event_type_of(action.event),
         occurred_at=action.occurred_at or now,

@@ -8,7 +8,8 @@ import contextlib
 import logging
 from datetime import UTC, datetime, timedelta
 
-from sendflowr.connectors.klaviyo.backfill import ESP, BackfillRunner, incremental_range
+from sendflowr.connectors.klaviyo.backfill import BackfillRunner, incremental_range
+from sendflowr.connectors.klaviyo.constants import ESP
 from sendflowr.errors import SendFlowrError
 from sendflowr.runtime import Runtime
 

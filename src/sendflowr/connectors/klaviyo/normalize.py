@@ -35,12 +35,11 @@ from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, Final, Protocol
 
-from sendflowr.connectors.klaviyo.constants import METRIC_ALIASES, METRIC_EVENT_TYPES
+from sendflowr.connectors.klaviyo.constants import ESP, METRIC_ALIASES, METRIC_EVENT_TYPES
 from sendflowr.events import CanonicalEvent, EventType, EventValidationError, parse_event
 from sendflowr.identity.hashing import hash_email
 from sendflowr.identity.identifiers import normalise_phone
 
-ESP: Final = "klaviyo"
 EXTERNAL_ID_NAMESPACE: Final = "klaviyo_external_id"
 
 # Apple Mail Privacy Protection: Klaviyo (and integrations relaying its events) mark opens

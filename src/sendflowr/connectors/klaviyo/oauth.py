@@ -28,7 +28,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from sendflowr.connectors.klaviyo.constants import OAUTH_REVOKE_PATH, OAUTH_TOKEN_PATH
+from sendflowr.connectors.klaviyo.constants import ESP, OAUTH_REVOKE_PATH, OAUTH_TOKEN_PATH
 from sendflowr.errors import ConflictError, SendFlowrError
 
 with warnings.catch_warnings():
@@ -50,7 +50,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("sendflowr.connectors.klaviyo.oauth")
 
-ESP: Final = "klaviyo"
 TIMEOUT: Final = httpx.Timeout(10.0)
 REFRESH_MARGIN_SECONDS: Final = 300
 DEFAULT_LIFETIME_SECONDS: Final = 3600  # when a token response omits expires_in

@@ -12,10 +12,9 @@ import secrets
 from dataclasses import dataclass
 
 from sendflowr.connectors.klaviyo.client import KlaviyoClient
-from sendflowr.connectors.klaviyo.constants import METRIC_ALIASES, METRIC_EVENT_TYPES
+from sendflowr.connectors.klaviyo.constants import ESP, METRIC_ALIASES, METRIC_EVENT_TYPES
 from sendflowr.runtime import Runtime
 
-ESP = "klaviyo"
 WEBHOOK_NAME = "SendFlowr engagement"
 
 

@@ -18,7 +18,7 @@ import sqlalchemy as sa
 
 from sendflowr.errors import ConflictError, InvalidInputError, NotFoundError
 from sendflowr.secrets import SecretBox
-from sendflowr.storage.metadata.store import MetadataStore
+from sendflowr.storage.metadata.store import MetadataStore, aware
 from sendflowr.storage.metadata.tables import esp_accounts, oauth_states, webhook_deliveries
 from sendflowr.storage.metadata.upsert import insert_ignore, upsert
 
@@ -60,12 +60,6 @@ class OAuthStateError(InvalidInputError):
 
 def _hash(value: str) -> str:
     return hashlib.sha256(value.encode()).hexdigest()
-
-
-def _aware(at: datetime | None) -> datetime | None:
-    if at is None:
-        return None
-    return at if at.tzinfo is not None else at.replace(tzinfo=UTC)
 
 
 class AccountStore:
@@ -264,8 +258,7 @@ class AccountStore:
                 raise OAuthStateError("unknown state: this link was not issued by SendFlowr")
             if row.used_at is not None:
                 raise OAuthStateError("this state was used already: start the connection again")
-            expires_at = _aware(row.expires_at)
-            if expires_at is not None and expires_at < now:
+            if aware(row.expires_at) < now:
                 raise OAuthStateError("this state expired: start the connection again")
             claimed = conn.execute(
                 oauth_states.update()
@@ -319,6 +312,6 @@ def _account(row: Any) -> Account:
         last_error=row["last_error"],
         has_webhook_secret=bool(row["webhook_secret"]),
         has_flow_webhook_secret=bool(row["flow_webhook_secret"]),
-        created_at=_aware(row["created_at"]) or datetime.now(UTC),
-        updated_at=_aware(row["updated_at"]) or datetime.now(UTC),
+        created_at=aware(row["created_at"]),
+        updated_at=aware(row["updated_at"]),
     )

@@ -16,7 +16,7 @@ from typing import Any, Literal
 import sqlalchemy as sa
 
 from sendflowr.errors import ConflictError, NotFoundError
-from sendflowr.storage.metadata.store import MetadataStore
+from sendflowr.storage.metadata.store import MetadataStore, aware, aware_or_none
 from sendflowr.storage.metadata.tables import backfill_jobs, backfill_units, sync_checkpoints
 from sendflowr.storage.metadata.upsert import upsert
 
@@ -80,10 +80,12 @@ class MetricProgress:
     errors: list[str] = field(default_factory=list)
 
 
-def _aware(at: datetime | None) -> datetime | None:
-    if at is None:
-        return None
-    return at if at.tzinfo is not None else at.replace(tzinfo=UTC)
+def _unit_key(unit: Unit) -> tuple[sa.ColumnElement[bool], ...]:
+    return (
+        backfill_units.c.job_id == unit.job_id,
+        backfill_units.c.metric_id == unit.metric_id,
+        backfill_units.c.day == unit.day,
+    )
 
 
 def _job(row: Any) -> Job:
@@ -93,8 +95,8 @@ def _job(row: Any) -> Job:
         esp=row["esp"],
         kind=row["kind"],
         status=row["status"],
-        range_start=_aware(row["range_start"]) or datetime.now(UTC),
-        range_end=_aware(row["range_end"]) or datetime.now(UTC),
+        range_start=aware(row["range_start"]),
+        range_end=aware(row["range_end"]),
         total_units=int(row["total_units"]),
         done_units=int(row["done_units"]),
         failed_units=int(row["failed_units"]),
@@ -102,10 +104,10 @@ def _job(row: Any) -> Job:
         error=row["error"],
         cancel_requested=bool(row["cancel_requested"]),
         worker=row["worker"],
-        heartbeat_at=_aware(row["heartbeat_at"]),
-        created_at=_aware(row["created_at"]) or datetime.now(UTC),
-        started_at=_aware(row["started_at"]),
-        finished_at=_aware(row["finished_at"]),
+        heartbeat_at=aware_or_none(row["heartbeat_at"]),
+        created_at=aware(row["created_at"]),
+        started_at=aware_or_none(row["started_at"]),
+        finished_at=aware_or_none(row["finished_at"]),
     )
 
 
@@ -374,11 +376,7 @@ class BackfillStore:
         with self.metadata._guard(), self.engine.begin() as conn:
             conn.execute(
                 backfill_units.update()
-                .where(
-                    backfill_units.c.job_id == unit.job_id,
-                    backfill_units.c.metric_id == unit.metric_id,
-                    backfill_units.c.day == unit.day,
-                )
+                .where(*_unit_key(unit))
                 .values(
                     events=backfill_units.c.events + events,
                     pages=backfill_units.c.pages + 1,
@@ -402,11 +400,7 @@ class BackfillStore:
         with self.metadata._guard(), self.engine.begin() as conn:
             conn.execute(
                 backfill_units.update()
-                .where(
-                    backfill_units.c.job_id == unit.job_id,
-                    backfill_units.c.metric_id == unit.metric_id,
-                    backfill_units.c.day == unit.day,
-                )
+                .where(*_unit_key(unit))
                 .values(
                     status="failed",
                     error=error[:2000],
@@ -481,7 +475,7 @@ class BackfillStore:
                     sync_checkpoints.c.metric_id == metric_id,
                 )
             ).scalar()
-        return _aware(at)
+        return aware_or_none(at)
 
     def set_checkpoint(self, tenant: str, esp: str, metric_id: str, until: datetime) -> None:
         """Advance (never move back) the point up to which a metric is fully synced."""

@@ -9,7 +9,7 @@ from typing import Any, Literal
 
 import sqlalchemy as sa
 
-from sendflowr.storage.metadata.store import MetadataStore
+from sendflowr.storage.metadata.store import MetadataStore, aware_or_none
 from sendflowr.storage.metadata.tables import esp_catalog
 from sendflowr.storage.metadata.upsert import upsert
 
@@ -81,9 +81,7 @@ class CatalogStore:
                 name=r.name,
                 status=r.status,
                 channel=r.channel,
-                sent_at=r.sent_at
-                if r.sent_at is None or r.sent_at.tzinfo
-                else r.sent_at.replace(tzinfo=UTC),
+                sent_at=aware_or_none(r.sent_at),
                 raw=dict(r.raw or {}),
             )
             for r in rows

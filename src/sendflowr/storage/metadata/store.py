@@ -222,7 +222,7 @@ class MetadataStore:
                 reason=r.reason,
                 tenant=r.tenant,
                 id=r.id,
-                created_at=_aware(r.created_at),
+                created_at=aware(r.created_at),
             )
             for r in rows
         ]
@@ -271,8 +271,14 @@ class _Guard:
             ) from exc
 
 
-def _aware(at: datetime) -> datetime:
+def aware(at: datetime) -> datetime:
+    """A stored timestamp as UTC-aware (SQLite returns naive ones)."""
     return at if at.tzinfo is not None else at.replace(tzinfo=UTC)
+
+
+def aware_or_none(at: datetime | None) -> datetime | None:
+    """`aware` for a nullable column."""
+    return None if at is None else aware(at)
 
 
 def _tenant(row: Mapping[str, Any]) -> Tenant:
@@ -281,7 +287,7 @@ def _tenant(row: Mapping[str, Any]) -> Tenant:
         name=row["name"],
         timezone=row["timezone"],
         settings=dict(row["settings"] or {}),
-        created_at=_aware(row["created_at"]),
+        created_at=aware(row["created_at"]),
     )
 
 

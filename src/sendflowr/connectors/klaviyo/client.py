@@ -802,6 +802,28 @@ class KlaviyoClient:
             next_url = str(nxt)
         return EventsPage(events=events, profiles=profiles, next_url=next_url, url=str(url))
 
+    def _start_url(
+        self,
+        cursor_url: str | None,
+        *,
+        metric_id: str,
+        start: datetime,
+        end: datetime,
+        page_size: int,
+        include_profile: bool,
+        profile_fields: Sequence[str] | None,
+    ) -> httpx.URL:
+        """The persisted cursor when resuming (checked like any `links.next`), else page one."""
+        first = self.events_url(
+            metric_id=metric_id,
+            start=start,
+            end=end,
+            page_size=page_size,
+            include_profile=include_profile,
+            profile_fields=profile_fields,
+        )
+        return self._resolve_link(cursor_url or first, EVENTS_PATH, "cursor_url")
+
     async def events_page(
         self,
         *,
@@ -818,7 +840,8 @@ class KlaviyoClient:
         With `cursor_url` (a persisted `next_url`), that page is read instead; it must point
         to base_url's GET /api/events like any `links.next`.
         """
-        first = self.events_url(
+        url = self._start_url(
+            cursor_url,
             metric_id=metric_id,
             start=start,
             end=end,
@@ -826,7 +849,6 @@ class KlaviyoClient:
             include_profile=include_profile,
             profile_fields=profile_fields,
         )
-        url = self._resolve_link(cursor_url or first, EVENTS_PATH, "cursor_url")
         return await self._events_page(url)
 
     async def iter_events(
@@ -841,7 +863,8 @@ class KlaviyoClient:
         profile_fields: Sequence[str] | None = None,
     ) -> AsyncIterator[EventsPage]:
         """Every page of the window (from `cursor_url` when resuming), guarded against loops."""
-        first = self.events_url(
+        url = self._start_url(
+            cursor_url,
             metric_id=metric_id,
             start=start,
             end=end,
@@ -849,7 +872,6 @@ class KlaviyoClient:
             include_profile=include_profile,
             profile_fields=profile_fields,
         )
-        url = self._resolve_link(cursor_url or first, EVENTS_PATH, "cursor_url")
         visited = _Visited()
         visited.add(url)
         while True:

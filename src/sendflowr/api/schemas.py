@@ -344,7 +344,7 @@ class AccountOut(BaseModel):
 
     tenant: str
     esp: str
-    auth_kind: Literal["api_key", "oauth"]
+    auth_kind: Literal["api_key", "oauth", "hmac"]
     status: Literal["connected", "disconnected", "error"]
     account_id: str | None = Field(description="the ESP's id for the account")
     api_url: str | None = Field(description="API base URL override; null: the deployment's")

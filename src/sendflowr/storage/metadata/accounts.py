@@ -22,7 +22,7 @@ from sendflowr.storage.metadata.store import MetadataStore, aware
 from sendflowr.storage.metadata.tables import esp_accounts, oauth_states, webhook_deliveries
 from sendflowr.storage.metadata.upsert import insert_ignore, upsert
 
-AuthKind = Literal["api_key", "oauth"]
+AuthKind = Literal["api_key", "oauth", "hmac"]  # hmac: the webhook ESP
 AccountStatus = Literal["connected", "disconnected", "error"]
 
 

@@ -221,3 +221,90 @@ esp_catalog = Table(
     Column("raw", JSON, nullable=False),
     Column("updated_at", DateTime(timezone=True), nullable=False),
 )
+
+# -- intents, schedules and triggers (migration 0004) ----------------------------------------
+
+intents = Table(
+    "intents",
+    metadata,
+    Column("tenant", String(63), ForeignKey("tenants.id", ondelete="CASCADE"), primary_key=True),
+    Column("intent_id", String(100), primary_key=True),
+    Column("name", String(200), nullable=False),
+    Column("description", Text, nullable=False),
+    Column("window_seconds", Integer, nullable=False),  # default decision window
+    Column("latency_seconds", Integer, nullable=True),  # None: the tenant's ESP latency
+    Column("hot_path_signals", JSON, nullable=False),  # [{event_type, within_seconds}]
+    Column("suppression_sources", JSON, nullable=False),  # ["unsubscribed", ...]
+    Column("frequency_cap_group", String(100), nullable=True),
+    Column("esp", String(32), nullable=False),  # the bound ESP
+    Column("binding", JSON, nullable=False),  # what the ESP call means, per ESP
+    Column("version", Integer, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+)
+
+intent_history = Table(
+    "intent_history",
+    metadata,
+    Column(
+        "id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    ),
+    Column("tenant", String(63), ForeignKey("tenants.id", ondelete="CASCADE"), nullable=False),
+    Column("intent_id", String(100), nullable=False),
+    Column("version", Integer, nullable=False),
+    Column("action", String(16), nullable=False),  # created | updated | deleted
+    Column("actor", String(200), nullable=False),
+    Column("changed_at", DateTime(timezone=True), nullable=False),
+    Column("changes", JSON, nullable=False),  # {field: [before, after]}
+    Index("ix_intent_history_tenant_intent", "tenant", "intent_id", "version"),
+)
+
+schedules = Table(
+    "schedules",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("tenant", String(63), ForeignKey("tenants.id", ondelete="CASCADE"), nullable=False),
+    Column("intent_id", String(100), nullable=False),
+    Column("esp", String(32), nullable=False),  # the ESP whose capacity was planned for
+    Column("status", String(16), nullable=False),  # scheduled | cancelled
+    Column("window_start", DateTime(timezone=True), nullable=False),
+    Column("window_end", DateTime(timezone=True), nullable=False),
+    Column("latency_seconds", Integer, nullable=False),
+    Column("audience", Integer, nullable=False),
+    Column("capacity_per_minute", Integer, nullable=False),
+    Column("summary", JSON, nullable=False),  # planner figures: moved, loss, first/last minute
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Index("ix_schedules_tenant_created", "tenant", "created_at"),
+)
+
+triggers = Table(
+    "triggers",
+    metadata,
+    Column("decision_id", String(36), primary_key=True),
+    Column("tenant", String(63), ForeignKey("tenants.id", ondelete="CASCADE"), nullable=False),
+    Column(
+        "schedule_id", String(40), ForeignKey("schedules.id", ondelete="CASCADE"), nullable=False
+    ),
+    Column("intent_id", String(100), nullable=False),
+    Column("universal_id", String(40), nullable=False),
+    Column("recipient_type", String(32), nullable=False),  # how the ESP addresses the person
+    Column("recipient_value", String(320), nullable=False),
+    Column("esp", String(32), nullable=False),  # capacity is booked against this ESP
+    Column("trigger_minute", BigInteger, nullable=False),  # unix minute of trigger_at
+    Column("trigger_at", DateTime(timezone=True), nullable=False),
+    Column("target_at", DateTime(timezone=True), nullable=False),
+    # scheduled | sending | sent | failed | cancelled
+    Column("status", String(16), nullable=False),
+    Column("attempts", Integer, nullable=False),
+    Column("worker", String(100), nullable=True),
+    Column("lease_until", DateTime(timezone=True), nullable=True),
+    Column("sent_at", DateTime(timezone=True), nullable=True),
+    Column("sent_via", String(32), nullable=True),  # the ESP that was actually called
+    Column("error", Text, nullable=True),
+    Column("explanation_ref", String(40), nullable=False),
+    Column("promoted", Integer, nullable=False),  # 1 when a hot-path signal moved it earlier
+    Index("ix_triggers_status_minute", "status", "trigger_minute"),
+    Index("ix_triggers_tenant_esp_minute", "tenant", "esp", "trigger_minute"),
+    Index("ix_triggers_tenant_person", "tenant", "universal_id", "status"),
+    Index("ix_triggers_schedule_status", "schedule_id", "status"),
+)

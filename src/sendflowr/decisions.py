@@ -11,7 +11,7 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Final
@@ -23,7 +23,15 @@ from sendflowr.identity.identifiers import Identifier
 from sendflowr.identity.store import IdentityGraphStore
 from sendflowr.storage.events.base import EventStore, StoredEvent
 from sendflowr.timing.activity import ActivityParams, ActivityProfile, ActivityTable, global_prior
-from sendflowr.timing.engine import BatchDecisions, Decision, EngineParams, decide, decide_batch
+from sendflowr.timing.engine import (
+    BatchDecisions,
+    BatchScores,
+    Decision,
+    EngineParams,
+    decide,
+    decide_batch,
+    score_batch,
+)
 from sendflowr.timing.explanation import Explanation
 from sendflowr.timing.features import ENGAGEMENT_WEIGHTS
 from sendflowr.timing.window import Window
@@ -151,7 +159,11 @@ class TimingService:
         latency_seconds: int,
         intent_id: str = "",
         channel: str = "email",
+        *,
+        store: bool = True,
     ) -> DecisionRecord:
+        """One person's decision; its explanation is written unless `store` is False (the
+        caller adds what moved the send, then writes it)."""
         now_dt = self.clock()
         now = int(now_dt.timestamp())
         profile: ActivityProfile | None = None
@@ -203,7 +215,8 @@ class TimingService:
                 "alternatives": [[t, s] for t, s in decision.alternatives],
             },
         )
-        self.events.insert_explanations([explanation])
+        if store:
+            self.events.insert_explanations([explanation])
         return DecisionRecord(decision, decision_id, explanation, latency_seconds, window)
 
 
@@ -282,6 +295,72 @@ def decide_many(
     service.events.insert_explanations(explanations)
     refs = [e.explanation_ref for e in explanations]
     return BatchRecord(list(universal_ids), batch, decision_ids, refs)
+
+
+@dataclass(frozen=True, slots=True)
+class ScoredChunk:
+    start: int  # index of the chunk's first person in the audience
+    scores: BatchScores
+    machine_opens: np.ndarray[Any, np.dtype[np.int64]]
+    evidence: np.ndarray[Any, np.dtype[np.float64]]
+
+
+def score_chunks(
+    service: TimingService,
+    tenant: str,
+    universal_ids: Sequence[str],
+    known: Sequence[bool],
+    zone: ZoneInfo,
+    window: Window,
+    now: int,
+    chunk: int = 20_000,
+) -> Iterator[ScoredChunk]:
+    """Candidate scores for a large audience, a chunk at a time (memory stays bounded by the
+    chunk, not the audience): the tenant's history is read once, in one query."""
+    params = service.params
+    since = datetime.fromtimestamp(now - AUDIENCE_DAYS * 86_400, UTC)
+    h_uids, h_utc, h_types, h_machine = service.events.engagement_history(
+        tenant, sorted(ENGAGEMENT_WEIGHTS), since
+    )
+    aliases = service.identity.alias_map(tenant)
+    index_of = {u: i for i, (u, k) in enumerate(zip(universal_ids, known, strict=True)) if k}
+    rows = np.fromiter((index_of.get(aliases.get(u, u), -1) for u in h_uids), np.int64, len(h_uids))
+    keep = np.flatnonzero(rows >= 0)
+    rows = rows[keep]
+    utc = np.asarray(h_utc, np.int64)[keep]
+    offsets = _offsets(utc.tolist(), zone)
+    weights = np.asarray([ENGAGEMENT_WEIGHTS[h_types[i]] for i in keep.tolist()], np.float64)
+    machine = np.asarray(h_machine, np.bool_)[keep] if len(keep) else np.zeros(0, np.bool_)
+    order = np.argsort(rows, kind="stable")
+    rows, utc, offsets, weights, machine = (
+        rows[order],
+        utc[order],
+        offsets[order],
+        weights[order],
+        machine[order],
+    )
+    audience = service.audience(tenant, zone, now)
+    start_s, end_s = int(window.start.timestamp()), int(window.end.timestamp())
+    for start in range(0, len(universal_ids), chunk):
+        n = min(chunk, len(universal_ids) - start)
+        lo, hi = np.searchsorted(rows, [start, start + n])
+        people = ActivityTable.empty(n)
+        if hi > lo:
+            people.observe(
+                rows[lo:hi] - start, utc[lo:hi], offsets[lo:hi], weights[lo:hi], now,
+                params.activity, machine=machine[lo:hi],
+            )  # fmt: skip
+        has = people.evidence > 0
+        arg = np.where(has, np.arange(n), -1).astype(np.int64)
+        scores = score_batch(
+            people, arg, audience, service._prior, start_s, end_s, zone, now, params
+        )
+        yield ScoredChunk(
+            start,
+            scores,
+            people.machine_opens.astype(np.int64),
+            people.evidence.astype(np.float64),
+        )
 
 
 def _explanation(

@@ -111,7 +111,7 @@ class IdentityGraphStore:
         """Deterministic from the identifier that founded the person, so two workers that
         create the same person concurrently agree on its id."""
         msg = f"{tenant}\x00{first.kind}\x00{first.value}".encode()
-        return "sf_" + hmac.new(self._key, msg, hashlib.sha256).hexdigest()[:16]
+        return "sf_" + hmac.digest(self._key, msg, "sha256")[:8].hex()
 
     # -- resolving --------------------------------------------------------------------------
     def resolve_events(self, tenant: str, events: Sequence[CanonicalEvent]) -> BatchResolution:

@@ -189,6 +189,60 @@ def _shares(curves: Curves, operator: Curves) -> tuple[FloatArray, BoolArray]:
     return out, has
 
 
+@dataclass(frozen=True, slots=True)
+class BatchScores:
+    """Every candidate's engagement probability for a batch over one window."""
+
+    candidates: IntArray  # (C,) target minutes, unix seconds: the kinks of the score
+    prob: FloatArray  # (N, C) P(engagement within the horizon) when delivered at a candidate
+    weights: FloatArray  # (N, 3) personal / audience / global
+
+
+def score_batch(
+    people: ActivityTable,
+    rows: IntArray,
+    audience: ActivityTable,
+    prior: FloatArray,
+    start_utc: int,
+    end_utc: int,
+    zone: ZoneInfo | int,
+    now: int,
+    params: EngineParams = EngineParams(),
+) -> BatchScores:
+    """Score `people[rows]` (row -1: nobody known) at the window's candidate minutes. Between
+    two candidates the share is linear in the minute (see the module notes)."""
+    win = _window(start_utc, end_utc, zone, params.horizon_s)
+    half = params.activity.half_life_s
+    known = rows >= 0
+    safe = np.where(known, rows, 0)
+    n = np.where(known, people.evidence[safe] * people.aged(now, half)[safe], 0.0)
+    days = np.where(known, people.active_days[safe] * people.aged(now, half)[safe], 0.0)
+    # pooling and smoothing are linear, so they fold into the window's operator once per batch
+    pooling = _pooled(np.eye(BINS), params.share_dow, params.share_group)
+    personal_op = pooling @ _circulant(params.personal_sigma_bins) @ win.horizon
+    audience_op = _circulant(params.audience_sigma_bins) @ win.horizon
+    # the one big product, in single precision, over the rows with a history only
+    with_history = np.flatnonzero(known)
+    s_p = np.zeros((len(rows), len(win.candidates)))
+    has_p = np.zeros(len(rows), np.bool_)
+    if len(with_history):
+        bins = people.bins[rows[with_history]]
+        s_p[with_history], has_p[with_history] = _shares(bins, personal_op.astype(np.float32))
+    s_a, has_a = _shares(audience.bins[:1].astype(np.float64), audience_op)
+    s_g, _ = _shares(prior[None, :], win.horizon)
+    m = float(audience.evidence[0] * audience.aged(now, half)[0]) if has_a[0] else 0.0
+    w_p = np.where(has_p, n / (n + params.k_personal), 0.0)
+    w_a = (1.0 - w_p) * (m / (m + params.k_audience))
+    w_g = 1.0 - w_p - w_a
+    score = w_p[:, None] * s_p + w_a[:, None] * s_a + w_g[:, None] * s_g
+    a_days = float(audience.active_days[0] * audience.aged(now, half)[0])
+    k_aud = m / a_days if a_days > 0 else 1.0
+    k_per = np.where(days > 0, n / np.maximum(days, 1e-12), k_aud)
+    k = np.maximum(w_p * k_per + (1.0 - w_p) * k_aud, 1.0)
+    prob = -np.expm1(k[:, None] * np.log1p(-np.clip(score, 0.0, 1.0 - 1e-12)))
+    return BatchScores(win.candidates, prob, np.stack([w_p, w_a, w_g], axis=1))
+
+
 def decide_batch(
     people: ActivityTable,
     rows: IntArray,
@@ -202,43 +256,26 @@ def decide_batch(
     params: EngineParams = EngineParams(),
 ) -> BatchDecisions:
     """Decide for `people[rows]` (row -1: nobody known) over one window in one zone."""
-    win = _window(start_utc, end_utc, zone, params.horizon_s)
-    half = params.activity.half_life_s
-    known = rows >= 0
-    safe = np.where(known, rows, 0)
-    bins = people.bins[safe]  # float32: the batch's one big product stays in single precision
-    n = np.where(known, people.evidence[safe] * people.aged(now, half)[safe], 0.0)
-    days = np.where(known, people.active_days[safe] * people.aged(now, half)[safe], 0.0)
-    # pooling and smoothing are linear, so they fold into the window's operator once per batch
-    pooling = _pooled(np.eye(BINS), params.share_dow, params.share_group)
-    personal_op = pooling @ _circulant(params.personal_sigma_bins) @ win.horizon
-    audience_op = _circulant(params.audience_sigma_bins) @ win.horizon
-    s_p, has_p = _shares(bins, personal_op.astype(np.float32))
-    has_p &= known
-    s_a, has_a = _shares(audience.bins[:1].astype(np.float64), audience_op)
-    s_g, _ = _shares(prior[None, :], win.horizon)
-    m = float(audience.evidence[0] * audience.aged(now, half)[0]) if has_a[0] else 0.0
-    w_p = np.where(has_p, n / (n + params.k_personal), 0.0)
-    w_a = (1.0 - w_p) * (m / (m + params.k_audience))
-    w_g = 1.0 - w_p - w_a
-    score = w_p[:, None] * s_p + w_a[:, None] * s_a + w_g[:, None] * s_g
-    a_days = float(audience.active_days[0] * audience.aged(now, half)[0])
-    k_aud = m / a_days if a_days > 0 else 1.0
-    k_per = np.where(days > 0, n / np.maximum(days, 1e-12), k_aud)
-    k = np.maximum(w_p * k_per + (1.0 - w_p) * k_aud, 1.0)
-    prob = -np.expm1(k[:, None] * np.log1p(-np.clip(score, 0.0, 1.0 - 1e-12)))
-    best = np.argmax(score, axis=1)  # first maximum: the earliest minute
-    target = win.candidates[best]
-    alts, alt_scores = _alternatives(prob, best, win.candidates, params)
-    weights = np.stack([w_p, w_a, w_g], axis=1)
+    scored = score_batch(people, rows, audience, prior, start_utc, end_utc, zone, now, params)
+    return choose(scored, latency_s, params)
+
+
+def choose(
+    scored: BatchScores, latency_s: int | IntArray, params: EngineParams = EngineParams()
+) -> BatchDecisions:
+    """Each row's best candidate (the earliest on ties), its alternatives and its level."""
+    prob = scored.prob
+    best = np.argmax(prob, axis=1)  # first maximum: the earliest minute
+    target = scored.candidates[best]
+    alts, alt_scores = _alternatives(prob, best, scored.candidates, params)
     return BatchDecisions(
         target,
         target - np.asarray(latency_s, np.int64),
         prob[np.arange(len(best)), best],
         alts,
         alt_scores,
-        np.argmax(weights, axis=1).astype(np.int64),
-        weights,
+        np.argmax(scored.weights, axis=1).astype(np.int64),
+        scored.weights,
     )
 
 

@@ -241,6 +241,12 @@ class EventStore(abc.ABC):
         self._insert_arrow("timing_explanations", explanations_to_arrow(rows))
         return len(rows)
 
+    def insert_explanation_table(self, table: pa.Table) -> int:
+        """Explanations already in columns (EXPLANATION_SCHEMA): the bulk path of schedules."""
+        if table.num_rows:
+            self._insert_arrow("timing_explanations", table)
+        return int(table.num_rows)
+
     def get_explanation(self, tenant: str, explanation_ref: str) -> Explanation | None:
         rows = self._rows(
             "SELECT tenant, explanation_ref, decision_id, universal_id, intent_id, "

@@ -493,6 +493,70 @@ def webhooks_register(
 
 
 @app.command()
+def worker(
+    once: Annotated[bool, typer.Option("--once", help="Fire what is due now, then exit.")] = False,
+    poll: Annotated[
+        float | None,
+        typer.Option(min=0.05, max=60, help="Seconds between looks for due triggers."),
+    ] = None,
+    claim: Annotated[
+        int, typer.Option(min=1, max=100_000, help="Triggers claimed per pass.")
+    ] = 5_000,
+    lease: Annotated[
+        float,
+        typer.Option(
+            "--lease-seconds",
+            min=1,
+            max=3600,
+            help="How long a claim lasts; a dead worker's claims are taken over after it.",
+        ),
+    ] = 120.0,
+) -> None:
+    """Fire due intent triggers at their bound ESPs until interrupted (SIGINT/SIGTERM). Run as
+    many as you like: they never fire the same trigger twice, and one killed mid-send is
+    picked up by the others when its lease runs out."""
+    import asyncio
+    import signal
+    from datetime import timedelta
+
+    from sendflowr.execution.executor import Executor, ExecutorOptions
+    from sendflowr.execution.registry import dispatchers
+
+    settings = _settings()
+    runtime = _runtime(settings)
+    options = ExecutorOptions(
+        claim_limit=claim,
+        poll_seconds=poll or settings.executor_poll_seconds,
+        lease=timedelta(seconds=lease),
+    )
+
+    async def main() -> None:
+        executor = Executor(runtime, dispatchers(runtime), options=options)
+        console.print(f"worker {executor.worker}: firing due triggers", highlight=False)
+        try:
+            if once:
+                tally = await executor.run_once()
+            else:
+                stop = asyncio.Event()
+                loop = asyncio.get_running_loop()
+                for sig in (signal.SIGINT, signal.SIGTERM):
+                    loop.add_signal_handler(sig, stop.set)
+                tally = await executor.run(stop)
+        finally:
+            await executor.aclose()
+        console.print(
+            f"claimed {tally.claimed}, sent {tally.sent}, to retry {tally.retried}, "
+            f"failed {tally.failed}",
+            highlight=False,
+        )
+
+    try:
+        asyncio.run(main())
+    finally:
+        runtime.close()
+
+
+@app.command()
 def health() -> None:
     """Open every backend from settings and report its state (exit 1 if any is down)."""
     settings = _settings()

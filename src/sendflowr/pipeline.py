@@ -7,6 +7,7 @@ write returned, so what features count is always in the store.
 
 from __future__ import annotations
 
+import logging
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -35,6 +36,8 @@ from sendflowr.storage.events.rows import events_to_arrow
 from sendflowr.storage.features.base import FeatureCache
 from sendflowr.storage.metadata.store import DeadLetter, MetadataStore
 from sendflowr.timing.features import BatchColumns, type_indexes
+
+log = logging.getLogger("sendflowr.pipeline")
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,6 +119,9 @@ class Pipeline:
         self.max_future_skew = max_future_skew
         self.clock = clock
         self._recent = RecentEventIds()
+        # Called with (tenant, stored events) after each tenant's events are durable; a
+        # listener's failure is logged and never fails the ingest (the data is stored).
+        self.listeners: list[Callable[[str, pa.Table], None]] = []
 
     def process_payloads(self, source: str, payloads: Sequence[Mapping[str, Any]]) -> IngestResult:
         """Validate canonical-event payloads (as decoded JSON), then process them."""
@@ -175,6 +181,11 @@ class Pipeline:
                 merged = [u for s, absorbed in resolution.merged.items() for u in (s, *absorbed)]
                 self.features.invalidate(tenant, merged)
             result.profiles_updated += self._update_features(tenant, table)
+            for listener in self.listeners:
+                try:
+                    listener(tenant, table)
+                except Exception:
+                    log.exception("pipeline listener %r failed", listener)
         return result
 
     def future_rejections(self, batch: Sequence[CanonicalEvent]) -> list[Rejected]:

@@ -7,6 +7,7 @@ import secrets
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from sendflowr.bus import Bus, open_bus
 from sendflowr.decisions import TimingService
@@ -27,6 +28,11 @@ from sendflowr.storage.metadata import MetadataStore, open_metadata_store
 from sendflowr.storage.metadata.accounts import AccountStore
 from sendflowr.storage.metadata.backfill import BackfillStore
 from sendflowr.storage.metadata.catalog import CatalogStore
+from sendflowr.storage.metadata.intents import IntentStore
+from sendflowr.storage.metadata.triggers import TriggerStore
+
+if TYPE_CHECKING:
+    from sendflowr.scheduling.hotpath import HotPathWatcher
 
 
 def load_hash_key(settings: Settings) -> bytes:
@@ -79,6 +85,9 @@ class Runtime:
     accounts: AccountStore
     backfills: BackfillStore
     catalog: CatalogStore
+    intents: IntentStore
+    triggers: TriggerStore
+    hot_paths: HotPathWatcher | None = None
 
     @classmethod
     def open(
@@ -112,7 +121,7 @@ class Runtime:
             events.close()
             metadata.close()
             raise
-        return cls(
+        runtime = cls(
             settings,
             events,
             metadata,
@@ -126,7 +135,14 @@ class Runtime:
             AccountStore(metadata, box),
             BackfillStore(metadata),
             CatalogStore(metadata),
+            IntentStore(metadata),
+            TriggerStore(metadata),
         )
+        from sendflowr.scheduling.hotpath import HotPathWatcher
+
+        runtime.hot_paths = HotPathWatcher(runtime)
+        pipeline.listeners.append(runtime.hot_paths)
+        return runtime
 
     def health(self) -> list[BackendHealth]:
         return [

@@ -227,6 +227,18 @@ class Settings(BaseSettings):
     webhook_tolerance_seconds: int = Field(
         300, ge=1, le=3600, description="webhook timestamps further from now are refused"
     )
+    esp_capacity_share: float = Field(
+        0.95,
+        gt=0,
+        le=1,
+        description="share of an ESP's sends-a-minute ceiling the scheduler books per minute",
+    )
+    executor: bool = Field(
+        True, description="fire due intent triggers inside the API process (embedded default)"
+    )
+    executor_poll_seconds: float = Field(
+        0.5, gt=0, le=60, description="how often the executor looks for due triggers"
+    )
 
     @field_validator("secret_key")
     @classmethod

@@ -22,14 +22,14 @@ def test_metrics_are_klaviyos_names_with_stable_ids(client: TestClient, brand: B
     assert set(names) == {
         "Received Email", "Opened Email", "Clicked Email", "Bounced Email",
         "Marked Email as Spam", "Unsubscribed from Email Marketing", "Placed Order",
-        "Active on Site", "Viewed Product",
+        "Active on Site", "Viewed Product", "SendFlowr Send",
     }  # fmt: skip
     assert all(len(i) == 6 and i.isalnum() for i in names.values())
     api = client.get(
         "/api/metrics", params={"filter": "equals(integration.name,'API')"}, headers=HEADERS
     ).json()
     assert {m["attributes"]["name"] for m in api["data"]} == {
-        "Placed Order", "Active on Site", "Viewed Product",
+        "Placed Order", "Active on Site", "Viewed Product", "SendFlowr Send",
     }  # fmt: skip
     one = client.get(f"/api/metrics/{names['Opened Email']}", headers=HEADERS).json()
     assert one["data"]["attributes"]["integration"]["name"] == "Klaviyo"

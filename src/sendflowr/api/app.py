@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -16,10 +17,13 @@ from sendflowr.api.routes import (
     events,
     health,
     identity,
+    intents,
     mock,
     oauth,
+    schedules,
     tenants,
     timing,
+    webhook_esp,
     webhooks,
 )
 from sendflowr.runtime import Runtime
@@ -30,15 +34,33 @@ log = logging.getLogger("sendflowr")
 
 @asynccontextmanager
 async def _workers(runtime: Runtime) -> AsyncIterator[None]:
-    """Background work that lives as long as the app: the backfill worker (when enabled)."""
+    """Background work that lives as long as the app: the backfill worker and the trigger
+    executor (each when enabled; at scale they run as their own processes)."""
     from sendflowr.connectors.klaviyo.manager import BackfillManager
 
     manager = BackfillManager(runtime) if runtime.settings.backfill_worker else None
     if manager is not None:
         manager.start()
+    executor_task: asyncio.Task[object] | None = None
+    stop = asyncio.Event()
+    executor = None
+    if runtime.settings.executor:
+        from sendflowr.execution.executor import Executor, ExecutorOptions
+        from sendflowr.execution.registry import dispatchers
+
+        executor = Executor(
+            runtime,
+            dispatchers(runtime),
+            options=ExecutorOptions(poll_seconds=runtime.settings.executor_poll_seconds),
+        )
+        executor_task = asyncio.create_task(executor.run(stop), name="sendflowr-executor")
     try:
         yield
     finally:
+        stop.set()
+        if executor_task is not None and executor is not None:
+            await executor_task
+            await executor.aclose()
         if manager is not None:
             await manager.stop()
 
@@ -82,6 +104,9 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
         mock,
         backfill,
         webhooks,
+        webhook_esp,
+        intents,
+        schedules,
     ):
         app.include_router(module.router)
     return app

@@ -21,6 +21,8 @@ from sendflowr.klaviyo_sim.eventstore import EventStore
 from sendflowr.simulate import KIND_CAMPAIGN, SimConfig, Simulation, simulate
 
 LIST_ID: Final = "SimList"
+# A custom metric the brand's flows are triggered by: what a SendFlowr intent binds to.
+TRIGGER_METRIC: Final = "SendFlowr Send"
 SEGMENT_ID: Final = "SimEngaged"
 _ALPHABET: Final = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 # Metrics Klaviyo records itself; the others arrive through the API (onsite tracking, orders).
@@ -68,7 +70,7 @@ class Metric:
     code: int
     id: str
     name: str
-    event_type: EventType
+    event_type: EventType | None  # None: a custom metric no engagement maps to
     integration: dict[str, str]
     topic: str
     created: int
@@ -131,7 +133,7 @@ class Brand:
 
     def __post_init__(self) -> None:
         self.metric_by_id = {m.id: m for m in self.metrics}
-        self.metric_by_type = {m.event_type: m for m in self.metrics}
+        self.metric_by_type = {m.event_type: m for m in self.metrics if m.event_type}
         self.profile_by_id = {p.id: p for p in self.profiles}
         self.profile_by_email = {p.email: p for p in self.profiles}
         self.rendered_profiles = [resources.render(self.profile_resource(p)) for p in self.profiles]
@@ -217,6 +219,18 @@ def build_brand(cfg: SimConfig, sim: Simulation | None = None) -> Brand:
                 created=start - 365 * _DAY,
             )
         )
+    api = _integration("api", "API", "API")
+    metrics.append(
+        Metric(
+            code=len(metrics),
+            id=short_id("metric:" + TRIGGER_METRIC),
+            name=TRIGGER_METRIC,
+            event_type=None,
+            integration=api,
+            topic=topic_id(api["key"], TRIGGER_METRIC),
+            created=start - 365 * _DAY,
+        )
+    )
     profiles = [
         Profile(
             index=p.index,
@@ -250,7 +264,7 @@ def build_brand(cfg: SimConfig, sim: Simulation | None = None) -> Brand:
                 Flow(msg.flow_id, msg.name, msg.subject, msg.message_id, trigger, start - 90 * _DAY)
             )
     campaign_names = {c.id: c.name for c in campaigns}
-    metric_of = {m.event_type: m for m in metrics}
+    metric_of = {m.event_type: m for m in metrics if m.event_type}
     profile_of = {p.id: p for p in profiles}
 
     ids: list[str] = []

@@ -743,6 +743,10 @@ class KlaviyoClient:
         }
         return self._resources("/api/campaigns", params)
 
+    async def get_campaign(self, campaign_id: str) -> Resource:
+        """One campaign (GET /api/campaigns/{id}); KlaviyoNotFound when there is none."""
+        return await self._one(f"/api/campaigns/{quote(_check_id('campaign_id', campaign_id))}")
+
     def iter_flows(self) -> AsyncIterator[Resource]:
         return self._resources("/api/flows", {"page[size]": str(MAX_PAGE_SIZE["/api/flows"])})
 

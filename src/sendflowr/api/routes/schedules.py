@@ -1,0 +1,259 @@
+"""Scheduling an intent for an audience, and operating the campaign afterwards: look, list its
+triggers, cancel and reschedule (the whole campaign or one person)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query
+from starlette.concurrency import run_in_threadpool
+
+from sendflowr.api.deps import RuntimeDep
+from sendflowr.api.intent_schemas import (
+    AudienceIn,
+    CancelIn,
+    CancelOut,
+    RescheduleIn,
+    ScheduleIn,
+    ScheduleOut,
+    TriggerOut,
+)
+from sendflowr.connectors.klaviyo.client import KlaviyoError, KlaviyoNotFound
+from sendflowr.connectors.klaviyo.constants import ESP as KLAVIYO
+from sendflowr.connectors.klaviyo.oauth import KlaviyoUnavailableError
+from sendflowr.errors import InvalidInputError
+from sendflowr.runtime import Runtime
+from sendflowr.scheduling.audience import Recipient
+from sendflowr.scheduling.moves import reschedule_person
+from sendflowr.scheduling.service import ScheduleRequest, schedule
+from sendflowr.storage.metadata.triggers import Schedule, Trigger
+
+router = APIRouter(tags=["schedules"])
+
+MAX_LIST_AUDIENCE = 2_000_000
+
+
+def _one_source(a: AudienceIn) -> None:
+    given = [
+        n
+        for n, v in (
+            ("recipients", a.recipients),
+            ("klaviyo_list_id", a.klaviyo_list_id),
+            ("klaviyo_segment_id", a.klaviyo_segment_id),
+        )
+        if v is not None
+    ]
+    if len(given) != 1:
+        raise InvalidInputError(
+            [
+                {
+                    "loc": ["body", "audience"],
+                    "msg": "give exactly one of recipients, klaviyo_list_id, klaviyo_segment_id"
+                    + (f" (got {', '.join(given)})" if given else ""),
+                    "type": "value_error",
+                }
+            ]
+        )
+
+
+async def _klaviyo_audience(runtime: Runtime, tenant: str, a: AudienceIn) -> list[Recipient]:
+    """The profiles of a Klaviyo list or segment, addressed by email when they have one."""
+    from sendflowr.connectors.klaviyo.factory import open_client
+
+    if runtime.accounts.find(tenant, KLAVIYO) is None:
+        raise InvalidInputError(
+            [
+                {
+                    "loc": ["body", "audience"],
+                    "msg": f"tenant {tenant!r} has not connected Klaviyo",
+                    "type": "value_error",
+                }
+            ]
+        )
+    field = "klaviyo_list_id" if a.klaviyo_list_id else "klaviyo_segment_id"
+    out: list[Recipient] = []
+    async with open_client(runtime, tenant) as client:
+        pages = (
+            client.iter_list_profiles(a.klaviyo_list_id)
+            if a.klaviyo_list_id
+            else client.iter_segment_profiles(str(a.klaviyo_segment_id))
+        )
+        try:
+            async for profile in pages:
+                attrs = profile.get("attributes") or {}
+                email = attrs.get("email")
+                if isinstance(email, str) and email:
+                    out.append(Recipient("email", email))
+                elif isinstance(profile.get("id"), str):
+                    out.append(Recipient("klaviyo_id", profile["id"]))
+                if len(out) > MAX_LIST_AUDIENCE:
+                    raise InvalidInputError(
+                        [
+                            {
+                                "loc": ["body", "audience", field],
+                                "msg": f"more than {MAX_LIST_AUDIENCE} profiles",
+                                "type": "value_error",
+                            }
+                        ]
+                    )
+        except KlaviyoNotFound:
+            raise InvalidInputError(
+                [
+                    {
+                        "loc": ["body", "audience", field],
+                        "msg": "Klaviyo has no such list or segment",
+                        "type": "value_error",
+                    }
+                ]
+            ) from None
+        except KlaviyoError as exc:
+            raise KlaviyoUnavailableError(
+                f"could not read the audience from Klaviyo: {exc}", field=field
+            ) from None
+    return out
+
+
+def schedule_out(s: Schedule, runtime: Runtime | None = None) -> ScheduleOut:
+    return ScheduleOut(
+        schedule_id=s.id,
+        tenant=s.tenant,
+        intent_id=s.intent_id,
+        esp=s.esp,
+        status=s.status,
+        window=[s.window_start, s.window_end],
+        latency_estimate_seconds=s.latency_seconds,
+        audience=s.audience,
+        capacity_per_minute=s.capacity_per_minute,
+        summary=s.summary,
+        created_at=s.created_at,
+        triggers=runtime.triggers.counts(s.id) if runtime is not None else {},
+        lateness=runtime.triggers.lateness(s.id) if runtime is not None else {},
+    )
+
+
+def trigger_out(t: Trigger) -> TriggerOut:
+    return TriggerOut(
+        decision_id=t.decision_id,
+        schedule_id=t.schedule_id,
+        intent_id=t.intent_id,
+        universal_id=t.universal_id,
+        recipient_type=t.recipient_type,
+        trigger_at=t.trigger_at,
+        target_at=t.target_at,
+        status=t.status,
+        attempts=t.attempts,
+        sent_at=t.sent_at,
+        sent_via=t.sent_via,
+        error=t.error,
+        explanation_ref=t.explanation_ref,
+        promoted=t.promoted,
+    )
+
+
+@router.post("/api/intents/{intent_id}/schedule", response_model=ScheduleOut, status_code=201)
+async def schedule_intent(intent_id: str, body: ScheduleIn, runtime: RuntimeDep) -> ScheduleOut:
+    """Decide for every recipient, plan within the bound ESP's capacity per minute, and store
+    the triggers (answered once they are durable). A Klaviyo list or segment is read through
+    the API."""
+    intent = runtime.intents.get(body.tenant, intent_id)
+    _one_source(body.audience)
+    if body.audience.recipients is not None:
+        recipients = [Recipient(r.type, r.value) for r in body.audience.recipients]
+    else:
+        recipients = await _klaviyo_audience(runtime, body.tenant, body.audience)
+    req = ScheduleRequest(
+        intent, recipients, body.send_after, body.send_before, body.latency_estimate_seconds
+    )
+    record = await run_in_threadpool(schedule, runtime, req)
+    return schedule_out(record, runtime)
+
+
+@router.get("/api/schedules", response_model=list[ScheduleOut])
+def list_schedules(
+    runtime: RuntimeDep,
+    tenant: Annotated[str, Query(min_length=1, max_length=63)],
+    intent_id: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+) -> list[ScheduleOut]:
+    runtime.metadata.get_tenant(tenant)
+    return [
+        schedule_out(s, runtime) for s in runtime.triggers.list_schedules(tenant, intent_id, limit)
+    ]
+
+
+@router.get("/api/schedules/{schedule_id}", response_model=ScheduleOut)
+def get_schedule(
+    schedule_id: str,
+    runtime: RuntimeDep,
+    tenant: Annotated[str, Query(min_length=1, max_length=63)],
+) -> ScheduleOut:
+    """The campaign, its planner summary, its triggers per status and how late sends were."""
+    return schedule_out(runtime.triggers.get_schedule(schedule_id, tenant), runtime)
+
+
+@router.get("/api/schedules/{schedule_id}/triggers", response_model=list[TriggerOut])
+def list_triggers(
+    schedule_id: str,
+    runtime: RuntimeDep,
+    tenant: Annotated[str, Query(min_length=1, max_length=63)],
+    status: Annotated[
+        str | None, Query(pattern="^(scheduled|sending|sent|failed|cancelled)$")
+    ] = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> list[TriggerOut]:
+    runtime.triggers.get_schedule(schedule_id, tenant)
+    return [trigger_out(t) for t in runtime.triggers.page(schedule_id, status, limit, offset)]
+
+
+@router.post("/api/schedules/{schedule_id}/cancel", response_model=CancelOut)
+def cancel(schedule_id: str, body: CancelIn, runtime: RuntimeDep) -> CancelOut:
+    """Cancel the campaign's triggers not yet sent (or only one person's). A trigger already
+    being sent finishes."""
+    runtime.triggers.get_schedule(schedule_id, body.tenant)
+    n = runtime.triggers.cancel(
+        body.tenant, schedule_id=schedule_id, universal_id=body.universal_id
+    )
+    if body.universal_id is None:
+        runtime.triggers.set_schedule_status(schedule_id, "cancelled")
+    return CancelOut(cancelled=n)
+
+
+@router.post("/api/schedules/{schedule_id}/reschedule", response_model=ScheduleOut)
+async def reschedule(schedule_id: str, body: RescheduleIn, runtime: RuntimeDep) -> ScheduleOut:
+    """Plan again in a new window. For one person (`universal_id`): re-decided in place. For
+    the campaign: its unsent triggers are cancelled and their people scheduled as a new
+    campaign (returned), planned again within the ESP's capacity."""
+    old = runtime.triggers.get_schedule(schedule_id, body.tenant)
+    if body.universal_id is not None:
+        await run_in_threadpool(
+            reschedule_person, runtime, body.tenant, schedule_id, body.universal_id,
+            body.send_after, body.send_before,
+        )  # fmt: skip
+        return schedule_out(old, runtime)
+    intent = runtime.intents.get(body.tenant, old.intent_id)
+    pending = runtime.triggers.take_scheduled(schedule_id, "rescheduled")
+    if not pending:
+        raise InvalidInputError(
+            [
+                {
+                    "loc": ["path", "schedule_id"],
+                    "msg": "the campaign has no trigger left to reschedule",
+                    "type": "value_error",
+                }
+            ]
+        )
+    req = ScheduleRequest(
+        intent,
+        [Recipient(t.recipient_type, t.recipient_value) for t in pending],
+        body.send_after,
+        body.send_before,
+        old.latency_seconds,
+    )
+    try:
+        record = await run_in_threadpool(schedule, runtime, req)
+    except BaseException:
+        runtime.triggers.restore([t.decision_id for t in pending])
+        raise
+    runtime.triggers.set_schedule_status(schedule_id, "rescheduled")
+    return schedule_out(record, runtime)

@@ -1,0 +1,1 @@
+"""Scheduling an intent for an audience: batch decisions, capacity-aware planning, triggers."""

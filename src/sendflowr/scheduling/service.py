@@ -1,0 +1,255 @@
+"""Scheduling an intent for an audience: batch decisions, a capacity-aware plan, durable
+triggers, one explanation per person.
+
+1. Resolve the audience to universal ids (strangers get the id they will have).
+2. Score every person's candidate minutes in the window, a chunk at a time, keeping each
+   person's best few whole minutes (planner.top_minutes).
+3. Plan: the bound ESP accepts at most `capacity` calls a minute (its ceiling times
+   settings.esp_capacity_share, minus what other campaigns already booked). When many people
+   share a best minute the planner moves those who lose least to their next-best minutes.
+4. Write one explanation per person (with the ESP-capacity move, when there was one) to the
+   event store, then the schedule and its triggers to the metadata store in one transaction.
+   The response comes after both are durable.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import numpy as np
+import orjson
+import pyarrow as pa
+
+from sendflowr.decisions import score_chunks
+from sendflowr.errors import InvalidInputError
+from sendflowr.execution.registry import capacity_per_minute
+from sendflowr.ids import ordered_ids
+from sendflowr.intents import Intent
+from sendflowr.runtime import Runtime
+from sendflowr.scheduling import planner
+from sendflowr.scheduling.audience import Recipient, resolve
+from sendflowr.storage.events.rows import EXPLANATION_SCHEMA
+from sendflowr.storage.metadata.triggers import Schedule
+from sendflowr.timing.engine import LEVELS, MODEL_VERSION
+from sendflowr.timing.window import Window, WindowError, check_window
+
+DEFAULT_LATENCY_SECONDS = 60
+CANDIDATES_PER_PERSON = 64
+
+
+@dataclass(frozen=True, slots=True)
+class ScheduleRequest:
+    intent: Intent
+    recipients: Sequence[Recipient]
+    send_after: datetime | None = None
+    send_before: datetime | None = None
+    latency_seconds: int | None = None
+
+
+def _window(runtime: Runtime, req: ScheduleRequest, now: datetime) -> tuple[int, Window, ZoneInfo]:
+    tenant = runtime.metadata.get_tenant(req.intent.tenant)
+    latency = req.latency_seconds
+    if latency is None:
+        latency = req.intent.latency_seconds
+    if latency is None:
+        latency = int(tenant.settings.get("esp_latency_seconds", DEFAULT_LATENCY_SECONDS))
+    send_before = req.send_before
+    if send_before is None:
+        start = req.send_after or now + timedelta(seconds=latency)
+        send_before = start + timedelta(seconds=req.intent.window_seconds)
+    try:
+        window = check_window(req.send_after, send_before, latency, now)
+    except WindowError as exc:
+        raise InvalidInputError(
+            [{"loc": ["body", exc.field], "msg": exc.reason, "type": "value_error"}]
+        ) from None
+    return latency, window, ZoneInfo(tenant.timezone)
+
+
+def schedule(
+    runtime: Runtime,
+    req: ScheduleRequest,
+    *,
+    clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    schedule_id: str | None = None,
+) -> Schedule:
+    """Plan and store a campaign; InvalidInputError (422) for a bad audience or window, or an
+    audience the ESP cannot take within the window."""
+    intent = req.intent
+    now_dt = clock()
+    latency, window, zone = _window(runtime, req, now_dt)
+    if not req.recipients:
+        raise InvalidInputError(
+            [{"loc": ["body", "audience"], "msg": "the audience is empty", "type": "value_error"}]
+        )
+    audience = resolve(runtime.identity, runtime.hash_key, intent.tenant, req.recipients)
+    ceiling, capacity = capacity_per_minute(runtime, intent.tenant, intent.esp, intent.binding)
+    now = int(now_dt.timestamp())
+
+    parts: list[planner.Candidates] = []
+    weights: list[np.ndarray[Any, np.dtype[np.float64]]] = []
+    machine: list[np.ndarray[Any, np.dtype[np.int64]]] = []
+    evidence: list[np.ndarray[Any, np.dtype[np.float64]]] = []
+    first = last = 0
+    for chunk in score_chunks(
+        runtime.timing, intent.tenant, audience.universal_ids, audience.known, zone, window, now
+    ):
+        cands = chunk.scores.candidates
+        first, last = int(cands[0]), int(cands[-1])
+        parts.append(planner.top_minutes(cands, chunk.scores.prob, CANDIDATES_PER_PERSON))
+        weights.append(chunk.scores.weights)
+        machine.append(chunk.machine_opens)
+        evidence.append(chunk.evidence)
+    booked = runtime.triggers.booked(
+        intent.tenant, intent.esp, _trigger_minute(first, latency), _trigger_minute(last, latency)
+    )
+    try:
+        plan = planner.plan(planner.concat(parts), latency, capacity, booked, first, last)
+    except planner.CapacityError as exc:
+        raise InvalidInputError(
+            [{"loc": ["body", "audience"], "msg": str(exc), "type": "capacity"}]
+        ) from None
+
+    sid = schedule_id or "sch_" + uuid.uuid4().hex[:24]
+    n = len(audience.universal_ids)
+    decision_ids = ordered_ids(n)
+    refs = ["exp_" + d.replace("-", "") for d in decision_ids]
+    w = np.concatenate(weights)
+    target = plan.target.astype(np.int64)
+    trigger = target - latency
+    explanations = _explanations(
+        intent, sid, audience.universal_ids, decision_ids, refs, now_dt, plan, w,
+        np.concatenate(machine), np.concatenate(evidence), latency, window, capacity,
+    )  # fmt: skip
+    runtime.events.insert_explanation_table(explanations)
+
+    summary = {
+        "moved": int(plan.moved_count),
+        "expected_engagement_loss": round(float(plan.total_loss), 6),
+        "max_shift_seconds": int(plan.max_shift_seconds),
+        "approximate": int(plan.approximate.sum()),
+        "duplicates_dropped": audience.duplicates,
+        "first_trigger_utc": datetime.fromtimestamp(int(trigger.min()), UTC).isoformat(),
+        "last_trigger_utc": datetime.fromtimestamp(int(trigger.max()), UTC).isoformat(),
+        "ceiling_per_minute": ceiling,
+        "expected_engagement": round(float(plan.value.sum()), 3),
+    }
+    record = Schedule(
+        id=sid,
+        tenant=intent.tenant,
+        intent_id=intent.intent_id,
+        esp=intent.esp,
+        status="scheduled",
+        window_start=window.start,
+        window_end=window.end,
+        latency_seconds=latency,
+        audience=n,
+        capacity_per_minute=capacity,
+        summary=summary,
+        created_at=now_dt,
+    )
+    trig_dt = _datetimes(trigger)
+    target_dt = _datetimes(target)
+    runtime.triggers.create_schedule(
+        record,
+        (
+            (decision_ids[i], audience.universal_ids[i], r.type, r.value, trig_dt[i],
+             target_dt[i], refs[i])
+            for i, r in enumerate(audience.recipients)
+        ),
+    )  # fmt: skip
+    return record
+
+
+def _trigger_minute(target: int, latency: int) -> int:
+    t = target - latency
+    return t - t % 60
+
+
+def _datetimes(seconds: np.ndarray[Any, np.dtype[np.int64]]) -> list[datetime]:
+    cache: dict[int, datetime] = {}
+    out = []
+    for s in seconds.tolist():
+        d = cache.get(s)
+        if d is None:
+            d = cache[s] = datetime.fromtimestamp(s, UTC)
+        out.append(d)
+    return out
+
+
+def _explanations(
+    intent: Intent,
+    schedule_id: str,
+    uids: Sequence[str],
+    decision_ids: Sequence[str],
+    refs: Sequence[str],
+    now: datetime,
+    plan: planner.Plan,
+    weights: np.ndarray[Any, np.dtype[np.float64]],
+    machine: np.ndarray[Any, np.dtype[np.int64]],
+    evidence: np.ndarray[Any, np.dtype[np.float64]],
+    latency: int,
+    window: Window,
+    capacity: int,
+) -> pa.Table:
+    """One explanation row per person, built in columns (a million rows in seconds)."""
+    n = len(uids)
+    dumps = orjson.dumps
+    win = [window.start.isoformat(), window.end.isoformat()]
+    moved = plan.moved.tolist()
+    preferred = plan.preferred.tolist()
+    target = plan.target.tolist()
+    value = plan.value.tolist()
+    pref_value = plan.preferred_value.tolist()
+    details = []
+    for i in range(n):
+        d: dict[str, Any] = {
+            "schedule_id": schedule_id,
+            "latency_estimate_seconds": latency,
+            "window": win,
+        }
+        if moved[i]:
+            d["esp_capacity"] = {
+                "preferred_minute_utc": datetime.fromtimestamp(preferred[i], UTC).isoformat(),
+                "moved_seconds": target[i] - preferred[i],
+                "expected_engagement_preferred": round(pref_value[i], 6),
+                "expected_engagement_assigned": round(value[i], 6),
+                "capacity_per_minute": capacity,
+                "esp": intent.esp,
+            }
+        details.append(dumps(d).decode())
+    known_ev = evidence.tolist()
+    ev = [dumps({"evidence": round(e, 4), "known_person": e > 0}).decode() for e in known_ev]
+    levels = np.asarray(LEVELS, dtype=object)[np.argmax(weights, axis=1)]
+    created = np.full(n, int(now.timestamp() * 1000), np.int64)
+    empty: list[str] = []
+    capacity_policy = ["esp_capacity"]
+    cols: dict[str, Any] = {
+        "tenant": pa.array([intent.tenant] * n, pa.string()),
+        "explanation_ref": refs,
+        "decision_id": decision_ids,
+        "universal_id": uids,
+        "intent_id": pa.array([intent.intent_id] * n, pa.string()),
+        "created_at": pa.array(created, pa.timestamp("ms", tz="UTC")),
+        "model_version": pa.array([MODEL_VERSION] * n, pa.string()),
+        "target_minute_utc": pa.array(plan.target * 1000, pa.timestamp("ms", tz="UTC")),
+        "trigger_timestamp_utc": pa.array(
+            (plan.target - latency) * 1000, pa.timestamp("ms", tz="UTC")
+        ),
+        "confidence_score": np.clip(plan.value, 0.0, 1.0).astype(np.float32),
+        "fallback_level": levels.tolist(),
+        "weight_personal": weights[:, 0].astype(np.float32),
+        "weight_audience": weights[:, 1].astype(np.float32),
+        "weight_global": weights[:, 2].astype(np.float32),
+        "evidence": ev,
+        "machine_opens_excluded": machine.astype(np.uint32),
+        "policies": [capacity_policy if m else empty for m in moved],
+        "exploration": np.zeros(n, np.bool_),
+        "details": details,
+    }
+    return pa.Table.from_pydict(cols, schema=EXPLANATION_SCHEMA)

@@ -45,6 +45,8 @@ bench: $(STAMP)
 	$(PY) bench/bench_identity.py
 	$(PY) bench/bench_evaluate.py
 	$(PY) bench/bench_backfill.py
+	$(PY) bench/bench_planner.py
+	$(PY) bench/bench_schedule.py
 
 clean:
 	rm -rf $(VENV) var .mypy_cache .ruff_cache .pytest_cache

@@ -102,15 +102,19 @@ def _recipients(n: int, start: int = 0) -> list[dict[str, str]]:
     return [{"type": "email", "value": f"person{i}@example.test"} for i in range(start, start + n)]
 
 
-def _fire_all(rt: Runtime, executor: Executor) -> int:
-    """Run executor passes until nothing is due (sends due now are claimed at once)."""
+async def _drain(executor: Executor) -> int:
+    """Executor passes until nothing is due; returns the sends made."""
     sent = 0
     for _ in range(50):
-        tally = asyncio.run(executor.run_once())
+        tally = await executor.run_once()
         sent += tally.sent
         if not tally.claimed:
             break
     return sent
+
+
+def _fire_all(rt: Runtime, executor: Executor) -> int:
+    return asyncio.run(_drain(executor))
 
 
 def _executor(rt: Runtime, **options: Any) -> Executor:
@@ -426,3 +430,61 @@ def test_a_hot_path_signal_promotes_the_send(api: TestClient, rt: Runtime) -> No
     assert rt.triggers.get(planned[promoted[0].universal_id].decision_id).status == "cancelled"
     exp = api.get(f"/timing/explanations/{promoted[0].explanation_ref}?tenant={TENANT}").json()
     assert "hot_path" in exp["policies"]
+
+
+def test_moving_an_intent_to_the_webhook_esp_mid_campaign(
+    api: TestClient, rt: Runtime, sim: httpx.Client
+) -> None:
+    """The portability promise: half a campaign goes out through Klaviyo, the intent's binding
+    is changed to the webhook ESP (configuration only), and the rest goes out there. Every
+    decision reaches exactly one ESP, once."""
+    sink = WebhookSink(SINK_SECRET)
+    sink.start()
+    try:
+        put = api.put(
+            f"/api/tenants/{TENANT}/accounts/webhook",
+            json={"url": sink.url, "secret": SINK_SECRET, "requests_per_minute": 600},
+        )
+        assert put.status_code in (200, 201), put.text
+        _create(api, latency_seconds=0)
+        out = _schedule(api, _recipients(30), **_now_window(2))
+        ids = {t.decision_id for t in rt.triggers.page(out["schedule_id"], limit=100)}
+        executor = _executor(rt, claim_limit=12)
+        late = datetime.now(UTC) + timedelta(minutes=3)
+        executor.clock = lambda: late
+
+        async def campaign() -> tuple[Any, int]:
+            # one event loop for the executor's clients, as in a worker process
+            first = await executor.run_once()  # one pass: 12 triggers through Klaviyo
+            change = _intent(binding={"esp": "webhook", "event": "newsletter"}, version=1)
+            del change["intent_id"]
+            moved = await asyncio.to_thread(
+                api.put, f"/api/tenants/{TENANT}/intents/newsletter", json=change
+            )
+            assert moved.status_code == 200, moved.text
+            rest = await _drain(executor)
+            await executor.aclose()
+            return first, rest
+
+        first, rest = asyncio.run(campaign())
+        assert first.sent == 12
+        assert first.by_esp == {"klaviyo": 12}
+        assert rest == 18
+        history = api.get(f"/api/tenants/{TENANT}/intents/newsletter/history").json()
+        assert history[0]["changes"]["binding"][1] == {"event": "newsletter", "max_batch": 100}
+        assert history[0]["changes"]["esp"] == ["klaviyo", "webhook"]
+        created = sim.get("/_sim/stats", params={"include_ids": "true"}).json()
+        via_klaviyo = set(created["created_events"]["unique_ids"])
+        via_webhook = set(sink.seen)
+        assert len(via_klaviyo) == 12
+        assert len(via_webhook) == 18
+        assert via_klaviyo | via_webhook == ids
+        assert not via_klaviyo & via_webhook
+        assert sink.stats.duplicates == 0
+        sent = rt.triggers.page(out["schedule_id"], limit=100)
+        assert Counter(t.sent_via for t in sent) == {"klaviyo": 12, "webhook": 18}
+        payload = sink.payloads[-1]
+        assert payload["intent_id"] == "newsletter"
+        assert payload["event"] == "newsletter"
+    finally:
+        sink.stop()

@@ -17,10 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import secrets
 import shutil
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -35,6 +32,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.bench_backfill import simulator
 from bench.common import median, write_result
 from sendflowr.execution.executor import Executor, ExecutorOptions
 from sendflowr.execution.klaviyo_esp import CEILING_PER_MINUTE
@@ -157,43 +155,9 @@ def schedule_run(root: Path, chdb_dir: Path, people: int) -> dict[str, Any]:
 # --- dispatch ----------------------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-@contextlib.contextmanager
-def simulator(api_key: str, log: Path) -> Iterator[str]:
-    port = _free_port()
-    cmd = [sys.executable, "-m", "sendflowr", "klaviyo-sim", "--port", str(port)]
-    cmd += ["--profiles", "200", "--days", "2", "--api-key", api_key]
-    url = f"http://127.0.0.1:{port}"
-    with log.open("wb") as out:
-        process = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + 300
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"the simulator exited: see {log}")
-            if time.monotonic() > deadline:
-                raise RuntimeError("the simulator did not answer")
-            with contextlib.suppress(httpx.TransportError):
-                if httpx.get(f"{url}/_sim/brand", timeout=30).status_code == 200:
-                    break
-            time.sleep(0.2)
-        yield url
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-
-
 def dispatch_run(root: Path, chdb_dir: Path, minutes: int) -> dict[str, Any]:
-    key = f"pk_sim_dispatch_{secrets.token_hex(8)}"
-    with simulator(key, root / "sim.log") as url:
+    with simulator(profiles=200, days=2, keys=1, log=root / "sim.log") as sim:
+        url, key = sim.url, sim.keys[0]
         rt = _runtime(root, chdb_dir, url, key)
         try:
             intent = _intent()

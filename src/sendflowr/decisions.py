@@ -28,8 +28,8 @@ from sendflowr.timing.engine import (
     BatchScores,
     Decision,
     EngineParams,
+    choose,
     decide,
-    decide_batch,
     score_batch,
 )
 from sendflowr.timing.explanation import Explanation
@@ -242,41 +242,12 @@ def decide_many(
     batch form, and one explanation row each."""
     now_dt = service.clock()
     now = int(now_dt.timestamp())
-    params = service.params
-    since = datetime.fromtimestamp(now - AUDIENCE_DAYS * 86_400, UTC)
-    uids, utc, types, machine = service.events.engagement_history(
-        tenant, sorted(ENGAGEMENT_WEIGHTS), since
-    )
-    aliases = service.identity.alias_map(tenant)
-    row_of = {u: i for i, (u, k) in enumerate(zip(universal_ids, known, strict=True)) if k}
-    people = ActivityTable.empty(len(universal_ids))
-    keep = [i for i, u in enumerate(uids) if aliases.get(u, u) in row_of]
-    if keep:
-        utc_k = [utc[i] for i in keep]
-        rows = np.asarray([row_of[aliases.get(uids[i], uids[i])] for i in keep], np.int64)
-        people.observe(
-            rows,
-            np.asarray(utc_k, np.int64),
-            _offsets(utc_k, zone),
-            np.asarray([ENGAGEMENT_WEIGHTS[types[i]] for i in keep], np.float64),
-            now,
-            params.activity,
-            machine=np.asarray([machine[i] for i in keep], np.bool_),
+    scored = next(
+        score_chunks(
+            service, tenant, universal_ids, known, zone, window, now, chunk=len(universal_ids)
         )
-    has = people.evidence > 0
-    rows_arg = np.where(has, np.arange(len(universal_ids)), -1).astype(np.int64)
-    batch = decide_batch(
-        people,
-        rows_arg,
-        service.audience(tenant, zone, now),
-        service._prior,
-        int(window.start.timestamp()),
-        int(window.end.timestamp()),
-        zone,
-        latency_seconds,
-        now,
-        params,
     )
+    batch = choose(scored.scores, latency_seconds, service.params)
     decision_ids = [str(uuid.uuid4()) for _ in universal_ids]
     explanations = [
         _explanation(
@@ -286,8 +257,8 @@ def decide_many(
             intent_id,
             now_dt,
             batch.row(i),
-            int(people.machine_opens[i]),
-            {"evidence": float(people.evidence[i]), "known_person": known[i]},
+            int(scored.machine_opens[i]),
+            {"evidence": float(scored.evidence[i]), "known_person": known[i]},
             {"batch": True, "latency_estimate_seconds": latency_seconds},
         )
         for i, uid in enumerate(universal_ids)

@@ -44,6 +44,11 @@ class InvalidInputError(SendFlowrError):
         )
         super().__init__(text)
 
+    @classmethod
+    def at(cls, loc: Sequence[str | int], msg: str, kind: str = "value_error") -> InvalidInputError:
+        """One bad field: `loc` as FastAPI writes it, e.g. ("body", "audience")."""
+        return cls([{"loc": list(loc), "msg": msg, "type": kind}])
+
     def detail(self) -> list[dict[str, Any]]:
         return self.errors
 

@@ -110,27 +110,27 @@ class Executor:
         groups: dict[tuple[str, str], list[Trigger]] = defaultdict(list)
         for t in claimed:
             groups[(t.tenant, t.intent_id)].append(t)
-        jobs: list[tuple[Dispatcher | None, Intent | None, Any, list[Trigger], str | None]] = []
+        jobs = []
         for (tenant, intent_id), items in groups.items():
             intent = self.runtime.intents.find(tenant, intent_id)
             if intent is None:
-                jobs.append((None, None, None, items, f"intent {intent_id!r} no longer exists"))
+                tally.add(await self._refuse(items, f"intent {intent_id!r} no longer exists"))
                 continue
             dispatcher = self.dispatchers.get(intent.esp)
             if dispatcher is None:
-                jobs.append((None, intent, None, items, f"no dispatcher for ESP {intent.esp!r}"))
+                tally.add(await self._refuse(items, f"no dispatcher for ESP {intent.esp!r}"))
                 continue
             try:
                 credentials = self.runtime.accounts.credentials(tenant, intent.esp)
-            except SendFlowrError as exc:
-                jobs.append((dispatcher, intent, None, items, f"retry:{exc.message}"))
+            except SendFlowrError as exc:  # not connected (now): try again later
+                tally.add(await self._refuse(items, exc.message, retryable=True))
                 continue
             size = max(1, dispatcher.max_batch(intent.binding))
             for start in range(0, len(items), size):
-                jobs.append((dispatcher, intent, credentials, items[start : start + size], None))
+                jobs.append((dispatcher, intent, credentials, items[start : start + size]))
         gate = asyncio.Semaphore(o.concurrency)
 
-        async def run(job: tuple[Any, ...]) -> Tally:
+        async def run(job: tuple[Dispatcher, Intent, Mapping[str, Any], list[Trigger]]) -> Tally:
             async with gate:
                 return await self._fire(*job)
 
@@ -139,24 +139,21 @@ class Executor:
         self.total.add(tally)
         return tally
 
+    async def _refuse(
+        self, items: Sequence[Trigger], reason: str, *, retryable: bool = False
+    ) -> Tally:
+        """Record triggers that cannot be sent now, without calling any ESP."""
+        results = [SendResult(t.decision_id, False, reason, retryable=retryable) for t in items]
+        return await self._record(items, results, via="")
+
     async def _fire(
         self,
-        dispatcher: Dispatcher | None,
-        intent: Intent | None,
-        credentials: Mapping[str, Any] | None,
+        dispatcher: Dispatcher,
+        intent: Intent,
+        credentials: Mapping[str, Any],
         items: Sequence[Trigger],
-        problem: str | None,
     ) -> Tally:
         ids = [t.decision_id for t in items]
-        if problem is not None or dispatcher is None or intent is None or credentials is None:
-            reason = problem or "not dispatchable"
-            if reason.startswith("retry:"):
-                results = [
-                    SendResult(i, False, reason.removeprefix("retry:"), retryable=True) for i in ids
-                ]
-            else:
-                results = [SendResult(i, False, reason) for i in ids]
-            return await self._record(items, results, via="")
         try:
             results = await dispatcher.send(
                 intent.tenant, intent.binding, credentials, [_send(t) for t in items]

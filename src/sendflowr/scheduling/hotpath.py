@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Final
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from sendflowr.storage.metadata.triggers import Schedule
 from sendflowr.timing.window import Window
 
 if TYPE_CHECKING:
@@ -77,15 +78,22 @@ class HotPathWatcher:
         from sendflowr.scheduling.moves import redecide
 
         uids = sorted({u for u, _ in latest})
+        # one read per intent and per campaign, however many of their people signalled
+        intents = {i.intent_id: i for i in self.runtime.intents.all(tenant)}
+        schedules: dict[str, Schedule] = {}
         for trigger in self.runtime.triggers.open_for(tenant, uids):
-            intent = self.runtime.intents.find(tenant, trigger.intent_id)
+            intent = intents.get(trigger.intent_id)
             if intent is None:
                 continue
             for signal in intent.hot_path_signals:
                 at = latest.get((trigger.universal_id, signal.event_type))
                 if at is None or (now - at).total_seconds() > signal.within_seconds:
                     continue
-                schedule = self.runtime.triggers.get_schedule(trigger.schedule_id)
+                schedule = schedules.get(trigger.schedule_id)
+                if schedule is None:
+                    schedule = schedules[trigger.schedule_id] = self.runtime.triggers.get_schedule(
+                        trigger.schedule_id
+                    )
                 earliest = max(
                     schedule.window_start,
                     now.replace(second=0, microsecond=0)

@@ -13,7 +13,6 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from sendflowr.errors import InvalidInputError
 from sendflowr.execution.registry import capacity_per_minute
 from sendflowr.runtime import Runtime
 from sendflowr.storage.metadata.triggers import Trigger
@@ -126,9 +125,7 @@ def reschedule_person(
             datetime.now(UTC),
         )
     except WindowError as exc:
-        raise InvalidInputError(
-            [{"loc": ["body", exc.field], "msg": exc.reason, "type": "value_error"}]
-        ) from None
+        raise exc.invalid_input() from None
     moved = []
     for t in runtime.triggers.open_for(tenant, [universal_id]):
         if t.schedule_id != schedule_id:

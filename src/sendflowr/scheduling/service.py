@@ -65,9 +65,7 @@ def _window(runtime: Runtime, req: ScheduleRequest, now: datetime) -> tuple[int,
     try:
         window = check_window(req.send_after, send_before, latency, now)
     except WindowError as exc:
-        raise InvalidInputError(
-            [{"loc": ["body", exc.field], "msg": exc.reason, "type": "value_error"}]
-        ) from None
+        raise exc.invalid_input() from None
     return latency, window, ZoneInfo(tenant.timezone)
 
 
@@ -84,9 +82,7 @@ def schedule(
     now_dt = clock()
     latency, window, zone = _window(runtime, req, now_dt)
     if not req.recipients:
-        raise InvalidInputError(
-            [{"loc": ["body", "audience"], "msg": "the audience is empty", "type": "value_error"}]
-        )
+        raise InvalidInputError.at(("body", "audience"), "the audience is empty")
     audience = resolve(runtime.identity, runtime.hash_key, intent.tenant, req.recipients)
     ceiling, capacity = capacity_per_minute(runtime, intent.tenant, intent.esp, intent.binding)
     now = int(now_dt.timestamp())
@@ -111,9 +107,7 @@ def schedule(
     try:
         plan = planner.plan(planner.concat(parts), latency, capacity, booked, first, last)
     except planner.CapacityError as exc:
-        raise InvalidInputError(
-            [{"loc": ["body", "audience"], "msg": str(exc), "type": "capacity"}]
-        ) from None
+        raise InvalidInputError.at(("body", "audience"), str(exc), "capacity") from None
 
     sid = schedule_id or "sch_" + uuid.uuid4().hex[:24]
     n = len(audience.universal_ids)

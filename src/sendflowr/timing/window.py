@@ -6,6 +6,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Final
 
+from sendflowr.errors import InvalidInputError
+
 MAX_WINDOW: Final = timedelta(days=14)
 DEFAULT_WINDOW: Final = timedelta(hours=24)
 MIN_WINDOW: Final = timedelta(minutes=1)
@@ -16,6 +18,10 @@ class WindowError(ValueError):
         super().__init__(f"{field}: {reason}")
         self.field = field
         self.reason = reason
+
+    def invalid_input(self) -> InvalidInputError:
+        """The 422 an API answers: the body field and the reason."""
+        return InvalidInputError.at(("body", self.field), self.reason)
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,6 +7,7 @@ account. Who made a change is taken from the `X-SendFlowr-Actor` header (default
 
 from __future__ import annotations
 
+import contextlib
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Path, Response, status
@@ -39,7 +40,7 @@ ActorHeader = Annotated[str, Header(alias="X-SendFlowr-Actor", max_length=200)]
 
 
 def _bad(loc: tuple[str | int, ...], msg: str) -> InvalidInputError:
-    return InvalidInputError([{"loc": ["body", *loc], "msg": msg, "type": "value_error"}])
+    return InvalidInputError.at(("body", *loc), msg)
 
 
 async def check_binding(
@@ -76,27 +77,26 @@ async def _check_klaviyo(runtime: Runtime, tenant: str, binding: dict[str, Any])
     async with open_client(runtime, tenant) as client:
         try:
             names = sorted({m.name for m in await client.list_metrics()})
-            if binding["metric_name"] not in names:
-                shown = ", ".join(repr(n) for n in names[:15])
-                raise _bad(
-                    ("binding", "metric_name"),
-                    f"the Klaviyo account has no metric {binding['metric_name']!r} (the flow's "
-                    f"trigger must exist; it appears after its first event). Metrics: {shown}",
-                )
+            campaign = None
             if binding.get("campaign_id"):
-                try:
-                    await client.get_campaign(binding["campaign_id"])
-                except KlaviyoNotFound:
-                    raise _bad(
-                        ("binding", "campaign_id"),
-                        f"the Klaviyo account has no campaign {binding['campaign_id']!r}",
-                    ) from None
+                with contextlib.suppress(KlaviyoNotFound):
+                    campaign = await client.get_campaign(binding["campaign_id"])
         except KlaviyoError as exc:
-            if isinstance(exc, KlaviyoNotFound):
-                raise
             raise KlaviyoUnavailableError(
                 f"could not check the binding against Klaviyo: {exc}", field="binding"
             ) from None
+    if binding["metric_name"] not in names:
+        shown = ", ".join(repr(n) for n in names[:15])
+        raise _bad(
+            ("binding", "metric_name"),
+            f"the Klaviyo account has no metric {binding['metric_name']!r} (the flow's "
+            f"trigger must exist; it appears after its first event). Metrics: {shown}",
+        )
+    if binding.get("campaign_id") and campaign is None:
+        raise _bad(
+            ("binding", "campaign_id"),
+            f"the Klaviyo account has no campaign {binding['campaign_id']!r}",
+        )
 
 
 async def _intent(runtime: Runtime, tenant: str, intent_id: str, body: IntentIn) -> Intent:

@@ -44,15 +44,10 @@ def _one_source(a: AudienceIn) -> None:
         if v is not None
     ]
     if len(given) != 1:
-        raise InvalidInputError(
-            [
-                {
-                    "loc": ["body", "audience"],
-                    "msg": "give exactly one of recipients, klaviyo_list_id, klaviyo_segment_id"
-                    + (f" (got {', '.join(given)})" if given else ""),
-                    "type": "value_error",
-                }
-            ]
+        raise InvalidInputError.at(
+            ("body", "audience"),
+            "give exactly one of recipients, klaviyo_list_id, klaviyo_segment_id"
+            + (f" (got {', '.join(given)})" if given else ""),
         )
 
 
@@ -61,14 +56,8 @@ async def _klaviyo_audience(runtime: Runtime, tenant: str, a: AudienceIn) -> lis
     from sendflowr.connectors.klaviyo.factory import open_client
 
     if runtime.accounts.find(tenant, KLAVIYO) is None:
-        raise InvalidInputError(
-            [
-                {
-                    "loc": ["body", "audience"],
-                    "msg": f"tenant {tenant!r} has not connected Klaviyo",
-                    "type": "value_error",
-                }
-            ]
+        raise InvalidInputError.at(
+            ("body", "audience"), f"tenant {tenant!r} has not connected Klaviyo"
         )
     field = "klaviyo_list_id" if a.klaviyo_list_id else "klaviyo_segment_id"
     out: list[Recipient] = []
@@ -87,24 +76,12 @@ async def _klaviyo_audience(runtime: Runtime, tenant: str, a: AudienceIn) -> lis
                 elif isinstance(profile.get("id"), str):
                     out.append(Recipient("klaviyo_id", profile["id"]))
                 if len(out) > MAX_LIST_AUDIENCE:
-                    raise InvalidInputError(
-                        [
-                            {
-                                "loc": ["body", "audience", field],
-                                "msg": f"more than {MAX_LIST_AUDIENCE} profiles",
-                                "type": "value_error",
-                            }
-                        ]
+                    raise InvalidInputError.at(
+                        ("body", "audience", field), f"more than {MAX_LIST_AUDIENCE} profiles"
                     )
         except KlaviyoNotFound:
-            raise InvalidInputError(
-                [
-                    {
-                        "loc": ["body", "audience", field],
-                        "msg": "Klaviyo has no such list or segment",
-                        "type": "value_error",
-                    }
-                ]
+            raise InvalidInputError.at(
+                ("body", "audience", field), "Klaviyo has no such list or segment"
             ) from None
         except KlaviyoError as exc:
             raise KlaviyoUnavailableError(
@@ -113,7 +90,9 @@ async def _klaviyo_audience(runtime: Runtime, tenant: str, a: AudienceIn) -> lis
     return out
 
 
-def schedule_out(s: Schedule, runtime: Runtime | None = None) -> ScheduleOut:
+def schedule_out(s: Schedule, runtime: Runtime, *, lateness: bool = True) -> ScheduleOut:
+    """The campaign with its trigger counts; `lateness` reads every sent trigger, so lists
+    leave it out."""
     return ScheduleOut(
         schedule_id=s.id,
         tenant=s.tenant,
@@ -126,8 +105,8 @@ def schedule_out(s: Schedule, runtime: Runtime | None = None) -> ScheduleOut:
         capacity_per_minute=s.capacity_per_minute,
         summary=s.summary,
         created_at=s.created_at,
-        triggers=runtime.triggers.counts(s.id) if runtime is not None else {},
-        lateness=runtime.triggers.lateness(s.id) if runtime is not None else {},
+        triggers=runtime.triggers.counts(s.id),
+        lateness=runtime.triggers.lateness(s.id) if lateness else {},
     )
 
 
@@ -177,7 +156,8 @@ def list_schedules(
 ) -> list[ScheduleOut]:
     runtime.metadata.get_tenant(tenant)
     return [
-        schedule_out(s, runtime) for s in runtime.triggers.list_schedules(tenant, intent_id, limit)
+        schedule_out(s, runtime, lateness=False)
+        for s in runtime.triggers.list_schedules(tenant, intent_id, limit)
     ]
 
 
@@ -234,14 +214,8 @@ async def reschedule(schedule_id: str, body: RescheduleIn, runtime: RuntimeDep) 
     intent = runtime.intents.get(body.tenant, old.intent_id)
     pending = runtime.triggers.take_scheduled(schedule_id, "rescheduled")
     if not pending:
-        raise InvalidInputError(
-            [
-                {
-                    "loc": ["path", "schedule_id"],
-                    "msg": "the campaign has no trigger left to reschedule",
-                    "type": "value_error",
-                }
-            ]
+        raise InvalidInputError.at(
+            ("path", "schedule_id"), "the campaign has no trigger left to reschedule"
         )
     req = ScheduleRequest(
         intent,

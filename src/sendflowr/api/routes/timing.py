@@ -64,9 +64,7 @@ def _latency_and_window(
     try:
         return latency, check_window(send_after, send_before, latency, datetime.now(UTC))
     except WindowError as exc:
-        raise InvalidInputError(
-            [{"loc": ["body", exc.field], "msg": exc.reason, "type": "value_error"}]
-        ) from None
+        raise exc.invalid_input() from None
 
 
 def _decide(

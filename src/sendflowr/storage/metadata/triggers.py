@@ -13,7 +13,7 @@ is atomic on its own.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
@@ -254,8 +254,7 @@ class TriggerStore:
     def _finish(self, worker: str, ids: Sequence[str], **values: Any) -> int:
         n = 0
         with self.metadata._guard(), self.engine.begin() as conn:
-            for start in range(0, len(ids), 5_000):
-                chunk = list(ids[start : start + 5_000])
+            for chunk in _chunks(ids):
                 result = conn.execute(
                     triggers.update()
                     .where(
@@ -300,11 +299,11 @@ class TriggerStore:
             return []
         out: list[Trigger] = []
         with self.metadata._guard(), self.engine.connect() as conn:
-            for start in range(0, len(universal_ids), 5_000):
+            for chunk in _chunks(universal_ids):
                 rows = conn.execute(
                     triggers.select().where(
                         triggers.c.tenant == tenant,
-                        triggers.c.universal_id.in_(list(universal_ids[start : start + 5_000])),
+                        triggers.c.universal_id.in_(chunk),
                         triggers.c.status.in_(list(statuses)),
                     )
                 ).all()
@@ -327,11 +326,11 @@ class TriggerStore:
         """Undo `take_scheduled` (the new plan failed): cancelled -> scheduled."""
         n = 0
         with self.metadata._guard(), self.engine.begin() as conn:
-            for start in range(0, len(decision_ids), 5_000):
+            for chunk in _chunks(decision_ids):
                 result = conn.execute(
                     triggers.update()
                     .where(
-                        triggers.c.decision_id.in_(list(decision_ids[start : start + 5_000])),
+                        triggers.c.decision_id.in_(chunk),
                         triggers.c.status == "cancelled",
                     )
                     .values(status="scheduled", error=None)
@@ -405,6 +404,12 @@ class TriggerStore:
         with self.metadata._guard(), self.engine.connect() as conn:
             rows = conn.execute(query.limit(limit).offset(offset)).all()
         return [_trigger(r._mapping) for r in rows]
+
+
+def _chunks(values: Sequence[str], size: int = 5_000) -> Iterator[list[str]]:
+    """Slices small enough for one IN (...) list on either backend."""
+    for start in range(0, len(values), size):
+        yield list(values[start : start + size])
 
 
 def _insert_many(conn: Connection, batch: Sequence[tuple[Any, ...]]) -> int:

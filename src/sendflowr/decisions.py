@@ -14,27 +14,42 @@ import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 from zoneinfo import ZoneInfo
 
 import numpy as np
 
 from sendflowr.identity.identifiers import Identifier
 from sendflowr.identity.store import IdentityGraphStore
+from sendflowr.people import features_for
 from sendflowr.storage.events.base import EventStore, StoredEvent
-from sendflowr.timing.activity import ActivityParams, ActivityProfile, ActivityTable, global_prior
+from sendflowr.storage.features.base import FeatureCache
+from sendflowr.storage.features.memory import MemoryFeatureCache
+from sendflowr.timing.activity import (
+    ActivityParams,
+    ActivityProfile,
+    ActivityTable,
+    global_prior,
+    summed,
+)
 from sendflowr.timing.engine import (
     BatchDecisions,
     BatchScores,
     Decision,
     EngineParams,
+    audience_archetypes,
     choose,
     decide,
     score_batch,
+    utc_offsets,
 )
 from sendflowr.timing.explanation import Explanation
-from sendflowr.timing.features import ENGAGEMENT_WEIGHTS
+from sendflowr.timing.features import ENGAGEMENT_WEIGHTS, ProfileFeatures
+from sendflowr.timing.policy import Applied, Suppression, apply, choose_allowed, describe
 from sendflowr.timing.window import Window
+
+if TYPE_CHECKING:
+    from sendflowr.policy_facts import PolicyContext
 
 AUDIENCE_TTL_S: Final = 300.0
 AUDIENCE_DAYS: Final = 180  # history that shapes the audience curve
@@ -48,14 +63,46 @@ class DecisionRecord:
     explanation: Explanation
     latency_seconds: int
     window: Window
+    suppression: Suppression | None = None  # set: no send (decision holds the unpoliced minute)
+    applied: Applied | None = None  # the policies' masks, when policies were applied
 
 
 def _offsets(utc_s: Sequence[int], zone: ZoneInfo) -> np.ndarray[Any, np.dtype[np.int64]]:
-    out = np.empty(len(utc_s), np.int64)
-    for i, t in enumerate(utc_s):
-        off = datetime.fromtimestamp(t, zone).utcoffset()
-        out[i] = int(off.total_seconds()) if off is not None else 0
-    return out
+    utc = np.asarray(utc_s, np.int64)
+    return utc_offsets(utc - utc % 60, zone)
+
+
+DELIVERY_TYPE: Final = "received"
+# What a timing history reads: the engagement signals and the deliveries behind them.
+HISTORY_TYPES: Final = (*sorted(ENGAGEMENT_WEIGHTS), DELIVERY_TYPE)
+
+
+def fold_history(
+    table: ActivityTable,
+    rows: np.ndarray[Any, np.dtype[np.int64]],
+    utc_s: np.ndarray[Any, np.dtype[np.int64]],
+    types: Sequence[str],
+    machine: np.ndarray[Any, np.dtype[np.bool_]],
+    zone: ZoneInfo,
+    now: int,
+    params: ActivityParams,
+) -> tuple[np.ndarray[Any, np.dtype[np.float64]], np.ndarray[Any, np.dtype[np.float64]]]:
+    """Fold stored events (row, UTC s, type, machine flag) into `table`: engagement signals
+    by their weight, machine opens excluded and counted, `received` as deliveries (the
+    send-time-bias correction and latency). The one path from events to profiles for single
+    decisions, audiences, schedules and `sendflowr evaluate --simulated`."""
+    weights = np.fromiter((ENGAGEMENT_WEIGHTS.get(t, 0.0) for t in types), np.float64, len(types))
+    delivery = np.fromiter((t == DELIVERY_TYPE for t in types), np.bool_, len(types))
+    return table.observe(
+        rows,
+        utc_s,
+        _offsets(utc_s.tolist(), zone),
+        weights,
+        now,
+        params,
+        machine=machine & ~delivery,
+        delivery=delivery,
+    )
 
 
 @dataclass(slots=True)
@@ -63,11 +110,15 @@ class _Observed:
     utc: list[int] = field(default_factory=list)
     weight: list[float] = field(default_factory=list)
     machine: list[bool] = field(default_factory=list)
+    received: list[int] = field(default_factory=list)  # deliveries (not engagements)
 
 
 def _engagements(events: Sequence[StoredEvent]) -> _Observed:
     out = _Observed()
     for e in events:
+        if e.event_type == DELIVERY_TYPE:
+            out.received.append(int(e.occurred_at.timestamp()))
+            continue
         w = ENGAGEMENT_WEIGHTS.get(e.event_type, 0.0)
         if w <= 0 and not e.is_machine_open:
             continue
@@ -85,20 +136,25 @@ def profile_from_events(
     np.ndarray[Any, np.dtype[np.float64]],
     _Observed,
 ]:
-    """One person's activity table (one row) from their stored events."""
+    """One person's activity table (one row) from their stored events (deliveries included);
+    the weights returned are the engagements' (in `seen` order)."""
     seen = _engagements(events)
     table = ActivityTable.empty(1)
-    utc = np.asarray(seen.utc, np.int64)
+    n = len(seen.utc)
+    utc = np.asarray(seen.utc + seen.received, np.int64)
+    weights = np.asarray(seen.weight + [0.0] * len(seen.received), np.float64)
+    machine = np.asarray(seen.machine + [False] * len(seen.received), np.bool_)
     aged_w, aged_d = table.observe(
         np.zeros(len(utc), np.int64),
         utc,
-        _offsets(seen.utc, zone),
-        np.asarray(seen.weight, np.float64),
+        _offsets(utc.tolist(), zone),
+        weights,
         now,
         params,
-        machine=np.asarray(seen.machine, np.bool_),
+        machine=machine,
+        delivery=np.arange(len(utc)) >= n,
     )
-    return table, aged_w, aged_d, seen
+    return table, aged_w[:n], aged_d[:n], seen
 
 
 class TimingService:
@@ -108,9 +164,12 @@ class TimingService:
         identity: IdentityGraphStore,
         params: EngineParams | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        features: FeatureCache | None = None,
     ) -> None:
         self.events = events
         self.identity = identity
+        # per-person timing features, rebuilt from `events` on a miss (private if not shared)
+        self.features: FeatureCache = features if features is not None else MemoryFeatureCache()
         self.params = params or EngineParams()
         self.clock = clock
         self._prior = global_prior()
@@ -119,35 +178,49 @@ class TimingService:
 
     def audience(self, tenant: str, zone: ZoneInfo, now: int) -> ActivityTable:
         """The tenant's aggregate curve: every person's recent history, read in one query and
-        folded through the same per-person update, then summed. Cached for a few minutes."""
+        folded through the same per-person update (deliveries included), then summed. Cached
+        for a few minutes."""
         with self._lock:
             cached = self._audiences.get(tenant)
             if cached is not None and time.monotonic() - cached[0] < AUDIENCE_TTL_S:
                 return cached[1]
         since = datetime.fromtimestamp(now - AUDIENCE_DAYS * 86_400, UTC)
-        uids, utc, types, machine = self.events.engagement_history(
-            tenant, sorted(ENGAGEMENT_WEIGHTS), since
-        )
+        uids, utc, types, machine = self.events.engagement_history(tenant, HISTORY_TYPES, since)
         audience = ActivityTable.empty(1)
         if uids:
             codes, rows = np.unique(np.asarray(uids), return_inverse=True)
             people = ActivityTable.empty(len(codes))
-            utc_a = np.asarray(utc, np.int64)
-            offsets = _offsets(utc, zone)
-            weights = np.asarray([ENGAGEMENT_WEIGHTS[t] for t in types], np.float64)
-            aged_w, aged_d = people.observe(
-                rows.astype(np.int64),
-                utc_a,
-                offsets,
-                weights,
+            fold_history(
+                people,
+                rows.astype(np.int64).ravel(),
+                np.asarray(utc, np.int64),
+                types,
+                np.asarray(machine, np.bool_),
+                zone,
                 now,
                 self.params.activity,
-                machine=np.asarray(machine, np.bool_),
             )
-            audience.absorb(utc_a, offsets, aged_w, aged_d, now, self.params.activity.half_life_s)
+            audience = summed(people, now, self.params.activity.half_life_s)
+            audience.archetypes = audience_archetypes(people, zone, now, self.params)
         with self._lock:
             self._audiences[tenant] = (time.monotonic(), audience)
         return audience
+
+    def person_profile(
+        self, tenant: str, universal_id: str, zone: ZoneInfo, now: int
+    ) -> ProfileFeatures:
+        """The person's timing features (activity profile in `zone`, evidence counts) from the
+        feature cache; on a miss, rebuilt from their events under every alias and cached."""
+        return features_for(
+            tenant,
+            universal_id,
+            self.events,
+            self.features,
+            self.identity,
+            zone,
+            now,
+            self.params.activity,
+        )
 
     def decide(
         self,
@@ -161,39 +234,63 @@ class TimingService:
         channel: str = "email",
         *,
         store: bool = True,
+        policy: PolicyContext | None = None,
     ) -> DecisionRecord:
         """One person's decision; its explanation is written unless `store` is False (the
-        caller adds what moved the send, then writes it)."""
+        caller adds what moved the send, then writes it). With `policy` (one row of facts) the
+        send policies mask, move or suppress it (timing.policy)."""
         now_dt = self.clock()
         now = int(now_dt.timestamp())
         profile: ActivityProfile | None = None
         machine_opens = 0
         engagements = 0
         last_engagement: str | None = None
+        median_latency: float | None = None
         if known:
-            stored = self.events.profile_events(
-                tenant, self.identity.aliases(tenant, universal_id), limit=HISTORY_LIMIT
-            )
-            table, _, _, seen = profile_from_events(stored, zone, now, self.params.activity)
-            machine_opens = sum(seen.machine)
-            engagements = len(seen.utc) - machine_opens
+            feats = self.person_profile(tenant, universal_id, zone, now)
+            machine_opens = feats.machine_opens_excluded
+            engagements = feats.engagements
             if engagements:
-                profile = table.row(0)
-                last_engagement = datetime.fromtimestamp(
-                    max(t for t, m in zip(seen.utc, seen.machine, strict=True) if not m), UTC
-                ).isoformat()
-        decision = decide(
-            profile,
-            self.audience(tenant, zone, now),
-            self._prior,
-            int(window.start.timestamp()),
-            int(window.end.timestamp()),
-            zone,
-            latency_seconds,
-            now,
-            self.params,
-        )
+                profile = feats.activity
+                median_latency = profile.median_latency_s
+                last_engagement = datetime.fromtimestamp(profile.last_engagement, UTC).isoformat()
         decision_id = str(uuid.uuid4())
+        applied: Applied | None = None
+        suppression: Suppression | None = None
+        policies: tuple[str, ...] = ()
+        policy_details: dict[str, Any] = {}
+        if policy is None:
+            decision = decide(
+                profile,
+                self.audience(tenant, zone, now),
+                self._prior,
+                int(window.start.timestamp()),
+                int(window.end.timestamp()),
+                zone,
+                latency_seconds,
+                now,
+                self.params,
+            )
+        else:
+            scores = score_batch(
+                profile.table() if profile is not None else ActivityTable.empty(1),
+                np.array([0 if profile is not None else -1], np.int64),
+                self.audience(tenant, zone, now),
+                self._prior,
+                int(window.start.timestamp()),
+                int(window.end.timestamp()),
+                zone,
+                now,
+                self.params,
+            )
+            applied = apply(scores, policy.config, policy.facts, zone, [decision_id])
+            suppression = applied.suppressed[0]
+            if suppression is not None:  # the minute it would have had, for the record
+                decision = choose(scores, latency_seconds, self.params).row(0)
+            else:
+                decision = choose_allowed(applied, latency_seconds, self.params).decisions.row(0)
+            policy_list, detail_list = describe(applied, np.array([decision.target_minute_utc]))
+            policies, policy_details = policy_list[0], detail_list[0]
         explanation = _explanation(
             tenant,
             decision_id,
@@ -207,17 +304,23 @@ class TimingService:
                 "last_engagement": last_engagement,
                 "known_person": known,
                 "zone": zone.key,
+                "median_latency_seconds": median_latency,
             },
             {
                 "channel": channel,
                 "latency_estimate_seconds": latency_seconds,
                 "window": [window.start.isoformat(), window.end.isoformat()],
                 "alternatives": [[t, s] for t, s in decision.alternatives],
+                **policy_details,
             },
+            policies,
+            bool(applied is not None and applied.exploration[0]),
         )
         if store:
             self.events.insert_explanations([explanation])
-        return DecisionRecord(decision, decision_id, explanation, latency_seconds, window)
+        return DecisionRecord(
+            decision, decision_id, explanation, latency_seconds, window, suppression, applied
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -226,6 +329,9 @@ class BatchRecord:
     decisions: BatchDecisions
     decision_ids: list[str]
     explanation_refs: list[str]
+    suppressed: list[Suppression | None] = field(default_factory=list)  # per row; [] none
+    exploration: list[bool] = field(default_factory=list)
+    policies: list[tuple[str, ...]] = field(default_factory=list)
 
 
 def decide_many(
@@ -237,9 +343,11 @@ def decide_many(
     window: Window,
     latency_seconds: int,
     intent_id: str = "",
+    policy: PolicyContext | None = None,
 ) -> BatchRecord:
     """Decisions for many people over one window: their histories in one query, the engine's
-    batch form, and one explanation row each."""
+    batch form, and one explanation row each. With `policy` (a row of facts per person) the
+    send policies mask, move or suppress each decision."""
     now_dt = service.clock()
     now = int(now_dt.timestamp())
     scored = next(
@@ -247,8 +355,20 @@ def decide_many(
             service, tenant, universal_ids, known, zone, window, now, chunk=len(universal_ids)
         )
     )
-    batch = choose(scored.scores, latency_seconds, service.params)
     decision_ids = [str(uuid.uuid4()) for _ in universal_ids]
+    n = len(universal_ids)
+    suppressed: list[Suppression | None] = [None] * n
+    policies: list[tuple[str, ...]] = [()] * n
+    details: list[dict[str, Any]] = [{} for _ in range(n)]
+    exploring = [False] * n
+    if policy is None:
+        batch = choose(scored.scores, latency_seconds, service.params)
+    else:
+        applied = apply(scored.scores, policy.config, policy.facts, zone, decision_ids)
+        batch = choose_allowed(applied, latency_seconds, service.params).decisions
+        policies, details = describe(applied, batch.target)
+        suppressed = applied.suppressed
+        exploring = applied.exploration.tolist()
     explanations = [
         _explanation(
             tenant,
@@ -259,13 +379,17 @@ def decide_many(
             batch.row(i),
             int(scored.machine_opens[i]),
             {"evidence": float(scored.evidence[i]), "known_person": known[i]},
-            {"batch": True, "latency_estimate_seconds": latency_seconds},
+            {"batch": True, "latency_estimate_seconds": latency_seconds, **details[i]},
+            policies[i],
+            exploring[i],
         )
         for i, uid in enumerate(universal_ids)
     ]
     service.events.insert_explanations(explanations)
     refs = [e.explanation_ref for e in explanations]
-    return BatchRecord(list(universal_ids), batch, decision_ids, refs)
+    return BatchRecord(
+        list(universal_ids), batch, decision_ids, refs, suppressed, exploring, policies
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -291,7 +415,7 @@ def score_chunks(
     params = service.params
     since = datetime.fromtimestamp(now - AUDIENCE_DAYS * 86_400, UTC)
     h_uids, h_utc, h_types, h_machine = service.events.engagement_history(
-        tenant, sorted(ENGAGEMENT_WEIGHTS), since
+        tenant, HISTORY_TYPES, since
     )
     aliases = service.identity.alias_map(tenant)
     index_of = {u: i for i, (u, k) in enumerate(zip(universal_ids, known, strict=True)) if k}
@@ -299,17 +423,11 @@ def score_chunks(
     keep = np.flatnonzero(rows >= 0)
     rows = rows[keep]
     utc = np.asarray(h_utc, np.int64)[keep]
-    offsets = _offsets(utc.tolist(), zone)
-    weights = np.asarray([ENGAGEMENT_WEIGHTS[h_types[i]] for i in keep.tolist()], np.float64)
+    types = [h_types[i] for i in keep.tolist()]
     machine = np.asarray(h_machine, np.bool_)[keep] if len(keep) else np.zeros(0, np.bool_)
     order = np.argsort(rows, kind="stable")
-    rows, utc, offsets, weights, machine = (
-        rows[order],
-        utc[order],
-        offsets[order],
-        weights[order],
-        machine[order],
-    )
+    rows, utc, machine = rows[order], utc[order], machine[order]
+    types = [types[i] for i in order.tolist()]
     audience = service.audience(tenant, zone, now)
     start_s, end_s = int(window.start.timestamp()), int(window.end.timestamp())
     for start in range(0, len(universal_ids), chunk):
@@ -317,9 +435,9 @@ def score_chunks(
         lo, hi = np.searchsorted(rows, [start, start + n])
         people = ActivityTable.empty(n)
         if hi > lo:
-            people.observe(
-                rows[lo:hi] - start, utc[lo:hi], offsets[lo:hi], weights[lo:hi], now,
-                params.activity, machine=machine[lo:hi],
+            fold_history(
+                people, rows[lo:hi] - start, utc[lo:hi], types[lo:hi], machine[lo:hi], zone,
+                now, params.activity,
             )  # fmt: skip
         has = people.evidence > 0
         arg = np.where(has, np.arange(n), -1).astype(np.int64)
@@ -344,8 +462,12 @@ def _explanation(
     machine_opens: int,
     evidence: dict[str, Any],
     details: dict[str, Any],
+    policies: tuple[str, ...] = (),
+    exploration: bool = False,
 ) -> Explanation:
-    """The audit row of one decision (single and batch decisions write the same shape)."""
+    """The audit row of one decision (single and batch decisions write the same shape). A
+    suppressed decision keeps the minute it would have had in the time columns; `details`
+    says it was suppressed, by which policy and why."""
     return Explanation(
         tenant=tenant,
         explanation_ref="exp_" + decision_id.replace("-", ""),
@@ -362,6 +484,8 @@ def _explanation(
         weight_audience=d.weights["audience"],
         weight_global=d.weights["global"],
         machine_opens_excluded=machine_opens,
+        policies=policies,
+        exploration=exploration,
         evidence=evidence,
         details=details,
     )
@@ -374,10 +498,17 @@ def unknown_person_id(identity: IdentityGraphStore, tenant: str, ident: Identifi
 
 def explain_in_words(e: Explanation) -> str:
     """The explanation an operator reads."""
-    parts = [
-        f"Target {e.target_minute_utc:%Y-%m-%d %H:%M} UTC, triggered at "
-        f"{e.trigger_timestamp_utc:%H:%M} UTC to allow for delivery.",
-    ]
+    suppressed = e.details.get("suppressed")
+    if suppressed:
+        parts = [
+            f"Suppressed by {suppressed.get('policy')}: {suppressed.get('reason')}. No send; "
+            f"without policies it would have targeted {e.target_minute_utc:%Y-%m-%d %H:%M} UTC."
+        ]
+    else:
+        parts = [
+            f"Target {e.target_minute_utc:%Y-%m-%d %H:%M} UTC, triggered at "
+            f"{e.trigger_timestamp_utc:%H:%M} UTC to allow for delivery.",
+        ]
     n = e.evidence.get("engagements", 0)
     if e.fallback_level == "personal":
         parts.append(f"Chosen mainly from this person's own {n} engagements.")
@@ -400,6 +531,31 @@ def explain_in_words(e: Explanation) -> str:
     parts.append(f"Estimated chance of engagement within the hour: {e.confidence_score:.0%}.")
     if e.policies:
         parts.append("Policies applied: " + ", ".join(e.policies) + ".")
+    for name in e.policies:
+        parts.extend(_policy_words(name, e.details.get(name)))
     if e.exploration:
         parts.append("This was an exploration send (a randomised time, to keep learning).")
     return " ".join(parts)
+
+
+def _policy_words(name: str, d: Any) -> list[str]:
+    """One sentence for a policy that moved a decision (suppressions are said first)."""
+    if not isinstance(d, dict):
+        return []
+    if name == "hot_path":
+        return [
+            f"Hot path: a {d.get('signal')} at {d.get('signal_at')} (within "
+            f"{d.get('within_seconds')} s) promoted the send to the earliest allowed minute."
+        ]
+    if name == "exploration":
+        return [
+            f"Exploration placed it at {d.get('minute_utc')} (expected engagement "
+            f"{d.get('engagement_here')} there, {d.get('engagement_best')} at the best minute)."
+        ]
+    if "preferred_minute_utc" in d:
+        return [
+            f"{name.replace('_', ' ').capitalize()} ({d.get('reason')}) moved it from "
+            f"{d.get('preferred_minute_utc')} to {d.get('chosen_minute_utc')}, losing "
+            f"{d.get('engagement_lost')} expected engagement."
+        ]
+    return []

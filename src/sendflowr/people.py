@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from zoneinfo import ZoneInfo
 
 from sendflowr.identity.identifiers import (
     ANON,
@@ -18,10 +19,12 @@ from sendflowr.identity.identifiers import (
 from sendflowr.identity.store import IdentityGraphStore, SplitResult
 from sendflowr.storage.events.base import EventStore, StoredEvent
 from sendflowr.storage.features.base import FeatureCache
-from sendflowr.timing.features import ProfileFeatures, features_from_events
+from sendflowr.timing.activity import ActivityParams
+from sendflowr.timing.features import FoldContext, ProfileFeatures, features_from_events, zone_tag
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MS = timedelta(milliseconds=1)
+_UTC = ZoneInfo("UTC")
 MAX_HISTORY = 50_000  # events read to rebuild one person's features
 
 
@@ -31,18 +34,24 @@ def features_for(
     events: EventStore,
     cache: FeatureCache,
     identity: IdentityGraphStore,
+    zone: ZoneInfo = _UTC,
+    now: int | None = None,
+    params: ActivityParams | None = None,
 ) -> ProfileFeatures:
-    """From the cache, else rebuilt from every event stored under the person's aliases."""
+    """From the cache, else rebuilt from every event stored under the person's aliases (and
+    cached). `zone`: the tenant's; a cached profile kept in another zone is rebuilt."""
     hit = cache.get_many(tenant, [universal_id]).get(universal_id)
-    if hit is not None:
+    if hit is not None and hit.zone_tag == zone_tag(zone):
         return hit
     stored = events.profile_events(
         tenant, identity.aliases(tenant, universal_id), limit=MAX_HISTORY
     )
+    at = int(datetime.now(UTC).timestamp()) if now is None else now
     features = features_from_events(
         [e.event_type for e in stored],
         [(e.occurred_at - _EPOCH) // _MS for e in stored],  # exact, unlike float seconds
         [e.is_machine_open for e in stored],
+        FoldContext(zone, at, params or ActivityParams()),
     )
     cache.put_many(tenant, {universal_id: features})
     return features

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+import numpy as np
+import pytest
+
 from sendflowr.events import EventType
 from sendflowr.identity.identifiers import EMAIL, Identifier
 from sendflowr.people import features_for
@@ -23,8 +26,8 @@ def _uid(runtime: Runtime, tenant: str, person: int) -> str:
     return uid
 
 
-def _features(runtime: Runtime, tenant: str, uid: str) -> ProfileFeatures:
-    return features_for(tenant, uid, runtime.events, runtime.features, runtime.identity)
+def _features(runtime: Runtime, tenant: str, uid: str, now: int | None = None) -> ProfileFeatures:
+    return features_for(tenant, uid, runtime.events, runtime.features, runtime.identity, now=now)
 
 
 def test_batch_is_stored_and_folded_into_features(runtime: Runtime) -> None:
@@ -51,8 +54,10 @@ def test_batch_is_stored_and_folded_into_features(runtime: Runtime) -> None:
     assert feats.count("opened") == 2
     assert feats.count("clicked") == 1
     assert feats.machine_opens_excluded == 1
-    # Monday 09:00 UTC: the real open (1.0) and the click (2.0); the machine open adds nothing.
-    assert float(feats.hour_of_week[9]) == 3.0
+    assert feats.engagements == 2
+    # Monday 09:00 local (the tenant is in UTC): the open and the click; the machine open at
+    # 09:01 adds nothing, so only the 09:00 bin holds weight.
+    assert np.flatnonzero(feats.activity.bins).tolist() == [36]
     assert feats.last_engagement_ms == int((T0 + timedelta(minutes=3)).timestamp() * 1000)
 
     # Now cached, the next batch is folded in incrementally, and agrees with a rebuild.
@@ -61,7 +66,10 @@ def test_batch_is_stored_and_folded_into_features(runtime: Runtime) -> None:
     incremental = runtime.features.get_many("acme", [uid])[uid]
     assert incremental.count("clicked") == 2
     runtime.features.invalidate("acme", [uid])
-    assert _features(runtime, "acme", uid).to_bytes() == incremental.to_bytes()
+    rebuilt = _features(runtime, "acme", uid, now=incremental.activity.last_update)
+    np.testing.assert_array_equal(rebuilt.counts, incremental.counts)
+    np.testing.assert_allclose(rebuilt.activity.bins, incremental.activity.bins, rtol=1e-6)
+    assert rebuilt.activity.evidence == pytest.approx(incremental.activity.evidence, rel=1e-9)
 
 
 def test_replayed_batch_changes_nothing(runtime: Runtime) -> None:

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, date, datetime
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import numpy as np
 import pytest
+from typer.testing import CliRunner
 
+from sendflowr.cli import app
 from sendflowr.evaluate import (
     ActivityEvents,
     Day,
@@ -27,6 +30,8 @@ from sendflowr.evaluate import (
 )
 from sendflowr.evaluate.data import load_events, parse_csv, parse_konect
 from sendflowr.evaluate.replay import IntArray, ZoneClock, bootstrap_ci, successes
+from sendflowr.evaluate.simulated import SimulatedSetup, oracle_shares
+from sendflowr.simulate import SimConfig, simulate
 from tests.factories import radoslaw_dir
 
 WARSAW = "Europe/Warsaw"
@@ -370,3 +375,51 @@ def test_reference_figures_on_radoslaw_email() -> None:
     assert 0.09 <= figures["random"]["ewh"] <= 0.13
     for f in figures.values():
         assert f["ci_low"] <= f["ewh"] <= f["ci_high"]
+
+
+# --- section 2: oracle share in the simulator ---------------------------------------------------
+
+SIM_ARGS = ["evaluate", "--simulated", "--profiles", "60", "--days", "21", "--windows", "2"]
+
+
+def test_evaluate_simulated_cli_prints_and_writes_reproducible_shares(tmp_path: Path) -> None:
+    runner = CliRunner()
+    outs = []
+    for name in ("a.json", "b.json"):
+        result = runner.invoke(app, [*SIM_ARGS, "--seed", "3", "--out", str(tmp_path / name)])
+        assert result.exit_code == 0, result.output
+        assert "Oracle share" in result.output
+        outs.append(json.loads((tmp_path / name).read_text()))
+    assert outs[0] == outs[1]
+    report = outs[0]
+    assert list(report["runs"]) == ["machine_open_share=0.45", "machine_open_share=0"]
+    with_mpp, without = report["runs"].values()
+    assert with_mpp["machine_opens"] > 0
+    assert without["machine_opens"] == 0
+    for run in (with_mpp, without):
+        shares = run["oracle_share"]
+        assert set(shares) == {
+            "random", "global_hour", "user_hour", "sendflowr", "sendflowr_uncorrected"
+        }  # fmt: skip
+        assert all(0.0 < v <= 1.0 for v in shares.values())
+    # machine opens are excluded, so sendflowr's history is the same with and without them
+    assert with_mpp["oracle_share"]["sendflowr"] == pytest.approx(
+        without["oracle_share"]["sendflowr"]
+    )
+
+
+def test_evaluate_simulated_refuses_an_events_file(tmp_path: Path) -> None:
+    result = CliRunner().invoke(app, [*SIM_ARGS, "--events", str(tmp_path)])
+    assert result.exit_code != 0
+    assert "--events" in result.output
+    missing = CliRunner().invoke(app, ["evaluate"])
+    assert missing.exit_code != 0
+    assert "--events" in missing.output
+
+
+def test_oracle_share_is_one_for_the_oracle_and_ranks_the_baselines() -> None:
+    sim = simulate(SimConfig(seed=2, profiles=150, days=42))
+    report = oracle_shares(sim, SimulatedSetup(seed=2, profiles=150, days=42, windows=2))
+    shares = report["oracle_share"]
+    assert shares["random"] < shares["user_hour"] < shares["sendflowr"] <= 1.0
+    assert shares["sendflowr_uncorrected"] < shares["sendflowr"]

@@ -1,4 +1,5 @@
-"""Per-person features (apply_batch, hour of week, serialisation) and email hashing."""
+"""Per-person timing features (the feature cache's content: fold, local time, serialisation,
+incremental == bulk), the memory cache's contract, and email hashing."""
 
 from __future__ import annotations
 
@@ -6,23 +7,46 @@ import hashlib
 import hmac
 import re
 from datetime import UTC, datetime, timedelta
+from zoneinfo import ZoneInfo
 
 import numpy as np
 import pytest
 
 from sendflowr.identity.hashing import hash_email, normalise_email
+from sendflowr.storage.events.base import EngagementArrays
+from sendflowr.storage.features.memory import MemoryFeatureCache
+from sendflowr.storage.features.rebuild import fold_arrays, resolve_aliases
+from sendflowr.timing.activity import (
+    BIN_MINUTES,
+    BINS,
+    NEVER,
+    ActivityParams,
+    ActivityProfile,
+    ActivityTable,
+)
+from sendflowr.timing.activity import (
+    SERIALISED_BYTES as ACTIVITY_BYTES,
+)
 from sendflowr.timing.features import (
     COUNTED_TYPES,
-    HOURS_PER_WEEK,
+    SERIALISED_BYTES,
     BatchColumns,
+    FeatureTable,
+    FoldContext,
     ProfileFeatures,
     apply_batch,
-    hour_of_week_utc,
+    features_from_events,
+    type_codes,
     type_indexes,
+    utc_offsets,
+    zone_tag,
 )
 
 KEY = b"test-hash-key-0123456789abcdef"
 MONDAY = datetime(2024, 1, 1, tzinfo=UTC)  # a Monday
+UTC_ZONE = ZoneInfo("UTC")
+NEW_YORK = ZoneInfo("America/New_York")
+NOW = int((MONDAY + timedelta(days=400)).timestamp())
 
 
 def _ms(at: datetime) -> int:
@@ -46,45 +70,75 @@ def _at(hours: float) -> datetime:
     return MONDAY + timedelta(hours=hours)
 
 
-# --- hour of week -------------------------------------------------------------------------
+def _ctx(zone: ZoneInfo = UTC_ZONE, now: int = NOW) -> FoldContext:
+    return FoldContext(zone, now, ActivityParams())
+
+
+def _fold(
+    rows: list[tuple[str, str, datetime, bool]], zone: ZoneInfo = UTC_ZONE
+) -> dict[str, ProfileFeatures]:
+    updated, dropped = apply_batch({}, _batch(rows), _ctx(zone))
+    assert dropped == []
+    return updated
+
+
+def _aged(p: ProfileFeatures, now: int) -> ActivityProfile:
+    """The profile's decayed values as of `now` (what the engine reads)."""
+    t = p.activity.table()
+    factor = t.aged(now, ActivityParams().half_life_s)
+    t.bins *= factor[:, None].astype(np.float32)
+    t.evidence *= factor
+    t.active_days *= factor
+    t.last_update[:] = now
+    return t.row(0)
+
+
+def _assert_same(a: ProfileFeatures, b: ProfileFeatures, rtol: float = 1e-5) -> None:
+    np.testing.assert_array_equal(a.counts, b.counts)
+    assert (a.first_seen_ms, a.zone_tag) == (b.first_seen_ms, b.zone_tag)
+    x, y = _aged(a, NOW), _aged(b, NOW)
+    np.testing.assert_allclose(x.bins, y.bins, rtol=rtol, atol=1e-6 * max(float(x.bins.max()), 1))
+    assert x.evidence == pytest.approx(y.evidence, rel=rtol)
+    assert x.active_days == pytest.approx(y.active_days, rel=rtol)
+    assert (x.last_engagement, x.last_day, x.machine_opens) == (
+        y.last_engagement,
+        y.last_day,
+        y.machine_opens,
+    )
+
+
+# --- UTC offsets ------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
-    ("at", "expected"),
-    [
-        (MONDAY, 0),
-        (MONDAY + timedelta(minutes=59, seconds=59, milliseconds=999), 0),
-        (MONDAY + timedelta(hours=1), 1),
-        (MONDAY + timedelta(days=2, hours=13, minutes=30), 61),  # Wednesday 13:30
-        (datetime(2024, 1, 7, 23, 59, tzinfo=UTC), 167),  # Sunday
-        (datetime(2024, 1, 8, tzinfo=UTC), 0),  # next Monday
-        (datetime(1970, 1, 1, tzinfo=UTC), 72),  # a Thursday
-        (datetime(1969, 12, 31, 23, 59, tzinfo=UTC), 71),
-    ],
+    "zone", ["America/New_York", "Australia/Lord_Howe", "Asia/Kathmandu", "UTC", "Europe/Dublin"]
 )
-def test_hour_of_week_utc(at: datetime, expected: int) -> None:
-    assert hour_of_week_utc(np.array([_ms(at)], np.int64)).tolist() == [expected]
+def test_utc_offsets_match_zoneinfo_across_dst(zone: str) -> None:
+    tz = ZoneInfo(zone)
+    rng = np.random.default_rng(3)
+    start = int(datetime(2023, 1, 1, tzinfo=UTC).timestamp())
+    utc = rng.integers(start, start + 2 * 365 * 86_400, 3_000)
+    # and every minute around this zone's transitions, where the quarter-hour probing matters
+    days = np.arange(start, start + 2 * 365 * 86_400, 86_400)
+    offs = np.array([datetime.fromtimestamp(int(d), tz).utcoffset() for d in days])
+    for i in np.flatnonzero(offs[1:] != offs[:-1]):
+        utc = np.concatenate([utc, days[i] + 60 * np.arange(1_440)])
+    expected = [datetime.fromtimestamp(int(t), tz).utcoffset() for t in utc]
+    got = utc_offsets(utc.astype(np.int64), tz)
+    assert [timedelta(seconds=int(x)) for x in got] == expected
 
 
-def test_hour_of_week_matches_calendar() -> None:
-    rng = np.random.default_rng(7)
-    ms = rng.integers(
-        _ms(datetime(2000, 1, 1, tzinfo=UTC)), _ms(datetime(2100, 1, 1, tzinfo=UTC)), 500
-    )
-    bins = hour_of_week_utc(ms)
-    expected = []
-    for value in ms.tolist():
-        at = datetime(1970, 1, 1, tzinfo=UTC) + timedelta(milliseconds=value)
-        expected.append(at.weekday() * 24 + at.hour)
-    assert bins.tolist() == expected
-    assert bins.min() >= 0
-    assert bins.max() < HOURS_PER_WEEK
+def test_utc_offsets_of_nothing_and_of_centuries() -> None:
+    assert utc_offsets(np.zeros(0, np.int64), NEW_YORK).tolist() == []
+    far = np.array([0, 4_000_000_000 * 2], np.int64)  # 1970 and 2223: the slow exact path
+    expected = [datetime.fromtimestamp(int(t), NEW_YORK).utcoffset() for t in far]
+    assert [timedelta(seconds=int(x)) for x in utc_offsets(far, NEW_YORK)] == expected
 
 
-# --- apply_batch ----------------------------------------------------------------------------
+# --- the fold -----------------------------------------------------------------------------------
 
 
-def test_counts_by_type() -> None:
+def test_counts_by_type_and_engagements() -> None:
     rows = [
         ("a", "received", _at(1), False),
         ("a", "opened", _at(2), False),
@@ -97,8 +151,7 @@ def test_counts_by_type() -> None:
         ("b", "site_visit", _at(8), False),
         ("b", "product_view", _at(9), False),
     ]
-    out = apply_batch({}, _batch(rows))
-    assert set(out) == {"a", "b"}
+    out = _fold(rows)
     a, b = out["a"], out["b"]
     assert {t: a.count(t) for t in COUNTED_TYPES if a.count(t)} == {
         "received": 1,
@@ -114,88 +167,105 @@ def test_counts_by_type() -> None:
         "product_view": 1,
     }
     assert a.counts.dtype == np.uint32
-    assert int(a.counts.sum()) == 5
-    assert int(b.counts.sum()) == 5
+    assert (a.engagements, b.engagements) == (3, 3)
+    assert a.first_seen_ms == _ms(_at(1))
+    assert a.last_engagement_ms == _ms(_at(3))
 
 
-def test_weights_by_type_in_the_histogram() -> None:
-    rows = [
-        ("p", "clicked", _at(10), False),
-        ("p", "opened", _at(11), False),
-        ("p", "ordered", _at(12), False),
-        ("p", "site_visit", _at(13), False),
-        ("p", "product_view", _at(14), False),
-        ("p", "received", _at(15), False),
-        ("p", "bounced", _at(16), False),
-        ("p", "unsubscribed", _at(17), False),
-        ("p", "spam_complaint", _at(18), False),
-        ("p", "clicked", _at(10.5), False),  # same hour as the first click: adds up
-    ]
-    f = apply_batch({}, _batch(rows))["p"]
-    expected = np.zeros(HOURS_PER_WEEK, np.float32)
-    expected[10] = 4.0
-    expected[11] = 1.0
-    expected[12] = 2.0
-    expected[13] = 0.5
-    expected[14] = 0.5
-    assert f.hour_of_week.dtype == np.float32
-    np.testing.assert_array_equal(f.hour_of_week, expected)
-
-
-def test_machine_opens_counted_but_not_in_histogram() -> None:
+def test_machine_opens_are_counted_and_excluded_from_the_curve() -> None:
     rows = [
         ("p", "opened", _at(20), True),
-        ("p", "opened", _at(20), True),
+        ("p", "opened", _at(20.1), True),
         ("p", "opened", _at(30), False),
         ("p", "clicked", _at(5), False),
     ]
-    f = apply_batch({}, _batch(rows))["p"]
+    f = _fold(rows)["p"]
     assert f.count("opened") == 3
     assert f.machine_opens_excluded == 2
-    assert f.hour_of_week[20] == 0.0
-    assert f.hour_of_week[30] == 1.0
-    assert f.hour_of_week[5] == 2.0
-    assert float(f.hour_of_week.sum()) == 3.0
-    # the latest event is a machine open: not engagement
-    assert f.last_engagement_ms == _ms(_at(30))
+    assert f.engagements == 2
+    bins = f.activity.bins
+    assert bins[20 * 4] == 0.0  # Monday 20:00 has only the machine opens
+    assert bins[30 * 4] > 0.0
+    assert bins[5 * 4] > bins[30 * 4]  # a click weighs more than an open
+    assert np.count_nonzero(bins) == 2
+    assert f.last_engagement_ms == _ms(_at(30))  # the machine opens are not engagement
 
 
-def test_first_seen_and_last_engagement() -> None:
-    rows = [
-        ("p", "received", _at(1), False),
-        ("p", "clicked", _at(5), False),
-        ("p", "opened", _at(3), False),
-        ("p", "received", _at(50), False),  # not engagement
-        ("p", "opened", _at(60), True),  # machine open: not engagement
-    ]
-    f = apply_batch({}, _batch(rows))["p"]
-    assert f.first_seen_ms == _ms(_at(1))
-    assert f.last_engagement_ms == _ms(_at(5))
-
-
-def test_only_non_engagement_leaves_last_engagement_unset() -> None:
-    f = apply_batch({}, _batch([("p", "received", _at(1), False)]))["p"]
+def test_only_non_engagement_leaves_the_curve_empty() -> None:
+    f = _fold([("p", "received", _at(1), False)])["p"]
     assert f.last_engagement_ms == 0
+    assert f.activity.last_engagement == NEVER
     assert f.first_seen_ms == _ms(_at(1))
-    assert float(f.hour_of_week.sum()) == 0.0
+    assert float(f.activity.bins.sum()) == 0.0
+    assert f.engagements == 0
 
 
-def test_batches_accumulate_into_current_features() -> None:
-    first = apply_batch(
-        {}, _batch([("p", "opened", _at(30), False), ("q", "clicked", _at(2), False)])
+def test_the_curve_is_in_the_tenants_local_time() -> None:
+    # Monday 2024-07-01 13:00 UTC is 09:00 in New York (EDT, UTC-4); in January (EST) 14:00 UTC
+    summer = datetime(2024, 7, 1, 13, 0, tzinfo=UTC)
+    winter = datetime(2024, 1, 8, 14, 0, tzinfo=UTC)
+    for at in (summer, winter):
+        f = _fold([("p", "opened", at, False)], NEW_YORK)["p"]
+        assert np.flatnonzero(f.activity.bins).tolist() == [9 * 60 // BIN_MINUTES]
+        assert f.zone_tag == zone_tag(NEW_YORK)
+    utc = _fold([("p", "opened", summer, False)])["p"]
+    assert np.flatnonzero(utc.activity.bins).tolist() == [13 * 60 // BIN_MINUTES]
+
+
+def test_incremental_batches_equal_one_bulk_fold() -> None:
+    rng = np.random.default_rng(11)
+    people = [f"p{i}" for i in range(40)]
+    kinds = ["opened", "clicked", "received", "ordered", "site_visit", "bounced"]
+    rows = [
+        (
+            people[int(rng.integers(40))],
+            kinds[int(rng.integers(len(kinds)))],
+            _at(float(h)),
+            bool(rng.random() < 0.2),
+        )
+        for h in np.sort(rng.uniform(0, 24 * 300, 3_000))
+    ]
+    bulk = _fold(rows, NEW_YORK)
+    cache: dict[str, ProfileFeatures] = {}
+    for lo in range(0, len(rows), 250):  # in time order, as a stream delivers them
+        chunk = rows[lo : lo + 250]
+        now = int(chunk[-1][2].timestamp())
+        updated, dropped = apply_batch(cache, _batch(chunk), _ctx(NEW_YORK, now))
+        assert dropped == []
+        cache.update(updated)
+    assert set(cache) == set(bulk)
+    for uid in bulk:
+        _assert_same(cache[uid], bulk[uid])
+
+
+def test_an_out_of_order_engagement_drops_the_profile_for_a_rebuild() -> None:
+    first, _ = apply_batch({}, _batch([("p", "opened", _at(10), False)]), _ctx())
+    late = _batch([("p", "clicked", _at(5), False), ("q", "opened", _at(1), False)])
+    updated, dropped = apply_batch(first, late, _ctx())
+    assert dropped == ["p"]
+    assert set(updated) == {"q"}
+    # a delivery too (the exposure state machine is ordered); a machine open or a bounce may
+    # come late: nothing depends on their order
+    _, dropped = apply_batch(first, _batch([("p", "received", _at(5), False)]), _ctx())
+    assert dropped == ["p"]
+    batch = _batch([("p", "bounced", _at(5), False), ("p", "opened", _at(6), True)])
+    ok, none = apply_batch(first, batch, _ctx())
+    assert none == []
+    assert (ok["p"].count("bounced"), ok["p"].machine_opens_excluded) == (1, 1)
+
+
+def test_a_profile_kept_in_another_zone_is_dropped() -> None:
+    first, _ = apply_batch({}, _batch([("p", "opened", _at(10), False)]), _ctx(NEW_YORK))
+    _, dropped = apply_batch(first, _batch([("p", "opened", _at(20), False)]), _ctx())
+    assert dropped == ["p"]
+
+
+def test_features_from_events_sorts_and_matches_the_batch_fold() -> None:
+    rows = [("p", "opened", _at(h), h % 3 == 0) for h in (9, 3, 40, 1, 27)]
+    direct = features_from_events(
+        [r[1] for r in rows], [_ms(r[2]) for r in rows], [r[3] for r in rows], _ctx()
     )
-    second = apply_batch(
-        {"p": first["p"]},
-        _batch([("p", "opened", _at(10), False), ("p", "opened", _at(40), True)]),
-    )
-    p = second["p"]
-    assert set(second) == {"p"}
-    assert p.count("opened") == 3
-    assert p.machine_opens_excluded == 1
-    assert p.hour_of_week[30] == 1.0
-    assert p.hour_of_week[10] == 1.0
-    assert p.first_seen_ms == _ms(_at(10))  # earlier than anything in the first batch
-    assert p.last_engagement_ms == _ms(_at(30))  # the later open was a machine open
+    _assert_same(direct, _fold(sorted(rows, key=lambda r: r[2]))["p"], rtol=1e-12)
 
 
 def test_type_indexes() -> None:
@@ -203,49 +273,151 @@ def test_type_indexes() -> None:
     assert type_indexes([]).tolist() == []
     with pytest.raises(KeyError):
         type_indexes(["delivered"])
+    assert type_codes(["clicked", "delivered"]).tolist() == [2, -1]
 
 
 # --- serialisation ----------------------------------------------------------------------------
 
 
 def _busy_features() -> ProfileFeatures:
-    rows = [("p", t, _at(h), False) for h in range(HOURS_PER_WEEK) for t in ("clicked", "opened")]
+    rows = [
+        ("p", t, _at(h + 0.25 * q), False)
+        for h in range(24 * 21)
+        for q in range(4)
+        for t in ("clicked", "opened")
+    ]
     rows += [("p", "opened", _at(3), True), ("p", "product_view", _at(7.5), False)]
-    return apply_batch({}, _batch(rows))["p"]
+    return _fold(rows, NEW_YORK)["p"]
 
 
 def test_serialised_size_is_under_2kb() -> None:
-    raw = _busy_features().to_bytes()
-    assert len(raw) < 2048
+    f = _busy_features()
+    assert np.count_nonzero(f.activity.bins) == BINS  # every bin in use
+    raw = f.to_bytes()
+    assert len(raw) == SERIALISED_BYTES == 16 + 9 * 4 + ACTIVITY_BYTES
+    assert len(raw) <= 2_048
     assert len(ProfileFeatures().to_bytes()) == len(raw)
 
 
-def test_round_trip_is_exact() -> None:
+def test_round_trip_within_quantisation() -> None:
     f = _busy_features()
-    f.hour_of_week[0] = np.float32(1 / 3)
     back = ProfileFeatures.from_bytes(f.to_bytes())
     assert back.counts.dtype == np.uint32
-    assert back.hour_of_week.dtype == np.float32
     np.testing.assert_array_equal(back.counts, f.counts)
-    np.testing.assert_array_equal(back.hour_of_week, f.hour_of_week)
+    assert (back.first_seen_ms, back.zone_tag) == (f.first_seen_ms, f.zone_tag)
     assert back.machine_opens_excluded == f.machine_opens_excluded == 1
-    assert back.first_seen_ms == f.first_seen_ms == _ms(_at(0))
-    assert back.last_engagement_ms == f.last_engagement_ms == _ms(_at(167))
-    assert back.to_bytes() == f.to_bytes()
+    assert back.last_engagement_ms == f.last_engagement_ms
+    assert back.engagements == f.engagements
+    a, b = back.activity, f.activity
+    top = float(b.bins.max())
+    assert np.abs(a.bins - b.bins).max() <= top / 65_535  # half a step, plus float32 rounding
+    assert a.last_update == b.last_update
+    assert a.evidence == pytest.approx(b.evidence, rel=1e-6)  # stored as float32
+    assert a.active_days == pytest.approx(b.active_days, rel=1e-6)
+    assert int(np.argmax(a.bins)) == int(np.argmax(b.bins))
 
 
 def test_deserialised_features_can_be_updated() -> None:
     back = ProfileFeatures.from_bytes(_busy_features().to_bytes())
-    updated = apply_batch({"p": back}, _batch([("p", "clicked", _at(0), False)]))["p"]
-    assert updated.count("clicked") == HOURS_PER_WEEK + 1
-    assert updated.hour_of_week[0] == 5.0
+    later = _at(24 * 22)
+    updated, dropped = apply_batch(
+        {"p": back}, _batch([("p", "clicked", later, False)]), _ctx(NEW_YORK)
+    )
+    assert dropped == []
+    assert updated["p"].count("clicked") == back.count("clicked") + 1
+    assert updated["p"].last_engagement_ms == _ms(later)
 
 
-def test_from_bytes_rejects_another_format_version() -> None:
+def test_from_bytes_rejects_another_format_or_size() -> None:
     raw = bytearray(ProfileFeatures().to_bytes())
-    raw[0] = 2
-    with pytest.raises(ValueError, match="feature format version 2 is not 1"):
+    raw[0] = 1
+    with pytest.raises(ValueError, match="feature format version 1 is not 2"):
         ProfileFeatures.from_bytes(bytes(raw))
+    with pytest.raises(ValueError, match=f"bytes, not {SERIALISED_BYTES}"):
+        ProfileFeatures.from_bytes(ProfileFeatures().to_bytes()[:-2])
+
+
+# --- the memory cache and the bulk fold ----------------------------------------------------------
+
+
+def test_memory_cache_folds_only_cached_profiles_and_drops_late_ones() -> None:
+    cache = MemoryFeatureCache()
+    first = _fold([("p", "opened", _at(10), False), ("q", "opened", _at(10), False)])
+    cache.put_many("t", {"p": first["p"], "q": first["q"]})
+    batch = _batch(
+        [
+            ("p", "clicked", _at(11), False),  # in order: folded
+            ("q", "clicked", _at(9), False),  # older than q's last engagement: dropped
+            ("r", "opened", _at(12), False),  # not cached: stays absent
+        ]
+    )
+    assert cache.fold("t", batch, _ctx()) == 1
+    got = cache.get_many("t", ["p", "q", "r"])
+    assert set(got) == {"p"}
+    assert got["p"].count("clicked") == 1
+    _assert_same(
+        got["p"], _fold([("p", "opened", _at(10), False), ("p", "clicked", _at(11), False)])["p"]
+    )
+    assert cache.fold("other", batch, _ctx()) == 0
+    assert cache.health().info == {"profiles": 1}
+
+
+def test_put_table_then_get_many_round_trips() -> None:
+    table = FeatureTable.empty(3, zone_tag(NEW_YORK))
+    rows = [("a", "opened", _at(1), False), ("c", "clicked", _at(2), False)]
+    cols = _batch(rows)
+    updated, _ = apply_batch({}, cols, _ctx(NEW_YORK))
+    table.set_row(0, updated["a"])
+    table.set_row(2, updated["c"])
+    cache = MemoryFeatureCache()
+    cache.put_many("t", {"x": updated["a"]})
+    cache.put_table("t", ["a", "b", "c"] + [f"z{i}" for i in range(0)], table)
+    got = cache.get_many("t", ["a", "b", "c", "x"])
+    assert set(got) == {"a", "b", "c", "x"}
+    assert got["a"].to_bytes() == updated["a"].to_bytes()
+    assert got["c"].to_bytes() == updated["c"].to_bytes()
+    assert got["b"].to_bytes() == ProfileFeatures(zone_tag=zone_tag(NEW_YORK)).to_bytes()
+
+
+def test_fold_arrays_follows_merges_and_equals_per_person_rebuilds() -> None:
+    # "old" was merged into "mid", which was merged into "root": all three are one person
+    aliases = {"old": "mid", "mid": "root"}
+    assert resolve_aliases(aliases, "old") == "root"
+    rows = [
+        ("old", "opened", _at(1), False),
+        ("root", "clicked", _at(2), False),
+        ("mid", "opened", _at(3), True),
+        ("solo", "delivered", _at(4), False),
+        ("solo", "opened", _at(5), False),
+    ]
+    uids = ["old", "root", "mid", "solo"]
+    types = ["opened", "clicked", "delivered"]
+    arrays = EngagementArrays(
+        uids,
+        np.array([uids.index(r[0]) for r in rows], np.int64),
+        np.array([_ms(r[2]) for r in rows], np.int64),
+        types,
+        np.array([types.index(r[1]) for r in rows], np.int64),
+        np.array([r[3] for r in rows], np.bool_),
+    )
+    profiles, table = fold_arrays(arrays, aliases, _ctx(NEW_YORK))
+    assert sorted(profiles) == ["root", "solo"]
+    person = table.row(profiles.index("root"))
+    assert (person.count("opened"), person.count("clicked"), person.engagements) == (2, 1, 2)
+    alone = features_from_events(
+        ["opened", "clicked", "opened"],
+        [_ms(_at(1)), _ms(_at(2)), _ms(_at(3))],
+        [False, False, True],
+        _ctx(NEW_YORK),
+    )
+    assert person.to_bytes() == alone.to_bytes()
+    assert table.row(profiles.index("solo")).count("opened") == 1  # "delivered" is not counted
+
+
+def test_activity_table_rows_are_what_the_engine_reads() -> None:
+    f = _fold([("p", "opened", _at(9), False)])["p"]
+    t: ActivityTable = f.activity.table()
+    assert t.evidence[0] == f.activity.evidence > 0
 
 
 # --- identity: hashing ------------------------------------------------------------------------

@@ -298,3 +298,18 @@ def test_config_for_event_count_yields_enough() -> None:
     assert len(events) >= 3000
     assert all(e.tenant == "acme" for e in events[:10])
     assert cfg.start + timedelta(days=cfg.days) == cfg.end
+
+
+def test_vectorised_engage_probability_matches_per_profile(small: Simulation) -> None:
+    s = small.sends
+    pick = np.arange(0, len(s), max(len(s) // 200, 1))
+    prof = s.profile[pick].astype(np.intp)
+    got = small.truth.engage_probability_of(prof, s.delivery_ms[pick], 60)
+    want = np.array(
+        [
+            small.engage_probability(int(p), s.delivery_ms[i : i + 1])[0]
+            for p, i in zip(prof, pick, strict=True)
+        ]
+    )
+    assert np.allclose(got, want)
+    assert got.max() > 0

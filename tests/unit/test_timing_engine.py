@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import struct
 from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
 import numpy as np
 import pytest
 
+from sendflowr.decisions import fold_history
 from sendflowr.evaluate import baselines, run_evaluation
 from sendflowr.evaluate.data import load_events
 from sendflowr.evaluate.sendflowr_policy import sendflowr_policy
+from sendflowr.evaluate.simulated import history_of
+from sendflowr.simulate import SimConfig, simulate
 from sendflowr.timing.activity import (
     BIN_MINUTES,
     BINS,
@@ -22,7 +26,9 @@ from sendflowr.timing.activity import (
     IntArray,
     global_prior,
     minute_of_week,
+    summed,
 )
+from sendflowr.timing.archetypes import fit_archetypes
 from sendflowr.timing.engine import (
     LEVELS,
     MODEL_VERSION,
@@ -32,6 +38,7 @@ from sendflowr.timing.engine import (
     decide_batch,
     local_minute_of_week,
 )
+from sendflowr.timing.rhythm import estimate_utc_offset
 from tests.factories import radoslaw_dir
 
 WARSAW = ZoneInfo("Europe/Warsaw")
@@ -328,3 +335,195 @@ def test_sendflowr_beats_user_hour_on_radoslaw_email() -> None:
     assert ours["ewh"] >= 0.445  # measured 0.4508 (1,260 of 2,795 windows)
     assert ours["calibration"]["windows_with_confidence"] == report["windows"]
     assert ours["calibration"]["brier"] <= 0.23  # measured 0.2261; constant 0.45 gives 0.2475
+
+
+# --- send-time-bias correction, latency, archetypes, zone from rhythm ---------------------------
+
+
+def _opens_after_sends(weeks: int = 10) -> tuple[IntArray, IntArray, np.ndarray]:
+    """A person sent to every weekday at 10:00 who answers 60% of them at 10:05 (they are
+    around then) and the rest at 20:10 (their real peak: a mail still waiting at 20:00 is
+    nearly always read). Returns utc, offsets and the delivery mask, in time order."""
+    days = list(weekdays_at("10:00", "2010-01-04", weeks))
+    utc: list[int] = []
+    delivery: list[bool] = []
+    for i, sent in enumerate(days):
+        day = sent[:10]
+        utc.append(at(sent))
+        delivery.append(True)
+        utc.append(at(f"{day} 10:05" if i % 5 < 3 else f"{day} 20:10"))
+        delivery.append(False)
+    arr = np.array(utc, np.int64)
+    return arr, offsets(arr), np.array(delivery)
+
+
+def _biased_person(params: ActivityParams) -> ActivityTable:
+    utc, off, delivery = _opens_after_sends()
+    table = ActivityTable.empty(1)
+    table.observe(
+        np.zeros(len(utc), np.int64), utc, off, np.ones(len(utc)), int(utc.max()), params,
+        delivery=delivery,
+    )  # fmt: skip
+    return table
+
+
+@pytest.mark.parametrize("correct", [True, False])
+def test_send_time_correction_finds_the_peak_the_schedule_hid(correct: bool) -> None:
+    params = EngineParams(activity=ActivityParams(correct_send_time=correct), archetypes=0)
+    table = _biased_person(params.activity)
+    now = int(table.last_update[0])
+    start = at("2010-03-16 00:00")
+    d = decide(
+        table.row(0),
+        summed(table, now, params.activity.half_life_s),
+        global_prior(),
+        start,
+        start + DAY,
+        WARSAW,
+        0,
+        now,
+        params,
+    )
+    local = datetime.fromtimestamp(d.target_minute_utc, WARSAW)
+    if correct:  # the hazard: answers per hour a mail was waiting; 20:00 wins
+        assert 19 <= local.hour <= 20, local
+    else:  # raw opens: most came right after the 10:00 sends
+        assert 9 <= local.hour <= 10, local
+
+
+def test_exposure_is_the_same_folded_at_once_or_event_by_event() -> None:
+    params = ActivityParams()
+    utc, off, delivery = _opens_after_sends(weeks=3)
+    whole = _biased_person(params)
+    whole_3w = ActivityTable.empty(1)
+    whole_3w.observe(
+        np.zeros(len(utc), np.int64), utc, off, np.ones(len(utc)), int(utc.max()), params,
+        delivery=delivery,
+    )  # fmt: skip
+    stepwise = ActivityTable.empty(1)
+    for i in range(len(utc)):
+        stepwise.observe(
+            np.zeros(1, np.int64), utc[i : i + 1], off[i : i + 1], np.ones(1), int(utc[i]),
+            params, delivery=delivery[i : i + 1],
+        )  # fmt: skip
+    now = int(utc.max())
+    for name in ("bins", "prompted", "exposure", "lag"):
+        a = getattr(whole_3w, name)[0] * whole_3w.aged(now, params.half_life_s)[0]
+        b = getattr(stepwise, name)[0] * stepwise.aged(now, params.half_life_s)[0]
+        assert np.allclose(a, b, rtol=1e-4, atol=1e-6), name
+    assert whole_3w.pending_since[0] == stepwise.pending_since[0] == NEVER
+    assert whole_3w.prompted[0].sum() > 0
+    assert whole_3w.exposure[0].sum() > 0
+    assert whole.exposure[0].sum() > whole_3w.exposure[0].sum()
+
+
+def test_unanswered_delivery_stays_pending_and_machine_opens_do_not_answer() -> None:
+    params = ActivityParams(burst_s=0.0)
+    sent = at("2010-03-01 10:00")
+    utc = np.array([sent, sent + 2], np.int64)  # delivery, then a machine open 2 s later
+    table = ActivityTable.empty(1)
+    w, _ = table.observe(
+        np.zeros(2, np.int64), utc, offsets(utc), np.array([0.0, 1.0]), sent + 2, params,
+        machine=np.array([False, True]), delivery=np.array([True, False]),
+    )  # fmt: skip
+    assert w.tolist() == [0.0, 0.0]
+    assert table.machine_opens[0] == 1
+    assert table.pending_since[0] == sent
+    assert table.exposure[0].sum() == 0
+    # the real open 3 hours later closes it: 3 exposure hours, one lag sample
+    later = np.array([sent + 3 * 3600], np.int64)
+    table.observe(np.zeros(1, np.int64), later, offsets(later), np.ones(1), int(later[0]), params)
+    assert table.pending_since[0] == sent  # without `delivery`, nothing about deliveries changes
+    table.observe(
+        np.zeros(1, np.int64), later + 1, offsets(later), np.ones(1), int(later[0]) + 1, params,
+        delivery=np.array([False]),
+    )  # fmt: skip
+    assert table.pending_since[0] == NEVER
+    assert float(table.exposure[0].sum()) == pytest.approx(3.0, rel=1e-3)
+    assert 3 * 3600 / 2 <= (table.median_latency_s(0) or 0) <= 3 * 3600 * 2
+
+
+def test_median_latency_of_ten_minute_answers() -> None:
+    params = ActivityParams()
+    sends = ts(*weekdays_at("09:00", "2010-01-04", 4))
+    utc = np.sort(np.concatenate([sends, sends + 600]))
+    delivery = np.isin(utc, sends)
+    table = ActivityTable.empty(1)
+    table.observe(
+        np.zeros(len(utc), np.int64), utc, offsets(utc), np.ones(len(utc)), int(utc.max()),
+        params, delivery=delivery,
+    )  # fmt: skip
+    median = table.row(0).median_latency_s
+    assert median is not None
+    assert 480 <= median < 960
+
+
+def test_profile_with_deliveries_fits_2kb_round_trips_and_reads_format_1() -> None:
+    table = _biased_person(ActivityParams())
+    prof = table.row(0)
+    raw = prof.to_bytes()
+    assert len(raw) == SERIALISED_BYTES <= 2048
+    back = ActivityProfile.from_bytes(raw)
+    assert np.allclose(back.prompted, prof.prompted, atol=float(prof.prompted.max()) / 65_535)
+    assert np.allclose(back.exposure, prof.exposure, atol=float(prof.exposure.max()) / 255)
+    assert (back.pending_since, back.exposure_end) == (prof.pending_since, prof.exposure_end)
+    assert back.median_latency_s == pytest.approx(prof.median_latency_s, rel=0.05)
+    old = struct.pack("<BxxxqqqIfff", 1, 5, 6, 7, 8, 2.0, 1.0, 1.0) + b"\x01\x00" * BINS
+    v1 = ActivityProfile.from_bytes(old)
+    assert (v1.last_update, v1.machine_opens, float(v1.bins.sum())) == (5, 8, float(BINS))
+    assert v1.exposure.sum() == 0
+    assert v1.pending_since == NEVER
+
+
+def test_archetypes_tell_morning_people_from_evening_people() -> None:
+    rng = np.random.default_rng(1)
+    bins = np.zeros((40, BINS), np.float32)
+    for i in range(40):
+        hour = 7 if i < 20 else 21
+        days = rng.integers(0, 5, 8)
+        np.add.at(bins[i], days * 96 + hour * 4 + rng.integers(0, 4, 8), 1.0)
+    arch = fit_archetypes(bins, 2)
+    assert arch is not None
+    assert len(arch) == 2
+    post = arch.posterior(bins)
+    morning = np.argmax(post[:20], axis=1)
+    assert len(set(morning.tolist())) == 1
+    assert set(np.argmax(post[20:], axis=1).tolist()) == {1 - int(morning[0])}
+    assert fit_archetypes(bins[:1], 2) is None
+
+
+def test_zone_from_rhythm_recovers_a_shifted_office_week() -> None:
+    rng = np.random.default_rng(3)
+    prior = global_prior()
+    local = rng.choice(BINS, size=300, p=prior)
+    for offset_h in (-5, 0, 9):
+        utc_bins = np.bincount((local - offset_h * 4) % BINS, minlength=BINS).astype(np.float32)
+        est = estimate_utc_offset(utc_bins)
+        assert est is not None
+        assert est.confident
+        assert abs(est.offset_s - offset_h * 3600) <= 900  # within a quarter hour
+        # the same person in a Warsaw-winter frame (UTC+1): the offset is still the true one
+        framed = np.roll(utc_bins, 4)
+        got = estimate_utc_offset(framed, frame_offset_s=3600)
+        assert got is not None
+        assert got.offset_s == est.offset_s
+    assert estimate_utc_offset(np.zeros(BINS, np.float32)) is None
+
+
+def test_zone_from_rhythm_on_simulated_people_beats_chance() -> None:
+    sim = simulate(SimConfig(seed=5, profiles=300, days=60))
+    h = history_of(sim)
+    now = int(sim.config.end.timestamp())
+    table = ActivityTable.empty(len(sim.profiles))
+    fold_history(table, h.rows, h.utc_s, h.types, h.machine, ZoneInfo("UTC"), now, ActivityParams())
+    hits = tried = 0
+    for p in sim.profiles:
+        est = estimate_utc_offset(table.bins[p.index])
+        if est is None:
+            continue
+        off = datetime.fromtimestamp(now, ZoneInfo(p.tz)).utcoffset()
+        tried += 1
+        hits += off is not None and abs(est.offset_s - off.total_seconds()) <= 3600
+    # 9 of the 105 candidate offsets are within an hour: chance is under 0.09
+    assert tried > 100
+    assert hits / tried > 0.15

@@ -163,19 +163,32 @@ class AlternativeOut(BaseModel):
     score: float
 
 
+class SuppressionOut(BaseModel):
+    policy: str = Field(
+        description="unsubscribed, bounced, spam_complaint, tenant_breaker, esp_error_rate, "
+        "or the window policies that left no minute (quiet_hours, recent_order, "
+        "frequency_cap, joined by '+')"
+    )
+    reason: str
+
+
 class DecisionOut(BaseModel):
     decision_id: str
     tenant: str
     universal_id: str
     intent_id: str
-    target_minute_utc: datetime
-    trigger_timestamp_utc: datetime
+    suppressed: bool = Field(False, description="true: a policy forbids a send; no target")
+    suppression: SuppressionOut | None = None
+    target_minute_utc: datetime | None = Field(description="null when suppressed")
+    trigger_timestamp_utc: datetime | None = Field(description="null when suppressed")
     latency_estimate_seconds: int
-    confidence_score: float = Field(ge=0.0, le=1.0)
+    confidence_score: float | None = Field(ge=0.0, le=1.0, description="null when suppressed")
     window: list[datetime]
-    alternatives: list[AlternativeOut]
+    alternatives: list[AlternativeOut] = Field(description="allowed minutes; [] if suppressed")
     fallback_level: Literal["personal", "audience", "global"]
     context_weights: dict[str, float]
+    policies: list[str] = Field([], description="policies that moved or suppressed the decision")
+    exploration: bool = Field(False, description="placed by the randomised exploration rule")
     model_version: str
     explanation_ref: str
 
@@ -188,9 +201,11 @@ class ExplanationOut(BaseModel):
     intent_id: str
     created_at: datetime
     model_version: str
-    target_minute_utc: datetime
-    trigger_timestamp_utc: datetime
-    confidence_score: float
+    suppressed: bool = False
+    suppression: SuppressionOut | None = None
+    target_minute_utc: datetime | None = Field(description="null when suppressed")
+    trigger_timestamp_utc: datetime | None = Field(description="null when suppressed")
+    confidence_score: float | None = Field(description="null when suppressed")
     fallback_level: str
     context_weights: dict[str, float]
     machine_opens_excluded: int
@@ -217,10 +232,14 @@ class BatchItemOut(BaseModel):
     index: int
     universal_id: str
     decision_id: str
-    target_minute_utc: datetime
-    trigger_timestamp_utc: datetime
-    confidence_score: float = Field(ge=0.0, le=1.0)
+    suppressed: bool = False
+    suppression: SuppressionOut | None = None
+    target_minute_utc: datetime | None = Field(description="null when suppressed")
+    trigger_timestamp_utc: datetime | None = Field(description="null when suppressed")
+    confidence_score: float | None = Field(ge=0.0, le=1.0, description="null when suppressed")
     fallback_level: Literal["personal", "audience", "global"]
+    policies: list[str] = []
+    exploration: bool = False
     explanation_ref: str
 
 
@@ -230,7 +249,135 @@ class BatchDecisionOut(BaseModel):
     window: list[datetime]
     latency_estimate_seconds: int
     model_version: str
+    suppressed: dict[str, int] = Field({}, description="suppressed recipients per policy")
     decisions: list[BatchItemOut]
+
+
+# -- send policies -----------------------------------------------------------------------------
+HHMM_PATTERN = r"^([01][0-9]|2[0-3]):[0-5][0-9]$"
+
+
+class QuietHoursIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    start: str = Field(pattern=HHMM_PATTERN, description="local HH:MM quiet hours begin")
+    end: str = Field(
+        pattern=HHMM_PATTERN, description="local HH:MM they end (exclusive); may be next day"
+    )
+
+    @field_validator("end")
+    @classmethod
+    def _not_empty(cls, v: str, info: Any) -> str:
+        if info.data.get("start") == v:
+            raise ValueError("must differ from start (quiet hours of no length)")
+        return v
+
+
+class FrequencyCapIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    count: int = Field(ge=1, le=1_000, description="at most this many sends per person ...")
+    period_hours: float = Field(
+        gt=0, le=2_160, description="... in any rolling period of this many hours"
+    )
+
+
+class EspBreakerIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    rate: float = Field(0.5, gt=0, le=1, description="trips above this share of failed calls")
+    min_calls: int = Field(20, ge=1, le=1_000_000, description="over at least this many calls")
+    window_minutes: int = Field(60, ge=1, le=10_080, description="due in this look-back")
+
+
+PersonBreaker = Literal["unsubscribed", "bounced", "spam_complaint"]
+
+
+class PolicyIn(BaseModel):
+    """A tenant's send policies (PUT replaces them; absent fields take their defaults)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    quiet_hours: QuietHoursIn | None = Field(None, description="in the recipient's local time")
+    frequency_cap: FrequencyCapIn | None = Field(None, description="across all intents")
+    breakers: list[PersonBreaker] = Field(
+        ["bounced", "spam_complaint", "unsubscribed"],
+        description="person events that suppress every later send",
+    )
+    order_cooloff_hours: float = Field(
+        0, ge=0, le=720, description="no send this long after an order (0: off)"
+    )
+    exploration_share: float = Field(
+        0, ge=0, le=0.5, description="share of decisions placed at a random allowed minute"
+    )
+    esp_error_breaker: EspBreakerIn = Field(default_factory=EspBreakerIn)
+    version: int | None = Field(
+        None, ge=0, description="the version this change is based on (409 when stale)"
+    )
+
+
+class QuietHoursOut(BaseModel):
+    start: str
+    end: str
+
+
+class FrequencyCapOut(BaseModel):
+    count: int
+    period_hours: float
+
+
+class EspBreakerOut(BaseModel):
+    rate: float
+    min_calls: int
+    window_minutes: int
+
+
+class TenantBreakerOut(BaseModel):
+    reason: str
+    tripped_by: str
+    tripped_at: datetime
+
+
+class EspStateOut(BaseModel):
+    esp: str
+    sent: int
+    failed: int
+    error_rate: float
+    tripped: bool
+
+
+class BreakerStateOut(BaseModel):
+    tenant: str
+    tenant_breaker: TenantBreakerOut | None = Field(description="null: not tripped")
+    esp: list[EspStateOut] = Field(description="recent calls per ESP, and whether they trip")
+    suppressing: bool = Field(description="true: every decision of the tenant is suppressed")
+
+
+class PolicyOut(BaseModel):
+    tenant: str
+    version: int = Field(description="0: never configured (the defaults)")
+    updated_at: datetime | None
+    quiet_hours: QuietHoursOut | None
+    frequency_cap: FrequencyCapOut | None
+    breakers: list[str]
+    order_cooloff_hours: float
+    exploration_share: float
+    esp_error_breaker: EspBreakerOut
+    tenant_breaker: TenantBreakerOut | None
+
+
+class BreakerIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    reason: str = Field(min_length=1, max_length=500, description="shown in every suppression")
+
+
+class PolicyChangeOut(BaseModel):
+    version: int
+    action: Literal["updated", "tripped", "reset"]
+    actor: str
+    changed_at: datetime
+    changes: dict[str, list[Any]]
 
 
 # -- tenant settings and ESP accounts --------------------------------------------------------

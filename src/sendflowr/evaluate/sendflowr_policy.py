@@ -15,7 +15,7 @@ import numpy as np
 
 from sendflowr.evaluate.replay import Day, Decisions, IntArray, ReplaySetup
 from sendflowr.timing.activity import ActivityTable, global_prior
-from sendflowr.timing.engine import EngineParams, decide_batch
+from sendflowr.timing.engine import EngineParams, audience_archetypes, decide_batch
 
 
 class SendflowrPolicy:
@@ -25,12 +25,14 @@ class SendflowrPolicy:
         self._people = ActivityTable.empty(0)
         self._audiences: list[ActivityTable] = []
         self._prior = global_prior()
+        self._fitted: dict[int, int] = {}
 
     def begin(self, setup: ReplaySetup) -> None:
         self._setup = setup
         self._people = ActivityTable.empty(setup.n_users)
         # one audience per zone: the replay's days are per zone, as a tenant's audience would be
         self._audiences = [ActivityTable.empty(1) for _ in setup.clocks]
+        self._fitted = {}  # zone -> week its archetypes were fitted
 
     def observe(self, users: IntArray, unix_ts: IntArray) -> None:
         if self._setup is None:
@@ -53,6 +55,19 @@ class SendflowrPolicy:
         if self._setup is None:
             raise RuntimeError("choose before begin")
         zone = ZoneInfo(self._setup.clocks[day.zone].zone)
+        # the audience's archetypes, refitted on everyone's history so far (production refits
+        # them when it rebuilds a tenant's audience): weekly here
+        week = day.start // (7 * 86_400)
+        if self._fitted.get(day.zone) != week:
+            self._fitted[day.zone] = week
+            in_zone = self._setup.user_zone == day.zone
+            people = self._people
+            if not in_zone.all():
+                people = ActivityTable.empty(int(in_zone.sum()))
+                people.copy_rows(slice(None), self._people, np.flatnonzero(in_zone))
+            self._audiences[day.zone].archetypes = audience_archetypes(
+                people, zone, day.start, self.params
+            )
         got = decide_batch(
             self._people,
             day.users,

@@ -20,6 +20,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from sendflowr.storage.metadata.triggers import Schedule
+from sendflowr.timing.policy import match_hot_path
 from sendflowr.timing.window import Window
 
 if TYPE_CHECKING:
@@ -81,43 +82,49 @@ class HotPathWatcher:
         # one read per intent and per campaign, however many of their people signalled
         intents = {i.intent_id: i for i in self.runtime.intents.all(tenant)}
         schedules: dict[str, Schedule] = {}
+        by_person: dict[str, dict[str, int]] = {}
+        for (uid, kind), at in latest.items():
+            by_person.setdefault(uid, {})[kind] = int(at.timestamp())
+        now_s = int(now.timestamp())
         for trigger in self.runtime.triggers.open_for(tenant, uids):
             intent = intents.get(trigger.intent_id)
             if intent is None:
                 continue
-            for signal in intent.hot_path_signals:
-                at = latest.get((trigger.universal_id, signal.event_type))
-                if at is None or (now - at).total_seconds() > signal.within_seconds:
-                    continue
-                schedule = schedules.get(trigger.schedule_id)
-                if schedule is None:
-                    schedule = schedules[trigger.schedule_id] = self.runtime.triggers.get_schedule(
-                        trigger.schedule_id
-                    )
-                earliest = max(
-                    schedule.window_start,
-                    now.replace(second=0, microsecond=0)
-                    + timedelta(minutes=1 + schedule.latency_seconds // 60),
+            hit = match_hot_path(
+                [(s.event_type, s.within_seconds) for s in intent.hot_path_signals],
+                by_person.get(trigger.universal_id, {}),
+                now_s,
+            )
+            if hit is None:
+                continue
+            schedule = schedules.get(trigger.schedule_id)
+            if schedule is None:
+                schedule = schedules[trigger.schedule_id] = self.runtime.triggers.get_schedule(
+                    trigger.schedule_id
                 )
-                if trigger.target_at <= earliest or earliest >= schedule.window_end:
-                    break  # due sooner already, or the window is over
-                new = redecide(
-                    self.runtime,
-                    trigger,
-                    Window(earliest, schedule.window_end),
-                    policy="hot_path",
-                    asap=True,
-                    facts={
-                        "signal": signal.event_type,
-                        "signal_at": at.isoformat(),
-                        "within_seconds": signal.within_seconds,
-                        "was_target_utc": trigger.target_at.isoformat(),
-                    },
-                )
-                if new is not None:
-                    self.promoted += 1
-                    log.info(
-                        "hot path %s promoted %s from %s to %s", signal.event_type,
-                        trigger.decision_id, trigger.target_at, new.target_at,
-                    )  # fmt: skip
-                break
+            earliest = max(
+                schedule.window_start,
+                now.replace(second=0, microsecond=0)
+                + timedelta(minutes=1 + schedule.latency_seconds // 60),
+            )
+            if trigger.target_at <= earliest or earliest >= schedule.window_end:
+                continue  # due sooner already, or the window is over
+            new = redecide(
+                self.runtime,
+                trigger,
+                Window(earliest, schedule.window_end),
+                policy="hot_path",
+                asap=True,
+                facts={
+                    "signal": hit.signal,
+                    "signal_at": datetime.fromtimestamp(hit.at, UTC).isoformat(),
+                    "within_seconds": hit.within_seconds,
+                    "was_target_utc": trigger.target_at.isoformat(),
+                },
+            )
+            if new is not None:
+                self.promoted += 1
+                log.info(
+                    "hot path %s promoted %s from %s to %s", hit.signal,
+                    trigger.decision_id, trigger.target_at, new.target_at,
+                )  # fmt: skip

@@ -9,23 +9,34 @@ the new one written in one transaction, so the person has exactly one open trigg
 from __future__ import annotations
 
 import dataclasses
-from datetime import UTC, datetime, timedelta
+from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
+import numpy as np
+
 from sendflowr.execution.registry import capacity_per_minute
+from sendflowr.policy_facts import gather
 from sendflowr.runtime import Runtime
 from sendflowr.storage.metadata.triggers import Trigger
+from sendflowr.timing.policy import HotPathHit
 from sendflowr.timing.window import Window, WindowError, check_window
 
 MINUTE = 60
 
 
 def _room(
-    runtime: Runtime, trigger: Trigger, capacity: int, targets: list[int], latency: int, end: int
+    runtime: Runtime,
+    trigger: Trigger,
+    capacity: int,
+    targets: list[int],
+    latency: int,
+    end: int,
+    allowed: Callable[[int], bool] = lambda t: True,
 ) -> int | None:
     """The first target minute (of `targets`, then every minute after the first) whose trigger
-    minute has room, before `end`."""
+    minute has room and that the send policies allow, before `end`."""
     if not targets:
         return None
     first = min(targets) - latency
@@ -35,7 +46,7 @@ def _room(
 
     def free(t: int) -> bool:
         m = t - latency
-        return booked.get(m - m % MINUTE, 0) < capacity
+        return booked.get(m - m % MINUTE, 0) < capacity and allowed(t)
 
     for t in targets:
         if t < end and free(t):
@@ -57,30 +68,63 @@ def redecide(
     asap: bool,
     facts: dict[str, Any],
 ) -> Trigger | None:
-    """Decide `trigger`'s person again in `window` (as soon as possible when `asap`) and
-    replace the trigger. None when the trigger is no longer scheduled or no minute has room."""
+    """Decide `trigger`'s person again in `window` (as soon as possible when `asap`: the
+    earliest minute the send policies allow) and replace the trigger. The policies apply as to
+    any decision (a person now suppressed has the trigger cancelled, with the explanation
+    saying why). None when the trigger is no longer scheduled, was suppressed, or no minute
+    has room."""
     schedule = runtime.triggers.get_schedule(trigger.schedule_id)
     tenant = runtime.metadata.get_tenant(trigger.tenant)
     zone = ZoneInfo(tenant.timezone)
     latency = schedule.latency_seconds
     end = int(window.end.timestamp())
+    intent = runtime.intents.find(trigger.tenant, trigger.intent_id)
+    ctx = gather(
+        runtime.metadata, runtime.events, runtime.identity, trigger.tenant,
+        [trigger.universal_id], window.start, window.end, datetime.now(UTC), intent=intent,
+        esp=trigger.esp, exclude_decisions=[trigger.decision_id],
+    )  # fmt: skip
     if asap:
-        window = Window(window.start, min(window.end, window.start + timedelta(minutes=1)))
+        at = facts.get("signal_at")
+        ctx.facts.hot_path[0] = HotPathHit(
+            str(facts.get("signal", policy)),
+            int(datetime.fromisoformat(at).timestamp()) if isinstance(at, str) else 0,
+            int(facts.get("within_seconds", 0)),
+        )
     record = runtime.timing.decide(
         trigger.tenant, trigger.universal_id, True, zone, window, latency, trigger.intent_id,
-        store=False,
+        store=False, policy=ctx,
     )  # fmt: skip
+    moved = {"schedule_id": trigger.schedule_id, "replaces_decision_id": trigger.decision_id}
+    if record.suppression is not None:
+        s = record.suppression
+        runtime.events.insert_explanations(
+            [
+                dataclasses.replace(
+                    record.explanation, details={**record.explanation.details, **moved}
+                )
+            ]
+        )
+        runtime.triggers.cancel(
+            trigger.tenant, schedule_id=trigger.schedule_id, universal_id=trigger.universal_id,
+            reason=f"suppressed by {s.policy}: {s.reason}",
+        )  # fmt: skip
+        return None
     d = record.decision
     targets = [d.target_minute_utc, *(t for t, _ in d.alternatives if t > 0)]
-    if asap:
-        end = max(end, targets[0] + MINUTE)
-    intent = runtime.intents.find(trigger.tenant, trigger.intent_id)
+    applied = record.applied
+
+    def allowed(t: int) -> bool:
+        if applied is None:
+            return True
+        return bool(applied.allowed_at(np.zeros(1, np.int64), np.array([t], np.int64))[0])
+
     binding = intent.binding if intent is not None else {}
     _, capacity = capacity_per_minute(runtime, trigger.tenant, trigger.esp, binding)
-    chosen = _room(runtime, trigger, capacity, targets, latency, end)
+    chosen = _room(runtime, trigger, capacity, targets, latency, end, allowed)
     if chosen is None:
         return None
-    policies = [policy]
+    policies = list(dict.fromkeys([policy, *record.explanation.policies]))
     if chosen != d.target_minute_utc:
         policies.append("esp_capacity")
     target_at = datetime.fromtimestamp(chosen, UTC)
@@ -92,9 +136,8 @@ def redecide(
         policies=tuple(policies),
         details={
             **record.explanation.details,
-            "schedule_id": trigger.schedule_id,
-            "replaces_decision_id": trigger.decision_id,
-            policy: facts,
+            **moved,
+            policy: {**facts, **record.explanation.details.get(policy, {})},
         },
     )
     runtime.events.insert_explanations([explanation])

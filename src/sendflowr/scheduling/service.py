@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -30,12 +30,15 @@ from sendflowr.errors import InvalidInputError
 from sendflowr.execution.registry import capacity_per_minute
 from sendflowr.ids import ordered_ids
 from sendflowr.intents import Intent
+from sendflowr.policy_facts import gather
 from sendflowr.runtime import Runtime
 from sendflowr.scheduling import planner
 from sendflowr.scheduling.audience import Recipient, resolve
 from sendflowr.storage.events.rows import EXPLANATION_SCHEMA
 from sendflowr.storage.metadata.triggers import Schedule
 from sendflowr.timing.engine import LEVELS, MODEL_VERSION
+from sendflowr.timing.explanation import Explanation
+from sendflowr.timing.policy import Applied, Suppression, apply, describe
 from sendflowr.timing.window import Window, WindowError, check_window
 
 DEFAULT_LATENCY_SECONDS = 60
@@ -86,21 +89,50 @@ def schedule(
     audience = resolve(runtime.identity, runtime.hash_key, intent.tenant, req.recipients)
     ceiling, capacity = capacity_per_minute(runtime, intent.tenant, intent.esp, intent.binding)
     now = int(now_dt.timestamp())
+    n = len(audience.universal_ids)
+    decision_ids = ordered_ids(n)
+    refs = ["exp_" + d.replace("-", "") for d in decision_ids]
+    policy = gather(
+        runtime.metadata, runtime.events, runtime.identity, intent.tenant,
+        audience.universal_ids, window.start, window.end, now_dt, intent=intent,
+    )  # fmt: skip
 
     parts: list[planner.Candidates] = []
     weights: list[np.ndarray[Any, np.dtype[np.float64]]] = []
     machine: list[np.ndarray[Any, np.dtype[np.int64]]] = []
     evidence: list[np.ndarray[Any, np.dtype[np.float64]]] = []
+    policed = _Policed()
     first = last = 0
     for chunk in score_chunks(
         runtime.timing, intent.tenant, audience.universal_ids, audience.known, zone, window, now
     ):
-        cands = chunk.scores.candidates
-        first, last = int(cands[0]), int(cands[-1])
-        parts.append(planner.top_minutes(cands, chunk.scores.prob, CANDIDATES_PER_PERSON))
-        weights.append(chunk.scores.weights)
-        machine.append(chunk.machine_opens)
-        evidence.append(chunk.evidence)
+        size = len(chunk.scores.prob)
+        first, last = int(chunk.scores.candidates[0]), int(chunk.scores.candidates[-1])
+        applied = apply(
+            chunk.scores, policy.config, policy.facts_slice(chunk.start, size), zone,
+            decision_ids[chunk.start : chunk.start + size],
+        )  # fmt: skip
+        top = _allowed_top(applied, planner.top_minutes(
+            applied.candidates, applied.scores.prob, CANDIDATES_PER_PERSON
+        ))  # fmt: skip
+        live = policed.add(chunk.start, applied, top, chunk.scores.weights, chunk.machine_opens)
+        parts.append(planner.Candidates(top.minutes[live], top.values[live]))
+        weights.append(chunk.scores.weights[live])
+        machine.append(chunk.machine_opens[live])
+        evidence.append(chunk.evidence[live])
+    sid = schedule_id or "sch_" + uuid.uuid4().hex[:24]
+    kept = np.flatnonzero(policed.live(n))
+    if policed.suppressed:
+        runtime.events.insert_explanations(
+            policed.explanations(intent, sid, audience.universal_ids, decision_ids, now_dt,
+                                 latency, window)
+        )  # fmt: skip
+    if not len(kept):
+        raise InvalidInputError.at(
+            ("body", "audience"),
+            f"every recipient is suppressed by a policy ({policed.counts()})",
+            "suppressed",
+        )
     booked = runtime.triggers.booked(
         intent.tenant, intent.esp, _trigger_minute(first, latency), _trigger_minute(last, latency)
     )
@@ -109,16 +141,19 @@ def schedule(
     except planner.CapacityError as exc:
         raise InvalidInputError.at(("body", "audience"), str(exc), "capacity") from None
 
-    sid = schedule_id or "sch_" + uuid.uuid4().hex[:24]
-    n = len(audience.universal_ids)
-    decision_ids = ordered_ids(n)
-    refs = ["exp_" + d.replace("-", "") for d in decision_ids]
+    kept_list = kept.tolist()
+    uids = [audience.universal_ids[i] for i in kept_list]
+    kept_ids = [decision_ids[i] for i in kept_list]
+    kept_refs = [refs[i] for i in kept_list]
     w = np.concatenate(weights)
     target = plan.target.astype(np.int64)
     trigger = target - latency
     explanations = _explanations(
-        intent, sid, audience.universal_ids, decision_ids, refs, now_dt, plan, w,
+        intent, sid, uids, kept_ids, kept_refs, now_dt, plan, w,
         np.concatenate(machine), np.concatenate(evidence), latency, window, capacity,
+        [policed.policies.get(i, ()) for i in kept_list],
+        [policed.details.get(i, {}) for i in kept_list],
+        np.asarray([i in policed.exploring for i in kept_list], np.bool_),
     )  # fmt: skip
     runtime.events.insert_explanation_table(explanations)
 
@@ -132,6 +167,8 @@ def schedule(
         "last_trigger_utc": datetime.fromtimestamp(int(trigger.max()), UTC).isoformat(),
         "ceiling_per_minute": ceiling,
         "expected_engagement": round(float(plan.value.sum()), 3),
+        "suppressed": policed.counts(),
+        "policies": policed.moved_counts(),
     }
     record = Schedule(
         id=sid,
@@ -149,15 +186,128 @@ def schedule(
     )
     trig_dt = _datetimes(trigger)
     target_dt = _datetimes(target)
+    recipients = audience.recipients
     runtime.triggers.create_schedule(
         record,
         (
-            (decision_ids[i], audience.universal_ids[i], r.type, r.value, trig_dt[i],
-             target_dt[i], refs[i])
-            for i, r in enumerate(audience.recipients)
+            (kept_ids[j], uids[j], recipients[i].type, recipients[i].value, trig_dt[j],
+             target_dt[j], kept_refs[j])
+            for j, i in enumerate(kept_list)
         ),
     )  # fmt: skip
     return record
+
+
+def _allowed_top(applied: Applied, top: planner.Candidates) -> planner.Candidates:
+    """Each row's best minutes without the refused ones (valued below 0, so last), and a
+    forced minute (hot path, exploration) as the row's only candidate."""
+    minutes = top.minutes.copy()
+    values = top.values.copy()
+    refused = ~(values >= 0)
+    minutes[refused] = -1
+    values[refused] = -np.inf
+    for r, (_, t) in applied.forced.items():
+        minutes[r] = -1
+        values[r] = -np.inf
+        minutes[r, 0] = t
+        values[r, 0] = applied.value_at(r, t)
+    return planner.Candidates(minutes, values)
+
+
+@dataclass(slots=True)
+class _Policed:
+    """What the policies did to a campaign's audience (audience indices), chunk by chunk."""
+
+    suppressed: dict[int, tuple[Suppression, int, float, Any]] = field(default_factory=dict)
+    policies: dict[int, tuple[str, ...]] = field(default_factory=dict)
+    details: dict[int, dict[str, Any]] = field(default_factory=dict)
+    exploring: set[int] = field(default_factory=set)
+
+    def add(
+        self,
+        start: int,
+        applied: Applied,
+        top: planner.Candidates,
+        weights: np.ndarray[Any, np.dtype[np.float64]],
+        machine: np.ndarray[Any, np.dtype[np.int64]],
+    ) -> np.ndarray[Any, np.dtype[np.bool_]]:
+        live = np.asarray([s is None for s in applied.suppressed], np.bool_)
+        policies, details = describe(applied, top.minutes[:, 0])
+        for r in np.flatnonzero(~live).tolist():
+            s = applied.suppressed[r]
+            assert s is not None
+            best = int(applied.preferred[r])
+            self.suppressed[start + r] = (
+                s, int(applied.candidates[best]), float(applied.raw[r, best]),
+                (weights[r], int(machine[r]), details[r]),
+            )  # fmt: skip
+        for r in np.flatnonzero(live).tolist():
+            if policies[r]:
+                self.policies[start + r] = policies[r]
+                self.details[start + r] = details[r]
+        self.exploring.update(start + int(r) for r in np.flatnonzero(applied.exploration))
+        return live
+
+    def live(self, n: int) -> np.ndarray[Any, np.dtype[np.bool_]]:
+        out = np.ones(n, np.bool_)
+        out[list(self.suppressed)] = False
+        return out
+
+    def counts(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for s, *_ in self.suppressed.values():
+            out[s.policy] = out.get(s.policy, 0) + 1
+        return dict(sorted(out.items()))
+
+    def moved_counts(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for names in self.policies.values():
+            for name in names:
+                out[name] = out.get(name, 0) + 1
+        return dict(sorted(out.items()))
+
+    def explanations(
+        self,
+        intent: Intent,
+        schedule_id: str,
+        uids: Sequence[str],
+        decision_ids: Sequence[str],
+        now: datetime,
+        latency: int,
+        window: Window,
+    ) -> list[Explanation]:
+        """An explanation row for each suppressed person (no trigger is written for them);
+        the time columns hold the minute they would have had."""
+        out = []
+        win = [window.start.isoformat(), window.end.isoformat()]
+        for i, (s, minute, value, (w, machine, details)) in sorted(self.suppressed.items()):
+            out.append(
+                Explanation(
+                    tenant=intent.tenant,
+                    explanation_ref="exp_" + decision_ids[i].replace("-", ""),
+                    decision_id=decision_ids[i],
+                    universal_id=uids[i],
+                    intent_id=intent.intent_id,
+                    created_at=now,
+                    model_version=MODEL_VERSION,
+                    target_minute_utc=datetime.fromtimestamp(minute, UTC),
+                    trigger_timestamp_utc=datetime.fromtimestamp(minute - latency, UTC),
+                    confidence_score=min(1.0, max(0.0, value)),
+                    fallback_level=LEVELS[int(np.argmax(w))],
+                    weight_personal=float(w[0]),
+                    weight_audience=float(w[1]),
+                    weight_global=float(w[2]),
+                    machine_opens_excluded=machine,
+                    policies=tuple(s.policy.split("+")),
+                    evidence={},
+                    details={"schedule_id": schedule_id, "window": win, **details},
+                )
+            )
+        return out
+
+
+def _iso(t: int) -> str:
+    return datetime.fromtimestamp(t, UTC).isoformat()
 
 
 def _trigger_minute(target: int, latency: int) -> int:
@@ -190,6 +340,9 @@ def _explanations(
     latency: int,
     window: Window,
     capacity: int,
+    policies: Sequence[tuple[str, ...]],
+    policy_details: Sequence[dict[str, Any]],
+    exploring: np.ndarray[Any, np.dtype[np.bool_]],
 ) -> pa.Table:
     """One explanation row per person, built in columns (a million rows in seconds)."""
     n = len(uids)
@@ -216,6 +369,11 @@ def _explanations(
                 "capacity_per_minute": capacity,
                 "esp": intent.esp,
             }
+        if policies[i]:
+            for name, info in policy_details[i].items():
+                if isinstance(info, dict) and "chosen_minute_utc" in info:
+                    info = {**info, "chosen_minute_utc": _iso(target[i])}
+                d[name] = info
         details.append(dumps(d).decode())
     known_ev = evidence.tolist()
     ev = [dumps({"evidence": round(e, 4), "known_person": e > 0}).decode() for e in known_ev]
@@ -242,8 +400,11 @@ def _explanations(
         "weight_global": weights[:, 2].astype(np.float32),
         "evidence": ev,
         "machine_opens_excluded": machine.astype(np.uint32),
-        "policies": [capacity_policy if m else empty for m in moved],
-        "exploration": np.zeros(n, np.bool_),
+        "policies": [
+            [*p, *capacity_policy] if m else (list(p) if p else empty)
+            for p, m in zip(policies, moved, strict=True)
+        ],
+        "exploration": exploring,
         "details": details,
     }
     return pa.Table.from_pydict(cols, schema=EXPLANATION_SCHEMA)

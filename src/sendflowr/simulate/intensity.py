@@ -99,6 +99,16 @@ class GroundTruth:
         p_open = float(self._p_open[profile_index])
         return p_open * -np.expm1(-checks)
 
+    def engage_probability_of(
+        self, prof: IndexArray, delivery_utc_ms: IntArray, horizon_minutes: int = 60
+    ) -> FloatArray:
+        """`engage_probability` vectorised: one delivery instant per element of `prof`."""
+        start = self.minutes(delivery_utc_ms)
+        span = min(float(horizon_minutes), self.horizon_minutes)
+        checks = self.expected_checks_of(prof, start, start + span)
+        out: FloatArray = self._p_open[prof] * -np.expm1(-checks)
+        return out
+
     # -- vectorised over profiles --------------------------------------------------------------
 
     def minutes(self, utc_ms: NDArray[np.int64]) -> FloatArray:

@@ -31,20 +31,24 @@ from typing import Final
 from zoneinfo import ZoneInfo
 
 import numpy as np
+import numpy.typing as npt
 
 from sendflowr.timing.activity import (
     BIN_MINUTES,
     BINS,
     BINS_PER_DAY,
+    NEVER,
     ActivityParams,
     ActivityProfile,
     ActivityTable,
     FloatArray,
     IntArray,
     minute_of_week,
+    send_time_corrected,
 )
+from sendflowr.timing.archetypes import Archetypes, fit_archetypes
 
-MODEL_VERSION: Final = "sendflowr-timing-1"
+MODEL_VERSION: Final = "sendflowr-timing-2"
 LEVELS: Final = ("personal", "audience", "global")
 MINUTE: Final = 60
 BoolArray = np.ndarray[tuple[int, ...], np.dtype[np.bool_]]
@@ -65,6 +69,13 @@ class EngineParams:
     horizon_s: int = 3_600
     alternatives: int = 5
     alternative_gap_s: int = 1_800
+    # audience archetypes (timing/archetypes.py): at most this many, one per this many people
+    archetypes: int = 16
+    # confidence: sittings per active day (k) times this (1.5: Brier 0.213 against 0.227 on the
+    # radoslaw replay; the slope of the reliability curve stays too flat, see docs/timing.md)
+    sittings_scale: float = 1.5
+    people_per_archetype: int = 10
+    archetype_sample: int = 20_000  # people the archetypes are fitted on, at most
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,6 +200,58 @@ def _shares(curves: Curves, operator: Curves) -> tuple[FloatArray, BoolArray]:
     return out, has
 
 
+def curves(
+    table: ActivityTable, rows: IntArray, zone: ZoneInfo | int, now: int, params: ActivityParams
+) -> npt.NDArray[np.float32]:
+    """The activity curves the engine scores: `table.bins[rows]`, with the send-time-bias
+    correction (activity.send_time_corrected) for rows that had deliveries, when enabled."""
+    bins = table.bins[rows]
+    if not params.correct_send_time:
+        return bins
+    exposed = np.flatnonzero(
+        (table.pending_since[rows] != NEVER) | (table.exposure[rows].max(axis=1) > 0)
+    )
+    if len(exposed) == 0:
+        return bins
+    sub = rows[exposed]
+    pending = table.pending_since[sub]
+    probe = np.where(pending != NEVER, pending - pending % MINUTE, now - now % MINUTE)
+    exposure = table.open_exposure(sub, utc_offsets(probe, zone), now, params)
+    # exposure is aged to `now`; prompted weight too, so their ratio is a hazard as of now
+    aged = table.aged(now, params.half_life_s)[sub, None].astype(np.float32)
+    bins = bins.copy()
+    bins[exposed] = send_time_corrected(
+        bins[exposed], table.prompted[sub] * aged, exposure, params.exposure_prior_h
+    )
+    return bins
+
+
+def audience_archetypes(
+    people: ActivityTable, zone: ZoneInfo | int, now: int, params: EngineParams
+) -> Archetypes | None:
+    """The archetypes of a tenant's people (their corrected curves), or None when too few."""
+    if params.archetypes <= 0:
+        return None
+    rows = np.flatnonzero(people.evidence > 0)
+    k = min(params.archetypes, len(rows) // max(params.people_per_archetype, 1))
+    if k < 2:
+        return None
+    if len(rows) > params.archetype_sample:  # a fixed, seeded sample bounds the fit's cost
+        pick = np.random.default_rng(0).choice(len(rows), params.archetype_sample, replace=False)
+        rows = rows[np.sort(pick)]
+    return fit_archetypes(curves(people, rows, zone, now, params.activity), k)
+
+
+def utc_offsets(utc_minutes: IntArray, zone: ZoneInfo | int) -> IntArray:
+    """UTC offsets in seconds of `zone` at UTC instants on minute boundaries."""
+    if isinstance(zone, int):
+        return np.full(len(utc_minutes), zone, np.int64)
+    week = BINS * BIN_MINUTES
+    diff = local_minute_of_week(utc_minutes, zone) - minute_of_week(utc_minutes)
+    out: IntArray = ((diff + week // 2) % week - week // 2) * MINUTE
+    return out
+
+
 @dataclass(frozen=True, slots=True)
 class BatchScores:
     """Every candidate's engagement probability for a batch over one window."""
@@ -226,19 +289,27 @@ def score_batch(
     s_p = np.zeros((len(rows), len(win.candidates)))
     has_p = np.zeros(len(rows), np.bool_)
     if len(with_history):
-        bins = people.bins[rows[with_history]]
+        bins = curves(people, rows[with_history], zone, now, params.activity)
         s_p[with_history], has_p[with_history] = _shares(bins, personal_op.astype(np.float32))
-    s_a, has_a = _shares(audience.bins[:1].astype(np.float64), audience_op)
+    audience_bins = curves(audience, np.zeros(1, np.int64), zone, now, params.activity)
+    s_a, has_a = _shares(audience_bins.astype(np.float64), audience_op)
+    arch = audience.archetypes if params.archetypes > 0 else None
+    s_a_rows: FloatArray = np.broadcast_to(s_a, (len(rows), s_a.shape[1]))
+    if arch is not None and len(with_history):
+        # a person's audience prior: the archetypes, weighted by how well each explains them
+        s_k, _ = _shares(arch.curves, audience_op)
+        s_a_rows = s_a_rows.copy()
+        s_a_rows[with_history] = arch.posterior(bins) @ s_k
     s_g, _ = _shares(prior[None, :], win.horizon)
     m = float(audience.evidence[0] * audience.aged(now, half)[0]) if has_a[0] else 0.0
     w_p = np.where(has_p, n / (n + params.k_personal), 0.0)
     w_a = (1.0 - w_p) * (m / (m + params.k_audience))
     w_g = 1.0 - w_p - w_a
-    score = w_p[:, None] * s_p + w_a[:, None] * s_a + w_g[:, None] * s_g
+    score = w_p[:, None] * s_p + w_a[:, None] * s_a_rows + w_g[:, None] * s_g
     a_days = float(audience.active_days[0] * audience.aged(now, half)[0])
     k_aud = m / a_days if a_days > 0 else 1.0
     k_per = np.where(days > 0, n / np.maximum(days, 1e-12), k_aud)
-    k = np.maximum(w_p * k_per + (1.0 - w_p) * k_aud, 1.0)
+    k = np.maximum(params.sittings_scale * (w_p * k_per + (1.0 - w_p) * k_aud), 1.0)
     prob = -np.expm1(k[:, None] * np.log1p(-np.clip(score, 0.0, 1.0 - 1e-12)))
     return BatchScores(win.candidates, prob, np.stack([w_p, w_a, w_g], axis=1))
 
@@ -282,22 +353,30 @@ def choose(
 def _alternatives(
     prob: FloatArray, best: IntArray, candidates: IntArray, params: EngineParams
 ) -> tuple[IntArray, FloatArray]:
-    """Greedy next-best targets, each at least the gap away from the choice and each other."""
-    people = np.arange(len(best))
-    open_ = np.ones(prob.shape, bool)
+    """Greedy next-best targets, each at least the gap away from the choice and each other.
+
+    Candidates are ascending, so the ones within the gap of a pick are one contiguous index
+    range (precomputed per candidate): each round blanks that range in a working copy of the
+    scores and takes the row maxima (first maximum on ties, as argmax does)."""
+    n, c = prob.shape
+    people = np.arange(n)
+    alts = np.full((n, params.alternatives), -1, np.int64)
+    scores = np.full((n, params.alternatives), np.nan)
+    if params.alternatives == 0 or n == 0:
+        return alts, scores
+    gap = params.alternative_gap_s
+    lo = np.searchsorted(candidates, candidates - gap, side="right").astype(np.int32)
+    hi = np.searchsorted(candidates, candidates + gap, side="left").astype(np.int32)
+    idx = np.arange(c, dtype=np.int32)[None, :]
+    masked = prob.copy()
     chosen = best
-    alts = np.full((len(best), params.alternatives), -1, np.int64)
-    scores = np.full((len(best), params.alternatives), np.nan)
-    for j in range(params.alternatives + 1):
-        near = np.abs(candidates[None, :] - candidates[chosen][:, None]) < params.alternative_gap_s
-        open_ &= ~near
-        if j == params.alternatives:
-            break
-        masked = np.where(open_, prob, -np.inf)
+    for j in range(params.alternatives):
+        np.putmask(masked, (idx >= lo[chosen][:, None]) & (idx < hi[chosen][:, None]), -np.inf)
         chosen = np.argmax(masked, axis=1)
-        ok = open_[people, chosen]
+        picked = masked[people, chosen]
+        ok = picked != -np.inf
         alts[ok, j] = candidates[chosen[ok]]
-        scores[ok, j] = prob[people[ok], chosen[ok]]
+        scores[ok, j] = picked[ok]
     return alts, scores
 
 

@@ -1,21 +1,39 @@
-"""Per-person engagement features, updated incrementally from canonical events (pure).
+"""Per-person timing features, as kept in the feature cache (pure numpy, no I/O).
 
-Compact by design (well under 2 KB serialised): counts by type, machine opens excluded, and a
-weighted hour-of-week engagement histogram in UTC. The timing engine builds on these.
+One profile is what the timing engine reads for a person: their `ActivityProfile` (recency-
+decayed 15-minute bins of the LOCAL week in the tenant's zone, decayed evidence and active days,
+last engagement, machine opens excluded) plus the evidence counts the explanation reports
+(events by type, first seen) and a tag of the zone the local time is in (a profile built in
+another zone is stale and is rebuilt, never misread).
+
+Serialised: a 16-byte header, 9 uint32 counts and the activity profile (1,936 bytes today):
+1,988 bytes, under the 2 KB budget (a test holds it there). `FeatureTable` holds many profiles
+as dense rows: the bulk rebuild and the in-memory cache fold batches into it in place, through
+the same `ActivityTable.observe` the engine's own rebuilds use (deliveries included, for the
+send-time-bias correction).
 """
 
 from __future__ import annotations
 
 import struct
+import zlib
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Final
+from zoneinfo import ZoneInfo
 
 import numpy as np
 import numpy.typing as npt
 
-HOURS_PER_WEEK: Final = 168
-# 1970-01-01 was a Thursday: shift so bin 0 is Monday 00:00 UTC.
-_EPOCH_WEEK_OFFSET_HOURS: Final = 3 * 24
+from sendflowr.timing.activity import (
+    NEVER,
+    ActivityParams,
+    ActivityProfile,
+    ActivityTable,
+)
+from sendflowr.timing.activity import (
+    SERIALISED_BYTES as ACTIVITY_BYTES,
+)
 
 # How much one event says about when a person pays attention.
 ENGAGEMENT_WEIGHTS: Final[dict[str, float]] = {
@@ -37,44 +55,102 @@ COUNTED_TYPES: Final = (
     "product_view",
 )
 _TYPE_INDEX: Final = {t: i for i, t in enumerate(COUNTED_TYPES)}
-_HEADER: Final = struct.Struct("<BqqI")  # version, first_ms, last_engagement_ms, machine opens
-_FORMAT_VERSION: Final = 1
+_RECEIVED: Final = _TYPE_INDEX["received"]
+_WEIGHT_BY_TYPE: Final = np.array([ENGAGEMENT_WEIGHTS.get(t, 0.0) for t in COUNTED_TYPES])
+_ENGAGEMENT_COLUMNS: Final = np.array([t in ENGAGEMENT_WEIGHTS for t in COUNTED_TYPES])
+_HEADER: Final = struct.Struct("<BxxxIq")  # version, zone tag, first_seen_ms
+_FORMAT_VERSION: Final = 2
+SERIALISED_BYTES: Final = _HEADER.size + 4 * len(COUNTED_TYPES) + ACTIVITY_BYTES  # 1,988
+_NO_FIRST: Final = np.iinfo(np.int64).max
+_DAY_S: Final = 86_400
+_PROBE_S: Final = 900  # UTC offsets, and their changes, fall on quarter hours
+
+
+def zone_tag(zone: ZoneInfo) -> int:
+    """A 32-bit fingerprint of the zone a profile's local time is in."""
+    return zlib.crc32(zone.key.encode())
+
+
+def _offset_at(utc_s: int, zone: ZoneInfo) -> int:
+    delta = datetime.fromtimestamp(utc_s, UTC).astimezone(zone).utcoffset()
+    return int(delta.total_seconds()) if delta is not None else 0
+
+
+def utc_offsets(utc_s: npt.NDArray[np.int64], zone: ZoneInfo) -> npt.NDArray[np.int64]:
+    """The zone's UTC offset (seconds) at each instant, vectorised: the offset at each UTC day
+    start, and per quarter hour only on the days the offset changes (DST), so 10 million events
+    over a year cost a few hundred zone look-ups."""
+    n = len(utc_s)
+    if n == 0:
+        return np.zeros(0, np.int64)
+    day = utc_s // _DAY_S
+    first, last = int(day.min()), int(day.max())
+    if last - first > 200_000:  # centuries apart: bad data, but answer it exactly
+        probes, back = np.unique(utc_s // _PROBE_S, return_inverse=True)
+        offs = np.fromiter((_offset_at(int(p) * _PROBE_S, zone) for p in probes), np.int64)
+        out: npt.NDArray[np.int64] = offs[back.ravel()]
+        return out
+    starts = np.fromiter(
+        (_offset_at((first + i) * _DAY_S, zone) for i in range(last - first + 2)), np.int64
+    )
+    rel = day - first
+    out = starts[rel]
+    changes = np.flatnonzero(starts[1:] != starts[:-1])
+    if len(changes):
+        moving = np.zeros(len(starts), np.bool_)
+        moving[changes] = True
+        at = np.flatnonzero(moving[rel])
+        probes, back = np.unique(utc_s[at] // _PROBE_S, return_inverse=True)
+        offs = np.fromiter((_offset_at(int(p) * _PROBE_S, zone) for p in probes), np.int64)
+        out[at] = offs[back.ravel()]
+    return out
 
 
 @dataclass(slots=True)
 class ProfileFeatures:
+    activity: ActivityProfile = field(default_factory=ActivityProfile.empty)
     counts: npt.NDArray[np.uint32] = field(
         default_factory=lambda: np.zeros(len(COUNTED_TYPES), np.uint32)
     )
-    hour_of_week: npt.NDArray[np.float32] = field(
-        default_factory=lambda: np.zeros(HOURS_PER_WEEK, np.float32)
-    )
-    machine_opens_excluded: int = 0
-    first_seen_ms: int = 0
-    last_engagement_ms: int = 0
+    first_seen_ms: int = 0  # 0: nothing seen yet
+    zone_tag: int = 0  # zone_tag() of the zone `activity` is in
 
     def count(self, event_type: str) -> int:
         return int(self.counts[_TYPE_INDEX[event_type]])
 
+    @property
+    def machine_opens_excluded(self) -> int:
+        return self.activity.machine_opens
+
+    @property
+    def engagements(self) -> int:
+        """Engagement events (opens, clicks, orders, site visits, views), machine opens not
+        counted."""
+        total = int(self.counts[_ENGAGEMENT_COLUMNS].sum())
+        return max(total - self.activity.machine_opens, 0)
+
+    @property
+    def last_engagement_ms(self) -> int:
+        """UTC ms (whole seconds) of the latest engagement; 0 if none."""
+        last = self.activity.last_engagement
+        return 0 if last == NEVER else last * 1000
+
     def to_bytes(self) -> bytes:
-        header = _HEADER.pack(
-            _FORMAT_VERSION,
-            self.first_seen_ms,
-            self.last_engagement_ms,
-            self.machine_opens_excluded,
-        )
-        return header + self.counts.tobytes() + self.hour_of_week.tobytes()
+        header = _HEADER.pack(_FORMAT_VERSION, self.zone_tag, self.first_seen_ms)
+        return header + self.counts.astype("<u4").tobytes() + self.activity.to_bytes()
 
     @classmethod
     def from_bytes(cls, raw: bytes) -> ProfileFeatures:
-        version, first, last, machine = _HEADER.unpack_from(raw)
-        if version != _FORMAT_VERSION:
+        if len(raw) < 1 or raw[0] != _FORMAT_VERSION:
+            version = raw[0] if raw else None
             raise ValueError(f"feature format version {version} is not {_FORMAT_VERSION}")
+        if len(raw) != SERIALISED_BYTES:
+            raise ValueError(f"features are {len(raw)} bytes, not {SERIALISED_BYTES}")
+        _, tag, first = _HEADER.unpack_from(raw)
         off = _HEADER.size
-        n = len(COUNTED_TYPES) * 4
-        counts = np.frombuffer(raw, np.uint32, len(COUNTED_TYPES), off).copy()
-        hours = np.frombuffer(raw, np.float32, HOURS_PER_WEEK, off + n).copy()
-        return cls(counts, hours, machine, first, last)
+        counts = np.frombuffer(raw, "<u4", len(COUNTED_TYPES), off).astype(np.uint32)
+        activity = ActivityProfile.from_bytes(raw[off + 4 * len(COUNTED_TYPES) :])
+        return cls(activity, counts, first, tag)
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,42 +164,42 @@ class BatchColumns:
     is_machine_open: npt.NDArray[np.bool_]
 
 
-def hour_of_week_utc(ms: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
-    hours = ms // 3_600_000 + _EPOCH_WEEK_OFFSET_HOURS
-    out: npt.NDArray[np.int64] = hours % HOURS_PER_WEEK
-    return out
+@dataclass(frozen=True, slots=True)
+class FoldContext:
+    """What folding needs besides the events: the tenant's zone (local time), the instant the
+    decayed values are aged to (at least the latest event), and the activity parameters."""
+
+    zone: ZoneInfo
+    now: int  # utc s
+    params: ActivityParams = field(default_factory=ActivityParams)
 
 
-_WEIGHT_BY_TYPE: Final = np.array(
-    [ENGAGEMENT_WEIGHTS.get(t, 0.0) for t in COUNTED_TYPES], dtype=np.float32
-)
-
-
-_NO_FIRST: Final = np.iinfo(np.int64).max
+def _grown_activity(t: ActivityTable, rows: int) -> ActivityTable:
+    bigger = ActivityTable.empty(rows)
+    bigger.copy_rows(slice(0, len(t)), t, slice(0, len(t)))
+    return bigger
 
 
 @dataclass(slots=True)
 class FeatureTable:
     """Features of many profiles as dense arrays, one row a profile (vectorised updates)."""
 
-    counts: npt.NDArray[np.uint32]
-    hour_of_week: npt.NDArray[np.float32]
-    machine_opens: npt.NDArray[np.int64]
+    activity: ActivityTable
+    counts: npt.NDArray[np.uint32]  # (rows, types)
     first_seen_ms: npt.NDArray[np.int64]  # 0: nothing seen yet
-    last_engagement_ms: npt.NDArray[np.int64]
+    zone_tag: npt.NDArray[np.uint32]
 
     @classmethod
-    def empty(cls, rows: int) -> FeatureTable:
+    def empty(cls, rows: int, tag: int = 0) -> FeatureTable:
         return cls(
+            ActivityTable.empty(rows),
             np.zeros((rows, len(COUNTED_TYPES)), np.uint32),
-            np.zeros((rows, HOURS_PER_WEEK), np.float32),
             np.zeros(rows, np.int64),
-            np.zeros(rows, np.int64),
-            np.zeros(rows, np.int64),
+            np.full(rows, tag, np.uint32),
         )
 
     def __len__(self) -> int:
-        return len(self.machine_opens)
+        return len(self.first_seen_ms)
 
     def grown(self, rows: int) -> FeatureTable:
         """A copy with at least `rows` rows (new rows empty)."""
@@ -131,55 +207,105 @@ class FeatureTable:
             return self
         bigger = FeatureTable.empty(rows)
         n = len(self)
+        bigger.activity = _grown_activity(self.activity, rows)
         bigger.counts[:n] = self.counts
-        bigger.hour_of_week[:n] = self.hour_of_week
-        bigger.machine_opens[:n] = self.machine_opens
         bigger.first_seen_ms[:n] = self.first_seen_ms
-        bigger.last_engagement_ms[:n] = self.last_engagement_ms
+        bigger.zone_tag[:n] = self.zone_tag
         return bigger
 
     def row(self, i: int) -> ProfileFeatures:
         return ProfileFeatures(
+            self.activity.row(i),
             self.counts[i].copy(),
-            self.hour_of_week[i].copy(),
-            int(self.machine_opens[i]),
             int(self.first_seen_ms[i]),
-            int(self.last_engagement_ms[i]),
+            int(self.zone_tag[i]),
         )
 
     def set_row(self, i: int, f: ProfileFeatures) -> None:
+        self.activity.set_row(i, f.activity)
         self.counts[i] = f.counts
-        self.hour_of_week[i] = f.hour_of_week
-        self.machine_opens[i] = f.machine_opens_excluded
         self.first_seen_ms[i] = f.first_seen_ms
-        self.last_engagement_ms[i] = f.last_engagement_ms
+        self.zone_tag[i] = f.zone_tag
+
+    def clear_row(self, i: int) -> None:
+        self.set_row(i, ProfileFeatures())
 
 
-def fold_batch(table: FeatureTable, rows: npt.NDArray[np.int64], cols: BatchColumns) -> None:
-    """Fold a batch into `table` in place; `rows[i]` is the table row of cols.profiles[i]."""
+def fold_batch(
+    table: FeatureTable, rows: npt.NDArray[np.int64], cols: BatchColumns, ctx: FoldContext
+) -> npt.NDArray[np.bool_]:
+    """Fold a batch into `table` in place; `rows[i]` is the table row of cols.profiles[i].
+
+    Returns, per profile, whether it was folded. A profile is left alone (False) when its row
+    is in another zone, or when the batch holds an engagement older than the row's last one:
+    the recency, burst and exposure weights depend on event order, so such a profile must be rebuilt
+    from the store (the caller drops it), never patched out of order."""
+    if len(cols.profiles) == 0:
+        return np.zeros(0, np.bool_)
     row = rows[cols.profile_index]
+    utc_s = cols.occurred_ms // 1000
+    weights = _WEIGHT_BY_TYPE[cols.type_index]
     machine = cols.is_machine_open
-    weights = np.where(machine, np.float32(0.0), _WEIGHT_BY_TYPE[cols.type_index])
-    np.add.at(table.counts, (row, cols.type_index), 1)
-    np.add.at(table.hour_of_week, (row, hour_of_week_utc(cols.occurred_ms)), weights)
-    np.add.at(table.machine_opens, row, machine.astype(np.int64))
+    # deliveries feed the send-time-bias correction's exposure (and the latency histogram);
+    # with the correction off they are only counted
+    delivery = (cols.type_index == _RECEIVED) & ctx.params.correct_send_time
+    engaged = (weights > 0) | machine | delivery  # what `observe` takes
+    ok: npt.NDArray[np.bool_] = table.zone_tag[rows] == np.uint32(zone_tag(ctx.zone))
+    a = table.activity
+    latest = np.maximum(np.maximum(a.last_engagement, a.pending_since), a.exposure_end)[row]
+    late = ((weights > 0) & ~machine | delivery) & (utc_s < latest)
+    ok &= np.bincount(cols.profile_index[late], minlength=len(cols.profiles)) == 0
+    keep = ok[cols.profile_index]
+    if not keep.all():
+        row, utc_s, weights, machine, engaged, delivery = (
+            row[keep],
+            utc_s[keep],
+            weights[keep],
+            machine[keep],
+            engaged[keep],
+            delivery[keep],
+        )
+        type_index, occurred_ms = cols.type_index[keep], cols.occurred_ms[keep]
+    else:
+        type_index, occurred_ms = cols.type_index, cols.occurred_ms
+    if len(row) == 0:
+        return ok
+    np.add.at(table.counts, (row, type_index), 1)
     first = table.first_seen_ms
-    first[rows] = np.where(first[rows] == 0, _NO_FIRST, first[rows])
-    np.minimum.at(first, row, cols.occurred_ms)
-    np.maximum.at(table.last_engagement_ms, row, np.where(weights > 0, cols.occurred_ms, 0))
+    touched = rows[ok]
+    first[touched] = np.where(first[touched] == 0, _NO_FIRST, first[touched])
+    np.minimum.at(first, row, occurred_ms)
+    e = np.flatnonzero(engaged)
+    if len(e):
+        t = utc_s[e]
+        table.activity.observe(
+            row[e],
+            t,
+            utc_offsets(t, ctx.zone),
+            np.where(machine[e], 0.0, weights[e]),
+            ctx.now,
+            ctx.params,
+            machine=machine[e],
+            delivery=delivery[e],  # deliveries: the send-time-bias correction's exposure
+        )
+    return ok
 
 
 def apply_batch(
-    current: dict[str, ProfileFeatures], cols: BatchColumns
-) -> dict[str, ProfileFeatures]:
-    """Fold a batch into the profiles' features; returns the updated features by profile."""
-    table = FeatureTable.empty(len(cols.profiles))
+    current: dict[str, ProfileFeatures], cols: BatchColumns, ctx: FoldContext
+) -> tuple[dict[str, ProfileFeatures], list[str]]:
+    """Fold a batch into the profiles' features (missing ones start empty, in ctx's zone).
+    Returns the updated features by profile and the profiles that must be rebuilt instead
+    (see fold_batch)."""
+    tag = zone_tag(ctx.zone)
+    table = FeatureTable.empty(len(cols.profiles), tag)
     for i, uid in enumerate(cols.profiles):
         f = current.get(uid)
         if f is not None:
             table.set_row(i, f)
-    fold_batch(table, np.arange(len(cols.profiles), dtype=np.int64), cols)
-    return {uid: table.row(i) for i, uid in enumerate(cols.profiles)}
+    ok = fold_batch(table, np.arange(len(cols.profiles), dtype=np.int64), cols, ctx)
+    updated = {uid: table.row(i) for i, uid in enumerate(cols.profiles) if ok[i]}
+    return updated, [uid for i, uid in enumerate(cols.profiles) if not ok[i]]
 
 
 def restrict(cols: BatchColumns, keep: set[str]) -> BatchColumns:
@@ -198,18 +324,28 @@ def restrict(cols: BatchColumns, keep: set[str]) -> BatchColumns:
 
 
 def features_from_events(
-    event_types: list[str], occurred_ms: list[int], machine: list[bool]
+    event_types: list[str],
+    occurred_ms: list[int],
+    machine: list[bool],
+    ctx: FoldContext,
 ) -> ProfileFeatures:
     """One person's features from their stored events (the rebuild after a cache miss)."""
+    order = np.argsort(np.asarray(occurred_ms, np.int64), kind="stable")
     cols = BatchColumns(
         profile_index=np.zeros(len(event_types), np.int64),
         profiles=["_"],
-        type_index=type_indexes(event_types),
-        occurred_ms=np.asarray(occurred_ms, np.int64),
-        is_machine_open=np.asarray(machine, np.bool_),
+        type_index=type_indexes(event_types)[order],
+        occurred_ms=np.asarray(occurred_ms, np.int64)[order],
+        is_machine_open=np.asarray(machine, np.bool_)[order],
     )
-    return apply_batch({}, cols)["_"]
+    updated, _ = apply_batch({}, cols, ctx)  # an empty row has no engagement to be late for
+    return updated["_"]
 
 
 def type_indexes(event_types: list[str]) -> npt.NDArray[np.int64]:
     return np.fromiter((_TYPE_INDEX[t] for t in event_types), np.int64, len(event_types))
+
+
+def type_codes(names: list[str]) -> npt.NDArray[np.int64]:
+    """COUNTED_TYPES index of each name, -1 for a type features do not count."""
+    return np.fromiter((_TYPE_INDEX.get(t, -1) for t in names), np.int64, len(names))

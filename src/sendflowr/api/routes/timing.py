@@ -19,6 +19,7 @@ from sendflowr.api.schemas import (
     DecisionOut,
     ExplanationOut,
     LegacyDecideIn,
+    SuppressionOut,
 )
 from sendflowr.decisions import (
     DecisionRecord,
@@ -28,9 +29,11 @@ from sendflowr.decisions import (
 )
 from sendflowr.errors import InvalidInputError, NotFoundError
 from sendflowr.identity.identifiers import Identifier, IdentifierError, parse_lookup
+from sendflowr.policy_facts import PolicyContext, gather
 from sendflowr.runtime import Runtime
 from sendflowr.storage.metadata.store import Tenant
 from sendflowr.timing.engine import MODEL_VERSION
+from sendflowr.timing.policy import Suppression
 from sendflowr.timing.window import Window, WindowError, check_window
 
 router = APIRouter(tags=["timing"])
@@ -87,30 +90,57 @@ def _decide(
         raise InvalidInputError(
             [{**e, "loc": ["body", *loc, *e["loc"][1:]]} for e in exc.errors]
         ) from None
+    policy = _policy(runtime, tenant, [uid], window, intent_id)
     record = runtime.timing.decide(
-        tenant, uid, known, ZoneInfo(t.timezone), window, latency, intent_id, channel
-    )
+        tenant, uid, known, ZoneInfo(t.timezone), window, latency, intent_id, channel,
+        policy=policy,
+    )  # fmt: skip
     return _out(tenant, uid, intent_id, record)
+
+
+def _policy(
+    runtime: Runtime, tenant: str, uids: list[str], window: Window, intent_id: str
+) -> PolicyContext:
+    """The send policies' facts for these people (the intent's hot paths and suppression
+    sources when it names a known intent)."""
+    intent = runtime.intents.find(tenant, intent_id) if intent_id else None
+    return gather(
+        runtime.metadata, runtime.events, runtime.identity, tenant, uids, window.start,
+        window.end, datetime.now(UTC), intent=intent,
+    )  # fmt: skip
+
+
+def _suppression(s: Suppression | None) -> SuppressionOut | None:
+    return None if s is None else SuppressionOut(policy=s.policy, reason=s.reason)
 
 
 def _out(tenant: str, uid: str, intent_id: str, r: DecisionRecord) -> DecisionOut:
     d = r.decision
+    live = r.suppression is None
     return DecisionOut(
         decision_id=r.decision_id,
         tenant=tenant,
         universal_id=uid,
         intent_id=intent_id,
-        target_minute_utc=datetime.fromtimestamp(d.target_minute_utc, UTC),
-        trigger_timestamp_utc=datetime.fromtimestamp(d.trigger_timestamp_utc, UTC),
+        suppressed=not live,
+        suppression=_suppression(r.suppression),
+        target_minute_utc=datetime.fromtimestamp(d.target_minute_utc, UTC) if live else None,
+        trigger_timestamp_utc=(
+            datetime.fromtimestamp(d.trigger_timestamp_utc, UTC) if live else None
+        ),
         latency_estimate_seconds=r.latency_seconds,
-        confidence_score=min(1.0, max(0.0, d.confidence_score)),
+        confidence_score=min(1.0, max(0.0, d.confidence_score)) if live else None,
         window=[r.window.start, r.window.end],
         alternatives=[
             AlternativeOut(target_minute_utc=datetime.fromtimestamp(t, UTC), score=s)
             for t, s in d.alternatives
-        ],
+        ]
+        if live
+        else [],
         fallback_level=d.fallback_level,
         context_weights=d.weights,
+        policies=list(r.explanation.policies),
+        exploration=r.explanation.exploration,
         model_version=d.model_version,
         explanation_ref=r.explanation.explanation_ref,
     )
@@ -210,31 +240,48 @@ def decide_batch(body: BatchDecideIn, runtime: RuntimeDep) -> BatchDecisionOut:
         else:
             uids.append(unknown_person_id(runtime.identity, body.tenant, ident))
             known.append(False)
+    policy = _policy(runtime, body.tenant, uids, window, body.intent_id)
     record = decide_many(
         runtime.timing, body.tenant, uids, known, ZoneInfo(t.timezone), window, latency,
-        body.intent_id,
+        body.intent_id, policy,
     )  # fmt: skip
     b = record.decisions
     levels = ("personal", "audience", "global")
+    suppressed = record.suppressed or [None] * len(uids)
+    exploring = record.exploration or [False] * len(uids)
+    per_policy: dict[str, int] = {}
+    for s in suppressed:
+        if s is not None:
+            per_policy[s.policy] = per_policy.get(s.policy, 0) + 1
+    items = []
+    for i in range(len(uids)):
+        live = suppressed[i] is None
+        items.append(
+            BatchItemOut(
+                index=i,
+                universal_id=uids[i],
+                decision_id=record.decision_ids[i],
+                suppressed=not live,
+                suppression=_suppression(suppressed[i]),
+                target_minute_utc=datetime.fromtimestamp(int(b.target[i]), UTC) if live else None,
+                trigger_timestamp_utc=(
+                    datetime.fromtimestamp(int(b.trigger[i]), UTC) if live else None
+                ),
+                confidence_score=min(1.0, max(0.0, float(b.confidence[i]))) if live else None,
+                fallback_level=levels[int(b.level[i])],
+                policies=list(record.policies[i]) if record.policies else [],
+                exploration=exploring[i],
+                explanation_ref=record.explanation_refs[i],
+            )
+        )
     return BatchDecisionOut(
         tenant=body.tenant,
         intent_id=body.intent_id,
         window=[window.start, window.end],
         latency_estimate_seconds=latency,
         model_version=MODEL_VERSION,
-        decisions=[
-            BatchItemOut(
-                index=i,
-                universal_id=uids[i],
-                decision_id=record.decision_ids[i],
-                target_minute_utc=datetime.fromtimestamp(int(b.target[i]), UTC),
-                trigger_timestamp_utc=datetime.fromtimestamp(int(b.trigger[i]), UTC),
-                confidence_score=min(1.0, max(0.0, float(b.confidence[i]))),
-                fallback_level=levels[int(b.level[i])],
-                explanation_ref=record.explanation_refs[i],
-            )
-            for i in range(len(uids))
-        ],
+        suppressed=per_policy,
+        decisions=items,
     )
 
 
@@ -249,6 +296,8 @@ def explanation(
     e = runtime.events.get_explanation(tenant, ref)
     if e is None:
         raise NotFoundError(f"no explanation {ref!r} in tenant {tenant!r}", field="ref")
+    held = e.details.get("suppressed")
+    live = not held
     return ExplanationOut(
         explanation_ref=e.explanation_ref,
         decision_id=e.decision_id,
@@ -257,9 +306,15 @@ def explanation(
         intent_id=e.intent_id,
         created_at=e.created_at,
         model_version=e.model_version,
-        target_minute_utc=e.target_minute_utc,
-        trigger_timestamp_utc=e.trigger_timestamp_utc,
-        confidence_score=e.confidence_score,
+        suppressed=not live,
+        suppression=(
+            SuppressionOut(policy=str(held.get("policy")), reason=str(held.get("reason")))
+            if held
+            else None
+        ),
+        target_minute_utc=e.target_minute_utc if live else None,
+        trigger_timestamp_utc=e.trigger_timestamp_utc if live else None,
+        confidence_score=e.confidence_score if live else None,
         fallback_level=e.fallback_level,
         context_weights={
             "personal": e.weight_personal,

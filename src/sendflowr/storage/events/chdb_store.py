@@ -17,6 +17,11 @@ from sendflowr.storage.events.base import EventStore, EventStoreError, _short
 # same directory share it, and asking for a second directory is refused with a clear error.
 _lock = threading.Lock()
 _open: dict[Path, tuple[Any, int]] = {}
+# A chDB session is not safe for concurrent queries: two threads querying at once swap each
+# other's query parameters (a wrong answer, or "Substitution `x` is not set") and can hang.
+# The API serves requests from a thread pool, so every query goes through this lock (each
+# query still runs multi-threaded inside ClickHouse).
+_query_lock = threading.RLock()
 
 
 def _acquire(path: Path) -> Any:
@@ -77,7 +82,8 @@ class ChdbEventStore(EventStore):
     def _rows(self, sql: str, params: Mapping[str, Any] | None = None) -> list[list[Any]]:
         self._check_open()
         try:
-            res = self._session.query(sql, "JSONCompact", params=_params(params))
+            with _query_lock:
+                res = self._session.query(sql, "JSONCompact", params=_params(params))
         except Exception as exc:
             raise EventStoreError(_short(exc)) from exc
         raw = res.bytes()
@@ -86,10 +92,22 @@ class ChdbEventStore(EventStore):
         data: list[list[Any]] = orjson.loads(raw)["data"]
         return data
 
+    def _arrow(self, sql: str, params: Mapping[str, Any] | None = None) -> pa.Table:
+        self._check_open()
+        try:
+            with _query_lock:
+                out = self._session.query(sql, "ArrowTable", params=_params(params))
+        except Exception as exc:
+            raise EventStoreError(_short(exc)) from exc
+        if not isinstance(out, pa.Table):
+            raise EventStoreError(f"chDB answered {type(out).__name__}, not an Arrow table")
+        return out
+
     def _command(self, sql: str, params: Mapping[str, Any] | None = None) -> None:
         self._check_open()
         try:
-            self._session.query(sql, "Null", params=_params(params))
+            with _query_lock:
+                self._session.query(sql, "Null", params=_params(params))
         except Exception as exc:
             raise EventStoreError(_short(exc)) from exc
 
@@ -99,7 +117,8 @@ class ChdbEventStore(EventStore):
         # chDB's Python() table function reads the Arrow table from this frame's local `data`.
         sql = f"INSERT INTO `{self.database}`.`{table}` ({columns}) SELECT * FROM Python(data)"
         try:
-            self._session.query(sql, "Null")
+            with _query_lock:
+                self._session.query(sql, "Null")
         except Exception as exc:
             raise EventStoreError(f"insert into {table} failed: {_short(exc)}") from exc
 

@@ -1,12 +1,24 @@
-"""The feature-cache interface."""
+"""The feature-cache interface: per person, the timing features (`ProfileFeatures`, at most
+2 KB serialised), always rebuildable from the event store.
+
+Backend-neutral: a backend stores one opaque value per (tenant, universal id) -
+`ProfileFeatures.to_bytes()` - and may keep it in any form that round-trips through it.
+"""
 
 from __future__ import annotations
 
 import abc
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 
 from sendflowr.storage.health import BackendHealth
-from sendflowr.timing.features import BatchColumns, ProfileFeatures, apply_batch, restrict
+from sendflowr.timing.features import (
+    BatchColumns,
+    FeatureTable,
+    FoldContext,
+    ProfileFeatures,
+    apply_batch,
+    restrict,
+)
 
 
 class FeatureCache(abc.ABC):
@@ -19,17 +31,25 @@ class FeatureCache(abc.ABC):
     @abc.abstractmethod
     def put_many(self, tenant: str, features: Mapping[str, ProfileFeatures]) -> None: ...
 
-    def fold(self, tenant: str, cols: BatchColumns) -> int:
+    def put_table(self, tenant: str, universal_ids: Sequence[str], table: FeatureTable) -> None:
+        """Write many profiles at once (the bulk rebuild); row i is universal_ids[i]."""
+        self.put_many(tenant, {u: table.row(i) for i, u in enumerate(universal_ids)})
+
+    def fold(self, tenant: str, cols: BatchColumns, ctx: FoldContext) -> int:
         """Fold a batch of events into the features already cached; returns how many profiles
         were updated. A profile not cached stays absent: it is rebuilt from the event store
-        (where this batch already is) when it is next read, so it is never partial.
+        (where this batch already is) when it is next read, so it is never partial. So is a
+        profile the batch cannot be folded into exactly (an engagement older than its last
+        one, or another zone): it is dropped.
 
         Read-modify-write through get_many/put_many; a backend may do it in place."""
         present = self.get_many(tenant, cols.profiles)
         if not present:
             return 0
-        updated = apply_batch(present, restrict(cols, set(present)))
+        updated, dropped = apply_batch(present, restrict(cols, set(present)), ctx)
         self.put_many(tenant, updated)
+        if dropped:
+            self.invalidate(tenant, dropped)
         return len(updated)
 
     @abc.abstractmethod

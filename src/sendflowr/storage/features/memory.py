@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -13,6 +13,7 @@ from sendflowr.storage.health import BackendHealth
 from sendflowr.timing.features import (
     BatchColumns,
     FeatureTable,
+    FoldContext,
     ProfileFeatures,
     fold_batch,
     restrict,
@@ -33,6 +34,12 @@ class _TenantTable:
                 self.table = self.table.grown(max(1024, 2 * len(self.table)))
             self.index[uid] = row
         return row
+
+    def drop(self, uid: str) -> None:
+        row = self.index.pop(uid, None)
+        if row is not None:
+            self.table.clear_row(row)
+            self.free.append(row)
 
 
 class MemoryFeatureCache(FeatureCache):
@@ -55,7 +62,20 @@ class MemoryFeatureCache(FeatureCache):
             for uid, f in features.items():
                 t.table.set_row(t.row_for(uid), f)
 
-    def fold(self, tenant: str, cols: BatchColumns) -> int:
+    def put_table(self, tenant: str, universal_ids: Sequence[str], table: FeatureTable) -> None:
+        """Whole arrays at once: a million profiles is a few copies, not a million rows."""
+        with self._lock:
+            t = self._tenants.setdefault(tenant, _TenantTable())
+            if len(t.index) + len(universal_ids) > len(t.table):
+                t.table = t.table.grown(len(t.index) + len(universal_ids))
+            at = np.fromiter((t.row_for(u) for u in universal_ids), np.int64, len(universal_ids))
+            dst, src = t.table, table
+            dst.activity.copy_rows(at, src.activity, slice(0, len(at)))
+            dst.counts[at] = src.counts[: len(at)]
+            dst.first_seen_ms[at] = src.first_seen_ms[: len(at)]
+            dst.zone_tag[at] = src.zone_tag[: len(at)]
+
+    def fold(self, tenant: str, cols: BatchColumns, ctx: FoldContext) -> int:
         """In place, vectorised; only profiles already cached (see FeatureCache.fold)."""
         with self._lock:
             t = self._tenants.get(tenant)
@@ -67,8 +87,10 @@ class MemoryFeatureCache(FeatureCache):
             if not cols.profiles:
                 return 0
             rows = np.fromiter((index[u] for u in cols.profiles), np.int64, len(cols.profiles))
-            fold_batch(t.table, rows, cols)
-            return len(rows)
+            ok = fold_batch(t.table, rows, cols, ctx)
+            for i in np.flatnonzero(~ok).tolist():
+                t.drop(cols.profiles[i])
+            return int(ok.sum())
 
     def invalidate(self, tenant: str, universal_ids: Iterable[str]) -> None:
         with self._lock:
@@ -76,10 +98,7 @@ class MemoryFeatureCache(FeatureCache):
             if t is None:
                 return
             for uid in universal_ids:
-                row = t.index.pop(uid, None)
-                if row is not None:
-                    t.table.set_row(row, ProfileFeatures())
-                    t.free.append(row)
+                t.drop(uid)
 
     def clear_tenant(self, tenant: str) -> None:
         with self._lock:

@@ -47,6 +47,10 @@ bench: $(STAMP)
 	$(PY) bench/bench_backfill.py
 	$(PY) bench/bench_planner.py
 	$(PY) bench/bench_schedule.py
+	$(PY) bench/bench_kafka.py
+	$(PY) bench/bench_decisions.py
+	$(PY) bench/bench_http_decide.py
+	$(PY) bench/bench_rebuild.py
 
 clean:
 	rm -rf $(VENV) var .mypy_cache .ruff_cache .pytest_cache

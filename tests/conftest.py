@@ -29,6 +29,8 @@ POSTGRES_URL = os.environ.get(
 )
 HASH_KEY = "test-hash-key-0123456789abcdef"
 
+pytest_plugins = ["tests.kafka"]  # the session's Kafka broker (Tansu)
+
 
 @pytest.fixture(autouse=True)
 def _block_network(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -261,8 +261,9 @@ class EventFormat(enum.StrEnum):
 @app.command()
 def evaluate(
     events: Annotated[
-        Path, typer.Option(help="Activity log: a KONECT out.* file (or its folder), or a CSV.")
-    ],
+        Path | None,
+        typer.Option(help="Activity log: a KONECT out.* file (or its folder), or a CSV."),
+    ] = None,
     format: Annotated[
         EventFormat, typer.Option("--format", help="konect, or csv with user_id,unix_ts[,tz]")
     ] = EventFormat.konect,
@@ -270,17 +271,38 @@ def evaluate(
         str | None,
         typer.Option(help="IANA zone of everyone (csv: omit to use its per-user tz column)."),
     ] = None,
-    seed: Annotated[int, typer.Option(min=0, help="Seeds the random baseline and bootstrap.")] = 0,
+    seed: Annotated[
+        int, typer.Option(min=0, help="Seeds the random baseline, bootstrap and simulation.")
+    ] = 0,
     out: Annotated[Path | None, typer.Option(help="Write the JSON report here.")] = None,
+    simulated: Annotated[
+        bool,
+        typer.Option(
+            "--simulated", help="Oracle share in the ground-truth simulator (section 2) instead."
+        ),
+    ] = False,
+    profiles: Annotated[int, typer.Option(min=20, help="--simulated: audience size.")] = 2_000,
+    days: Annotated[int, typer.Option(min=7, help="--simulated: days of history.")] = 90,
+    windows: Annotated[
+        int, typer.Option(min=1, max=28, help="--simulated: decision days after the history.")
+    ] = 7,
 ) -> None:
     """EWH@60 replay (../shared/EVALUATION.md section 1): SendFlowr's timing engine against the
-    random, global_hour and user_hour baselines, with the calibration of its confidence."""
+    random, global_hour and user_hour baselines, with the calibration of its confidence; or,
+    with --simulated, the oracle share of section 2."""
     from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
     from sendflowr.evaluate import baselines, run_evaluation
     from sendflowr.evaluate.data import load_events
     from sendflowr.evaluate.sendflowr_policy import sendflowr_policy
 
+    if simulated:
+        if events is not None:
+            _fail("--events: not used with --simulated (the simulator makes the history)")
+        _evaluate_simulated(seed, profiles, days, windows, out)
+        return
+    if events is None:
+        _fail("--events: required (or --simulated)")
     if not events.exists():
         _fail(f"--events: no such file or folder {str(events)!r}")
     if tz is not None:
@@ -318,6 +340,28 @@ def evaluate(
     text = json.dumps(report, indent=2) + "\n"
     if out is not None:
         out.write_text(text)
+        console.print(f"wrote {out}")
+
+
+def _evaluate_simulated(
+    seed: int, profiles: int, days: int, windows: int, out: Path | None
+) -> None:
+    from sendflowr.evaluate.simulated import SimulatedSetup, run_simulated, shares_table
+
+    with console.status("simulating and deciding..."):
+        report = run_simulated(SimulatedSetup(seed, profiles, days, windows))
+    table = Table(
+        title=f"Oracle share, {profiles:,} profiles, {days} days of history, "
+        f"{windows} window(s) (seed {seed})"
+    )
+    table.add_column("policy")
+    for run in report["runs"]:
+        table.add_column(run, justify="right")
+    for name, shares in shares_table(report):
+        table.add_row(name, *(f"{x:.3f}" for x in shares))
+    console.print(table)
+    if out is not None:
+        out.write_text(json.dumps(report, indent=2) + "\n")
         console.print(f"wrote {out}")
 
 
@@ -428,6 +472,66 @@ def backfill(
     finally:
         rt.close()
     if failed:
+        raise typer.Exit(1)
+
+
+@app.command()
+def replay(
+    tenant: Annotated[str | None, typer.Option("--tenant", "-t", help="Only this tenant.")] = None,
+    since: Annotated[
+        str | None, typer.Option(help="First UTC day received (YYYY-MM-DD), inclusive.")
+    ] = None,
+    until: Annotated[
+        str | None, typer.Option(help="Last UTC day received (YYYY-MM-DD), inclusive.")
+    ] = None,
+    archive: Annotated[
+        str | None,
+        typer.Option(help="Archive URL or directory (default: SENDFLOWR_RAW_ARCHIVE_URL)."),
+    ] = None,
+) -> None:
+    """Rebuild the event store from the raw archive: every archived payload goes through the
+    normalisers, identity and the store again. Idempotent: replaying twice stores nothing
+    twice."""
+    from datetime import date
+
+    from sendflowr.archive.replay import replay as run_replay
+    from sendflowr.archive.store import RawArchive, archive_url
+
+    def day(name: str, value: str | None) -> date | None:
+        try:
+            return date.fromisoformat(value) if value is not None else None
+        except ValueError:
+            _fail(f"--{name}: {value!r} is not a date (YYYY-MM-DD)")
+
+    first, last = day("since", since), day("until", until)
+    if first is not None and last is not None and first > last:
+        _fail("--since is after --until")
+    settings = _settings()
+    url = archive or archive_url(settings.raw_archive_url, Path(settings.data_dir))
+    if url is None:
+        _fail("SENDFLOWR_RAW_ARCHIVE_URL (raw_archive_url): the raw archive is switched off")
+    source = RawArchive(url)
+    rt = _runtime(settings)
+    try:
+        with _progress() as progress:
+            bar = progress.add_task("replaying files", total=None)
+
+            def show(done: int, total: int, rows: int) -> None:
+                progress.update(
+                    bar, total=total, completed=done, description=f"replaying: {rows:,} rows"
+                )
+
+            result = run_replay(rt, source, tenant=tenant, since=first, until=last, progress=show)
+    finally:
+        rt.close()
+    console.print(
+        f"{result.files:,} files, {result.rows:,} rows: {result.stored:,} events stored, "
+        f"{result.rejected:,} rejected",
+        highlight=False,
+    )
+    for reason in result.errors:
+        err_console.print(f"  rejected {reason}", highlight=False, soft_wrap=True)
+    if result.rejected:
         raise typer.Exit(1)
 
 
@@ -557,6 +661,68 @@ def worker(
 
 
 @app.command()
+def consumer(
+    batch: Annotated[
+        int | None,
+        typer.Option(min=1, max=1_000_000, help="Most messages a batch (default: settings)."),
+    ] = None,
+    idle_exit: Annotated[
+        float | None,
+        typer.Option(
+            "--idle-exit",
+            min=0.1,
+            help="Exit once no message arrived for this many seconds (drain and stop).",
+        ),
+    ] = None,
+    metrics_port: Annotated[
+        int | None,
+        typer.Option(min=1, max=65535, help="Serve Prometheus /metrics (incl. lag) here."),
+    ] = None,
+) -> None:
+    """Run the pipeline over the Kafka events topic in a consumer group until SIGINT/SIGTERM:
+    poll a batch, store it, then commit its offsets. Run as many as there are partitions;
+    exit status 1 when a store write kept failing (nothing of that batch is committed)."""
+    import dataclasses
+    import signal
+    import threading
+
+    from sendflowr.consumer import ConsumerStoppedError, open_consumer
+
+    settings = _settings()
+    if settings.bus.kind != "kafka":
+        _fail("SENDFLOWR_BUS_URL (bus_url): the consumer needs kafka://host:port")
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    runtime = _runtime(settings)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    try:
+        worker = open_consumer(runtime.pipeline, runtime.bus)
+        if metrics_port is not None:
+            from sendflowr.metrics import start_metrics_server
+
+            start_metrics_server(runtime, metrics_port, settings.host)
+        if batch is not None:
+            worker.options = dataclasses.replace(worker.options, batch_size=batch)
+        console.print(
+            f"consumer of {worker.topic} in group {worker.options.group}", highlight=False
+        )
+        tally = worker.run(stop, idle_exit_s=idle_exit)
+    except ConsumerStoppedError as exc:
+        err_console.print(f"[bold red]stopped:[/] {exc}", highlight=False, soft_wrap=True)
+        raise typer.Exit(1) from None
+    finally:
+        runtime.close()
+    console.print(
+        f"batches {tally.batches}, messages {tally.messages}, stored {tally.stored}, "
+        f"dead-lettered {tally.dead_lettered}",
+        highlight=False,
+    )
+
+
+@app.command()
 def health() -> None:
     """Open every backend from settings and report its state (exit 1 if any is down)."""
     settings = _settings()
@@ -574,6 +740,59 @@ def health() -> None:
     console.print(table)
     if any(h.state == "down" for h in states):
         raise typer.Exit(1)
+
+
+features_app = typer.Typer(help="The per-person timing feature cache.", no_args_is_help=True)
+app.add_typer(features_app, name="features")
+
+
+@features_app.command("rebuild")
+def features_rebuild(
+    tenant: Annotated[
+        list[str] | None,
+        typer.Option("--tenant", "-t", help="Tenant to rebuild (repeatable; default: all)."),
+    ] = None,
+) -> None:
+    """Rebuild tenants' timing features from the event store: one columnar query per tenant,
+    folded in the tenant's time zone, written to the feature cache."""
+    from zoneinfo import ZoneInfo
+
+    from sendflowr.storage.features.rebuild import rebuild_tenant
+
+    settings = _settings()
+    rt = _runtime(settings)
+    try:
+        if tenant:
+            known = {t.id: t for t in rt.metadata.list_tenants()}
+            missing = [t for t in tenant if t not in known]
+            if missing:
+                _fail(f"--tenant: no tenant {', '.join(map(repr, missing))}")
+            targets = [known[t] for t in dict.fromkeys(tenant)]
+        else:
+            targets = rt.metadata.list_tenants()
+        table = Table(title=f"feature rebuild ({rt.features.backend} cache)")
+        for col in ("tenant", "zone", "events", "profiles", "query s", "fold s", "write s"):
+            table.add_column(col)
+        for t in targets:
+            r = rebuild_tenant(rt.events, rt.features, rt.identity, t.id, ZoneInfo(t.timezone))
+            table.add_row(
+                t.id,
+                t.timezone,
+                f"{r.events:,}",
+                f"{r.profiles:,}",
+                f"{r.read_s:.2f}",
+                f"{r.fold_s:.2f}",
+                f"{r.write_s:.2f}",
+            )
+        console.print(table)
+        if rt.features.backend == "memory":
+            console.print(
+                "The memory cache lives in one process: this rebuilt and checked the features "
+                "here; a running server fills its own cache as it decides.",
+                highlight=False,
+            )
+    finally:
+        rt.close()
 
 
 def main() -> None:

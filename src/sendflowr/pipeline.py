@@ -13,6 +13,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import numpy as np
 import numpy.typing as npt
@@ -31,11 +32,13 @@ from sendflowr.events import (
 )
 from sendflowr.gcpause import gc_paused
 from sendflowr.identity.resolver import IdentityResolver
+from sendflowr.metrics import observe_ingest
 from sendflowr.storage.events.base import EventStore
 from sendflowr.storage.events.rows import events_to_arrow
 from sendflowr.storage.features.base import FeatureCache
 from sendflowr.storage.metadata.store import DeadLetter, MetadataStore
-from sendflowr.timing.features import BatchColumns, type_indexes
+from sendflowr.timing.activity import ActivityParams
+from sendflowr.timing.features import BatchColumns, FoldContext, type_indexes
 
 log = logging.getLogger("sendflowr.pipeline")
 
@@ -119,6 +122,8 @@ class Pipeline:
         self.max_future_skew = max_future_skew
         self.clock = clock
         self._recent = RecentEventIds()
+        # The feature fold's activity parameters: the timing service's (EngineParams().activity).
+        self.activity_params = ActivityParams()
         # Called with (tenant, stored events) after each tenant's events are durable; a
         # listener's failure is logged and never fails the ingest (the data is stored).
         self.listeners: list[Callable[[str, pa.Table], None]] = []
@@ -186,6 +191,7 @@ class Pipeline:
                     listener(tenant, table)
                 except Exception:
                     log.exception("pipeline listener %r failed", listener)
+        observe_ingest(source, stored=result.stored)  # metrics hook (issue 7)
         return result
 
     def future_rejections(self, batch: Sequence[CanonicalEvent]) -> list[Rejected]:
@@ -215,12 +221,18 @@ class Pipeline:
             occurred_ms=table.column("occurred_at").cast(pa.int64()).to_numpy(),
             is_machine_open=table.column("is_machine_open").to_numpy(zero_copy_only=False),
         )
-        return self.features.fold(tenant, cols)
+        # Local time is the tenant's: profiles are kept in its zone (a profile kept in another
+        # zone is dropped by the fold and rebuilt on its next read).
+        found = self.metadata.find_tenant(tenant)
+        zone = ZoneInfo(found.timezone if found is not None else "UTC")
+        ctx = FoldContext(zone, int(self.clock().timestamp()), self.activity_params)
+        return self.features.fold(tenant, cols, ctx)
 
     def _dead_letter(self, source: str, items: Sequence[tuple[Any, Rejected]]) -> None:
         """Keep each rejected item (a payload, or raw text that did not decode) with why."""
         if not items:
             return
+        observe_ingest(source, dead_lettered=len(items))  # metrics hook (issue 7)
         known: dict[str, bool] = {}
         letters = []
         for payload, rej in items:

@@ -9,6 +9,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from sendflowr.archive.store import RawArchive, open_archive
 from sendflowr.bus import Bus, open_bus
 from sendflowr.decisions import TimingService
 from sendflowr.identity.identifiers import (
@@ -88,6 +89,7 @@ class Runtime:
     intents: IntentStore
     triggers: TriggerStore
     hot_paths: HotPathWatcher | None = None
+    archive: RawArchive | None = None  # the raw archive (issue 7); None when switched off
 
     @classmethod
     def open(
@@ -115,8 +117,8 @@ class Runtime:
                 metadata,
                 max_future_skew=timedelta(seconds=settings.max_future_skew_seconds),
             )
-            bus = open_bus(settings.bus, pipeline)
-            timing = TimingService(events, identity)
+            bus = open_bus(settings.bus, pipeline, settings)
+            timing = TimingService(events, identity, features=features)
         except BaseException:
             events.close()
             metadata.close()
@@ -141,6 +143,7 @@ class Runtime:
         from sendflowr.scheduling.hotpath import HotPathWatcher
 
         runtime.hot_paths = HotPathWatcher(runtime)
+        runtime.archive = open_archive(settings.raw_archive_url, Path(settings.data_dir))
         pipeline.listeners.append(runtime.hot_paths)
         return runtime
 

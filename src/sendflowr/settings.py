@@ -166,6 +166,42 @@ class Settings(BaseSettings):
     event_store_url: str = Field("chdb://var/events", description="chdb://DIR or clickhouse://")
     metadata_url: str = Field("sqlite:///var/meta.db", description="sqlite:/// or postgresql://")
     bus_url: str = Field("inline", description="inline or kafka://host:9092")
+    kafka_topic_prefix: str = Field(
+        "",
+        pattern=r"^[A-Za-z0-9._-]{0,200}$",
+        description="prepended to the topic names (email-events, timing-decisions, ...)",
+    )
+    kafka_partitions: int = Field(
+        12, ge=1, le=10_000, description="partitions of a topic created at start-up"
+    )
+    kafka_replication_factor: int = Field(
+        1, ge=1, le=16, description="replicas of a topic created at start-up"
+    )
+    kafka_publish_timeout_seconds: float = Field(
+        10.0, gt=0, le=300, description="longest wait for the broker's acknowledgement (then 503)"
+    )
+    kafka_consumer_group: str = Field(
+        "sendflowr-consumer", min_length=1, description="consumer group of `sendflowr consumer`"
+    )
+    kafka_batch_size: int = Field(
+        10_000, ge=1, le=1_000_000, description="most messages the consumer processes at once"
+    )
+    kafka_batch_timeout_seconds: float = Field(
+        0.5, gt=0, le=60, description="longest wait for a batch to fill"
+    )
+    kafka_session_timeout_ms: int = Field(
+        10_000, ge=1_000, le=300_000, description="consumer group session timeout"
+    )
+    kafka_store_retry_seconds: float = Field(
+        60.0,
+        ge=0,
+        le=3_600,
+        description="how long the consumer retries a failed store write before it stops",
+    )
+    kafka_client_config: dict[str, str] = Field(
+        default_factory=dict,
+        description='extra librdkafka properties, e.g. {"security.protocol": "SASL_SSL"}',
+    )
     feature_cache_url: str = Field("memory", description="memory or redis://host:6379/0")
     data_dir: Path = Field(Path("var"), description="where embedded state and keys live")
     hash_key: SecretStr | None = Field(
@@ -238,6 +274,13 @@ class Settings(BaseSettings):
     )
     executor_poll_seconds: float = Field(
         0.5, gt=0, le=60, description="how often the executor looks for due triggers"
+    )
+    raw_archive_url: str | None = Field(
+        None,
+        description=(
+            "where every accepted raw ESP payload is also kept as Parquet (a directory or an "
+            "fsspec URL such as s3://bucket/prefix); unset: DATA_DIR/archive; '' or 'off': none"
+        ),
     )
 
     @field_validator("secret_key")

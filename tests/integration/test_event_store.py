@@ -1,32 +1,72 @@
-"""The event-store port on chDB: migrations, round trip, deduplication."""
+"""The event-store port, one contract over every backend here: chDB always, a ClickHouse
+server when SENDFLOWR_TEST_CLICKHOUSE_URL is set (clickhouse://user:pass@host:8123/db; each
+test uses its own database on it): migrations, round trip, deduplication."""
 
 from __future__ import annotations
 
+import dataclasses
+import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
 
 from sendflowr.events import EventType
+from sendflowr.settings import parse_event_store_url
+from sendflowr.storage.events.base import EventStore, EventStoreError
 from sendflowr.storage.events.chdb_store import ChdbEventStore
 from sendflowr.storage.events.migrations import MIGRATIONS
 from sendflowr.storage.events.rows import events_to_arrow
 from tests.factories import T0, make_event
 
+CLICKHOUSE_URL = os.environ.get("SENDFLOWR_TEST_CLICKHOUSE_URL", "")
+BACKENDS = [
+    "chdb",
+    pytest.param(
+        "clickhouse",
+        marks=[
+            pytest.mark.clickhouse,
+            pytest.mark.skipif(
+                not CLICKHOUSE_URL, reason="SENDFLOWR_TEST_CLICKHOUSE_URL is not set"
+            ),
+        ],
+    ),
+]
+
+
+@pytest.fixture(params=BACKENDS)
+def new_store(request: pytest.FixtureRequest, chdb_dir: Path) -> Callable[[], EventStore]:
+    """Opens an empty store of the backend under test in a fresh database."""
+
+    def make() -> EventStore:
+        database = f"t_{uuid.uuid4().hex[:12]}"
+        if request.param == "chdb":
+            return ChdbEventStore(chdb_dir, database)
+        from sendflowr.storage.events.clickhouse_store import ClickHouseEventStore
+
+        url = dataclasses.replace(parse_event_store_url(CLICKHOUSE_URL), database=database)
+        return ClickHouseEventStore(url)
+
+    return make
+
+
+def _drop(s: EventStore) -> None:
+    s._command(f"DROP DATABASE IF EXISTS `{s.database}`")
+
 
 @pytest.fixture
-def store(chdb_dir: Path) -> Iterator[ChdbEventStore]:
-    s = ChdbEventStore(chdb_dir, f"t_{uuid.uuid4().hex[:12]}")
+def store(new_store: Callable[[], EventStore]) -> Iterator[EventStore]:
+    s = new_store()
     s.migrate()
     yield s
-    s.drop_database()
+    _drop(s)
     s.close()
 
 
-def test_migrations_run_once_and_are_recorded(chdb_dir: Path) -> None:
-    s = ChdbEventStore(chdb_dir, f"t_{uuid.uuid4().hex[:12]}")
+def test_migrations_run_once_and_are_recorded(new_store: Callable[[], EventStore]) -> None:
+    s = new_store()
     try:
         assert s.pending_migrations() == [m.id for m in MIGRATIONS]
         assert s.migrate() == [m.id for m in MIGRATIONS]
@@ -37,18 +77,18 @@ def test_migrations_run_once_and_are_recorded(chdb_dir: Path) -> None:
         assert {"email_events", "timing_explanations", "schema_migrations"} <= tables
         assert s.health().state == "ok"
     finally:
-        s.drop_database()
+        _drop(s)
         s.close()
 
 
-def test_email_events_engine_partition_and_order(store: ChdbEventStore) -> None:
+def test_email_events_engine_partition_and_order(store: EventStore) -> None:
     ddl = store._rows(f"SHOW CREATE TABLE `{store.database}`.email_events")[0][0]
     assert "ReplacingMergeTree" in ddl
     assert "PARTITION BY toYYYYMM(occurred_at)" in ddl
     assert "ORDER BY (tenant, universal_id, occurred_at, event_id)" in ddl
 
 
-def test_round_trip(store: ChdbEventStore) -> None:
+def test_round_trip(store: EventStore) -> None:
     events = [
         make_event(1, campaign_id="c1", properties={"Subject": "Hi", "n": 1}),
         make_event(2, event_type=EventType.CLICKED, flow_id="f1", message_id="m1"),
@@ -67,7 +107,7 @@ def test_round_trip(store: ChdbEventStore) -> None:
     assert store.profile_events("other", "sf_0000000000000001") == []
 
 
-def test_time_filters(store: ChdbEventStore) -> None:
+def test_time_filters(store: EventStore) -> None:
     events = [make_event(i) for i in range(10)]
     store.insert_events(events_to_arrow(events, ["sf_a"] * 10))
     got = store.profile_events(
@@ -77,7 +117,7 @@ def test_time_filters(store: ChdbEventStore) -> None:
     assert len(store.profile_events("acme", "sf_a", limit=4)) == 4
 
 
-def test_same_event_twice_is_one_row_in_every_query(store: ChdbEventStore) -> None:
+def test_same_event_twice_is_one_row_in_every_query(store: EventStore) -> None:
     events = [
         make_event(i, event_type=EventType.CLICKED if i % 2 else EventType.OPENED) for i in range(6)
     ]
@@ -92,7 +132,7 @@ def test_same_event_twice_is_one_row_in_every_query(store: ChdbEventStore) -> No
     assert store.tenants() == ["acme"]
 
 
-def test_tenants_are_separate(store: ChdbEventStore) -> None:
+def test_tenants_are_separate(store: EventStore) -> None:
     a = [make_event(i, tenant="a") for i in range(3)]
     b = [make_event(i, tenant="b") for i in range(5)]
     store.insert_events(events_to_arrow(a + b, ["sf_x"] * 8))
@@ -101,24 +141,26 @@ def test_tenants_are_separate(store: ChdbEventStore) -> None:
     assert store.count_by_type("c") == {}
 
 
-def test_second_directory_in_one_process_is_refused(store: ChdbEventStore, tmp_path: Path) -> None:
-    from sendflowr.storage.events.base import EventStoreError
-
+def test_second_directory_in_one_process_is_refused(chdb_dir: Path, tmp_path: Path) -> None:
+    store = ChdbEventStore(chdb_dir, f"t_{uuid.uuid4().hex[:12]}")
     with pytest.raises(EventStoreError, match="one data directory per process"):
         ChdbEventStore(tmp_path / "other")
-    assert store.count_events() == 0  # the open store is unharmed
+    try:
+        store.migrate()
+        assert store.count_events() == 0  # the open store is unharmed
+    finally:
+        store.drop_database()
+        store.close()
 
 
-def test_closed_store_refuses_queries(chdb_dir: Path) -> None:
-    from sendflowr.storage.events.base import EventStoreError
-
-    s = ChdbEventStore(chdb_dir, f"t_{uuid.uuid4().hex[:12]}")
+def test_closed_store_refuses_queries(new_store: Callable[[], EventStore]) -> None:
+    s = new_store()
     s.close()
     with pytest.raises(EventStoreError, match="closed"):
         s.count_events()
 
 
-def test_alias_sets_and_quoting(store: ChdbEventStore) -> None:
+def test_alias_sets_and_quoting(store: EventStore) -> None:
     odd = "sf_it's\\odd"
     store.insert_events(events_to_arrow([make_event(1), make_event(2)], ["sf_a", odd]))
     got = store.profile_events("acme", ["sf_a", odd])
@@ -126,7 +168,7 @@ def test_alias_sets_and_quoting(store: ChdbEventStore) -> None:
     assert store.profile_events("acme", [odd])[0].esp_event_id == "evt-2"
 
 
-def test_reassign_moves_events_and_keeps_one_copy(store: ChdbEventStore) -> None:
+def test_reassign_moves_events_and_keeps_one_copy(store: EventStore) -> None:
     events = [make_event(i) for i in range(4)]
     store.insert_events(events_to_arrow(events, ["sf_from"] * 4))
     moved = store.reassign_events(
@@ -140,7 +182,7 @@ def test_reassign_moves_events_and_keeps_one_copy(store: ChdbEventStore) -> None
     assert store.count_events("acme") == 4
 
 
-def test_explanations_round_trip_and_dedup(store: ChdbEventStore) -> None:
+def test_explanations_round_trip_and_dedup(store: EventStore) -> None:
     from datetime import UTC, datetime
 
     from sendflowr.timing.explanation import Explanation
@@ -173,3 +215,13 @@ def test_explanations_round_trip_and_dedup(store: ChdbEventStore) -> None:
     assert store.get_explanation("other", "exp_1") is None
     count = store._rows(f"SELECT count() FROM `{store.database}`.timing_explanations FINAL")
     assert int(count[0][0]) == 1
+
+
+@pytest.mark.network
+def test_an_unreachable_clickhouse_server_is_one_clear_error() -> None:
+    from sendflowr.storage.events import open_event_store
+
+    url = parse_event_store_url("clickhouse://bob:secret@127.0.0.1:9/events")
+    with pytest.raises(EventStoreError, match=r"cannot reach ClickHouse at 127\.0\.0\.1:9") as exc:
+        open_event_store(url)
+    assert "secret" not in str(exc.value)

@@ -18,14 +18,17 @@ from sendflowr.api.routes import (
     health,
     identity,
     intents,
+    metrics,
     mock,
     oauth,
+    policies,
     schedules,
     tenants,
     timing,
     webhook_esp,
     webhooks,
 )
+from sendflowr.metrics import DecisionLatencyMiddleware
 from sendflowr.runtime import Runtime
 from sendflowr.settings import Settings, load_settings
 
@@ -93,8 +96,10 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     if runtime is not None:
         app.state.runtime = runtime
     install_error_handlers(app)
+    app.add_middleware(DecisionLatencyMiddleware)  # sendflowr_decision_latency_seconds
     for module in (
         health,
+        metrics,
         tenants,
         accounts,
         oauth,
@@ -107,6 +112,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
         webhook_esp,
         intents,
         schedules,
+        policies,
     ):
         app.include_router(module.router)
     return app

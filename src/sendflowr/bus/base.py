@@ -23,6 +23,11 @@ class Bus(abc.ABC):
     def publish_payloads(self, payloads: Sequence[Mapping[str, Any]], source: str) -> IngestResult:
         """Hand on canonical-event payloads still to be validated; bad ones are dead-lettered."""
 
+    def publish_decisions(self, tenant: str, decisions: Sequence[Mapping[str, Any]]) -> None:
+        """Hand timing decisions on to downstream consumers (the Kafka bus's timing-decisions
+        topic); never fails or delays a decision. The inline bus has no one to tell."""
+        return None
+
     @abc.abstractmethod
     def health(self) -> BackendHealth: ...
 

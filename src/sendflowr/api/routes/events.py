@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import orjson
 from fastapi import APIRouter, Path
 
 from sendflowr.api.deps import RuntimeDep
 from sendflowr.api.schemas import TENANT_PATTERN, EventCountsOut, EventsIn, IngestOut
+from sendflowr.archive import keep_accepted
 from sendflowr.errors import InvalidInputError
 from sendflowr.events import parse_events
 
@@ -45,6 +47,15 @@ def ingest_events(body: EventsIn, runtime: RuntimeDep) -> IngestOut:
             )
     if errors:
         raise InvalidInputError(errors)
+    keep_accepted(
+        runtime,
+        tenant=[e.tenant for e in parsed.events],
+        esp=[e.esp for e in parsed.events],
+        source="api",
+        kind="canonical",
+        payloads=[orjson.dumps(p, default=str).decode() for p in body.events],
+        event_ids=[e.event_id for e in parsed.events],
+    )
     result = runtime.bus.publish(parsed.events, source="api")
     if result.rejected:
         raise InvalidInputError(

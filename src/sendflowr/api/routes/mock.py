@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import time
 
+import msgspec
 from fastapi import APIRouter, Query
 
 from sendflowr.api.deps import RuntimeDep
 from sendflowr.api.schemas import TENANT_PATTERN, GenerateOut
+from sendflowr.archive import keep_accepted
 from sendflowr.demo import generate_events, ingest
 
 router = APIRouter(prefix="/api/mock", tags=["mock"])
@@ -30,6 +32,16 @@ def generate(
     runtime.metadata.get_tenant(tenant)
     started = time.perf_counter()
     events, profiles = generate_events(runtime, tenant, count, seed)
+    encode = msgspec.json.Encoder().encode
+    keep_accepted(
+        runtime,
+        tenant=tenant,
+        esp=[e.esp for e in events],
+        source="mock",
+        kind="canonical",
+        payloads=[encode(e).decode() for e in events],
+        event_ids=[e.event_id for e in events],
+    )
     result = ingest(runtime, events, "mock")
     return GenerateOut(
         tenant=tenant,

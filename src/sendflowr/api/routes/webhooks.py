@@ -18,6 +18,7 @@ from pydantic import BaseModel, ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from sendflowr.api.deps import RuntimeDep
+from sendflowr.archive import keep_accepted
 from sendflowr.connectors.klaviyo.constants import ESP
 from sendflowr.connectors.klaviyo.flow_actions import (
     FLOW_SECRET_HEADER,
@@ -37,6 +38,7 @@ from sendflowr.connectors.klaviyo.webhooks import (
 )
 from sendflowr.errors import InvalidInputError, SendFlowrError
 from sendflowr.events import CanonicalEvent
+from sendflowr.metrics import observe_ingest
 from sendflowr.runtime import Runtime
 from sendflowr.storage.metadata.store import DeadLetter
 
@@ -137,10 +139,21 @@ def _accept_delivery(
     if not runtime.accounts.record_delivery(tenant, signature, keep=2 * tolerance):
         raise WebhookReplayedError("this delivery was received already (same signature)")
     try:
-        events, ignored, dead = _normalise(runtime.hash_key, tenant, delivery.items)
+        events, raw, ignored, dead = _normalise(runtime.hash_key, tenant, delivery.items)
         if dead:
             runtime.metadata.add_dead_letters(dead)
+            observe_ingest("klaviyo-webhook", dead_lettered=len(dead))
         if events:
+            keep_accepted(
+                runtime,
+                tenant=tenant,
+                esp=ESP,
+                source="klaviyo-webhook",
+                kind="klaviyo-webhook-item",
+                payloads=raw,
+                event_ids=[e.event_id for e in events],
+                received_at=now,
+            )
             runtime.bus.publish(events, source="klaviyo-webhook")
     except BaseException:
         # Not accepted: let Klaviyo's retry through the replay guard.
@@ -160,13 +173,17 @@ def _known(runtime: Runtime, tenant: str) -> bool:
 
 def _normalise(
     hash_key: bytes, tenant: str, items: list[dict[str, Any]]
-) -> tuple[list[CanonicalEvent], int, list[DeadLetter]]:
+) -> tuple[list[CanonicalEvent], list[str], int, list[DeadLetter]]:
+    """The events, the raw items they came from (JSON, for the archive), how many items were
+    ignored, and the dead letters."""
     events: list[CanonicalEvent] = []
+    raw: list[str] = []
     dead: list[DeadLetter] = []
     ignored = 0
     for i, item in enumerate(items):
         try:
             events.append(normalize_webhook_item(item, tenant=tenant, hash_key=hash_key))
+            raw.append(orjson.dumps(item, default=str).decode())
         except UnknownMetricError:
             ignored += 1
         except NormalizationError as exc:
@@ -178,7 +195,7 @@ def _normalise(
                     tenant=tenant,
                 )
             )
-    return events, ignored, dead
+    return events, raw, ignored, dead
 
 
 @router.post("/klaviyo/{tenant}/flow", response_model=WebhookOut)
@@ -222,12 +239,22 @@ def _accept_flow_action(
                 for err in exc.errors()
             ]
         ) from None
+    now = datetime.now(UTC)
     try:
-        event = flow_action_event(
-            action, tenant=tenant, hash_key=runtime.hash_key, now=datetime.now(UTC)
-        )
+        event = flow_action_event(action, tenant=tenant, hash_key=runtime.hash_key, now=now)
     except ValueError as exc:
         raise BadBodyError([{"loc": ["body"], "msg": str(exc), "type": "value_error"}]) from None
+    # The body as received; replay passes `received_at` as `now` again (same event).
+    keep_accepted(
+        runtime,
+        tenant=tenant,
+        esp=ESP,
+        source="klaviyo-flow-action",
+        kind="klaviyo-flow-action",
+        payloads=[body.decode("utf-8", "replace")],
+        event_ids=[event.event_id],
+        received_at=now,
+    )
     result = runtime.bus.publish([event], source="klaviyo-flow-action")
     if result.rejected:
         raise BadBodyError(

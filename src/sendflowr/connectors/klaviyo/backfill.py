@@ -21,12 +21,15 @@ from datetime import UTC, datetime, timedelta
 
 import orjson
 
+from sendflowr.archive.hook import keep_accepted
+from sendflowr.archive.klaviyo import backfill_rows
 from sendflowr.connectors.klaviyo.catalog import fetch_catalog
 from sendflowr.connectors.klaviyo.client import EventsPage, KlaviyoClient, KlaviyoError
 from sendflowr.connectors.klaviyo.constants import ESP, METRIC_ALIASES, METRIC_EVENT_TYPES
 from sendflowr.connectors.klaviyo.factory import open_client
 from sendflowr.connectors.klaviyo.normalize import normalize_page
 from sendflowr.connectors.notify import notify_job
+from sendflowr.metrics import observe_ingest
 from sendflowr.runtime import Runtime
 from sendflowr.storage.metadata.backfill import Job, JobStatus, Unit
 from sendflowr.storage.metadata.catalog import CatalogItem
@@ -271,8 +274,28 @@ class BackfillRunner:
         async with self._write_lock:
             if rejected:
                 await asyncio.to_thread(self.runtime.metadata.add_dead_letters, rejected)
+                observe_ingest(SOURCE, dead_lettered=len(rejected))
             if not events:
                 return 0
+            # The raw archive (issue 7): the page's accepted resources, durable before storing.
+            payloads, contexts = backfill_rows(
+                page.events,
+                page.profiles,
+                [raw for raw, _ in bad],
+                metric_id=unit.metric_id,
+                metric_name=unit.metric_name,
+            )
+            await asyncio.to_thread(
+                keep_accepted,
+                self.runtime,
+                tenant=tenant,
+                esp=ESP,
+                source=SOURCE,
+                kind="klaviyo-event",
+                payloads=payloads,
+                event_ids=[e.event_id for e in events],
+                contexts=contexts,
+            )
             result = await asyncio.to_thread(self.runtime.bus.publish, events, source=SOURCE)
         return int(result.stored)
 

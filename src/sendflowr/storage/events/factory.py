@@ -14,7 +14,6 @@ def open_event_store(url: EventStoreURL) -> EventStore:
             assert url.path is not None
             return ChdbEventStore(url.path, url.database)
         case "clickhouse":
-            raise NotImplementedError(
-                "SENDFLOWR_EVENT_STORE_URL: the clickhouse:// backend is not implemented yet "
-                "(use chdb://)"
-            )
+            from sendflowr.storage.events.clickhouse_store import ClickHouseEventStore
+
+            return ClickHouseEventStore(url)

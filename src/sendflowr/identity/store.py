@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -26,6 +26,9 @@ from sendflowr.identity.graph import Attached, Created, Graph, Merged, Refused
 from sendflowr.identity.identifiers import Blocklist, Identifier, from_event
 from sendflowr.identity.rules import Limits
 from sendflowr.storage.metadata.store import MetadataStore
+from sendflowr.storage.metadata.tables import (
+    identity_erasures as erasures_t,
+)
 from sendflowr.storage.metadata.tables import (
     identity_identifiers as ids_t,
 )
@@ -70,6 +73,22 @@ class SplitResult:
     merge: MergeRecord
     restored: str  # the universal id that exists again
     moved_back: list[Identifier]
+
+
+@dataclass(frozen=True, slots=True)
+class ErasureSubject:
+    universal_id: str  # the root
+    aliases: list[str]  # itself first, then every id merged into it
+    identifiers: list[Identifier]
+    stranger_ids: list[str]  # ids decisions gave the person before they existed
+
+
+@dataclass(frozen=True, slots=True)
+class ErasedPerson:
+    universal_id: str
+    aliases: list[str]
+    removed: dict[str, int]  # per store, as recorded in the audit row
+    audit_id: int
 
 
 @dataclass
@@ -557,6 +576,151 @@ class IdentityGraphStore:
             )
         ).first()
         return str(row.merged_into) if row is not None and row.merged_into else uid
+
+    # -- data-subject erasure ---------------------------------------------------------------
+    def erasure_subject(self, tenant: str, universal_id: str) -> ErasureSubject | None:
+        """What an erasure of this person (or of an id merged into them) must remove: the root
+        id, the alias set, the identifiers, and the ids a decision or schedule gave the person
+        while they were still a stranger (see `stranger_ids`). None: no such person."""
+        root = self.root(tenant, universal_id)
+        if root is None:
+            return None
+        aliases = self.aliases(tenant, root)
+        with self.metadata._guard(), self.engine.connect() as conn:
+            idents = [
+                Identifier(k, v)
+                for k, v in conn.execute(
+                    sa.select(ids_t.c.kind, ids_t.c.value)
+                    .where(ids_t.c.tenant == tenant, ids_t.c.universal_id.in_(aliases))
+                    .order_by(ids_t.c.kind, ids_t.c.value)
+                ).all()
+            ]
+            candidates = sorted(
+                {self.new_universal_id(tenant, i) for i in idents}.difference(aliases)
+            )
+            taken = set(
+                conn.execute(
+                    sa.select(profiles_t.c.universal_id).where(
+                        profiles_t.c.tenant == tenant, profiles_t.c.universal_id.in_(candidates)
+                    )
+                ).scalars()
+            )
+        strangers = [c for c in candidates if c not in taken]
+        return ErasureSubject(root, aliases, idents, strangers)
+
+    def erase(
+        self,
+        tenant: str,
+        subject: ErasureSubject,
+        actor: str,
+        removed_elsewhere: Mapping[str, int],
+    ) -> ErasedPerson:
+        """Remove the person from the graph in one transaction: identifiers, profiles (the
+        alias set) and every merge-log row naming them or one of their identifiers; record
+        the erasure in `identity_erasures` (a keyed hash of the id, who, when, the counts).
+        ConflictError when the person changed since `subject` was read (merged with someone
+        else meanwhile): nothing is removed and the caller may retry."""
+        with self._lock, self.metadata._guard(), self.engine.begin() as conn:
+            self._lock_tenant(conn, tenant)
+            exists = conn.execute(
+                sa.select(profiles_t.c.seq).where(
+                    profiles_t.c.tenant == tenant,
+                    profiles_t.c.universal_id == subject.universal_id,
+                )
+            ).first()
+            if exists is None:
+                raise NotFoundError(
+                    f"no person {subject.universal_id!r} in tenant {tenant!r}",
+                    field="universal_id",
+                )
+            root = self._root_in(conn, tenant, subject.universal_id)
+            aliases = [
+                subject.universal_id,
+                *conn.execute(
+                    sa.select(profiles_t.c.universal_id)
+                    .where(
+                        profiles_t.c.tenant == tenant,
+                        profiles_t.c.merged_into == subject.universal_id,
+                    )
+                    .order_by(profiles_t.c.seq)
+                ).scalars(),
+            ]
+            if root != subject.universal_id or sorted(aliases) != sorted(subject.aliases):
+                raise ConflictError(
+                    f"person {subject.universal_id!r} changed during the erasure; retry",
+                    field="universal_id",
+                )
+            idents = {(i.kind, i.value) for i in subject.identifiers}
+            naming = sa.or_(merges_t.c.survivor.in_(aliases), merges_t.c.merged.in_(aliases))
+            merge_ids = set(
+                conn.execute(
+                    sa.select(merges_t.c.id).where(merges_t.c.tenant == tenant, naming)
+                ).scalars()
+            )
+            # A refusal names the identifier it refused (a JSON list): matched here, portably.
+            for mid, listed in conn.execute(
+                sa.select(merges_t.c.id, merges_t.c.identifiers).where(
+                    merges_t.c.tenant == tenant, merges_t.c.status == "refused"
+                )
+            ).all():
+                if any((k, v) in idents for k, v in listed or []):
+                    merge_ids.add(mid)
+            removed_merges = 0
+            ordered = sorted(merge_ids)
+            for i in range(0, len(ordered), _CHUNK):
+                removed_merges += conn.execute(
+                    merges_t.delete().where(merges_t.c.id.in_(ordered[i : i + _CHUNK]))
+                ).rowcount
+            removed_ids = conn.execute(
+                ids_t.delete().where(ids_t.c.tenant == tenant, ids_t.c.universal_id.in_(aliases))
+            ).rowcount
+            removed_profiles = conn.execute(
+                profiles_t.delete().where(
+                    profiles_t.c.tenant == tenant, profiles_t.c.universal_id.in_(aliases)
+                )
+            ).rowcount
+            conn.execute(
+                versions_t.update()
+                .where(versions_t.c.tenant == tenant)
+                .values(version=versions_t.c.version + 1)
+            )
+            removed = {
+                "identifiers": int(removed_ids),
+                "profiles": int(removed_profiles),
+                "merge_records": int(removed_merges),
+                **{k: int(v) for k, v in removed_elsewhere.items()},
+            }
+            audit_id = conn.execute(
+                erasures_t.insert()
+                .values(
+                    tenant=tenant,
+                    subject_hash=self.erasure_hash(tenant, subject.universal_id),
+                    actor=actor[:200],
+                    erased_at=datetime.now(UTC),
+                    removed=removed,
+                )
+                .returning(erasures_t.c.id)
+            ).scalar_one()
+            # The warm graph still holds the person: rebuild it on the next batch.
+            self._cache.pop(tenant, None)
+        return ErasedPerson(subject.universal_id, aliases, removed, int(audit_id))
+
+    def erasure_hash(self, tenant: str, universal_id: str) -> str:
+        """The audit log's name for an erased id: keyed, so it cannot be reversed or matched
+        without the deployment's key, yet an operator holding an id can check it was erased."""
+        msg = f"erasure\x00{tenant}\x00{universal_id}".encode()
+        return hmac.digest(self._key, msg, "sha256").hex()
+
+    def erasures(self, tenant: str, limit: int = 100) -> list[dict[str, Any]]:
+        """The tenant's erasure audit rows, newest first."""
+        with self.metadata._guard(), self.engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(erasures_t)
+                .where(erasures_t.c.tenant == tenant)
+                .order_by(erasures_t.c.id.desc())
+                .limit(limit)
+            ).all()
+        return [{**r._mapping, "erased_at": _aware(r._mapping["erased_at"])} for r in rows]
 
     def forget_cache(self, tenant: str | None = None) -> None:
         with self._lock:

@@ -1,10 +1,11 @@
-"""Identity: resolve any identifier, look a person up, the merge log, and split."""
+"""Identity: resolve any identifier, look a person up, the merge log, split, and erase."""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from fastapi import APIRouter, Path, Query
+from fastapi import APIRouter, Header, Path, Query
+from pydantic import BaseModel, Field
 
 from sendflowr.api.deps import RuntimeDep
 from sendflowr.api.schemas import (
@@ -16,6 +17,7 @@ from sendflowr.api.schemas import (
     SplitOut,
 )
 from sendflowr.errors import InvalidInputError, NotFoundError
+from sendflowr.identity.erasure import erase_person
 from sendflowr.identity.identifiers import Identifier, IdentifierError, parse_lookup
 from sendflowr.identity.store import MergeRecord, Profile
 from sendflowr.people import split_merge
@@ -140,3 +142,57 @@ def person(
     """A person with all identifiers and recent merges (a merged-away id shows the survivor)."""
     uid = resolve_identifier(runtime, tenant, "universal_id", universal_id)
     return _profile(tenant, runtime.identity.profile(tenant, uid))
+
+
+class ErasedCountsOut(BaseModel):
+    identifiers: int = Field(description="identifiers (email hashes, ESP ids, ...) removed")
+    profiles: int = Field(description="profiles removed: the person and every id merged in")
+    merge_records: int = Field(description="merge-log rows naming the person or an identifier")
+    events: int = Field(description="stored events (every alias)")
+    explanations: int = Field(description="timing explanations of their decisions")
+    triggers: int = Field(description="scheduled, sent or cancelled sends (with addresses)")
+    features: int = Field(description="cached feature rows")
+    dead_letters: int = Field(description="rejected payloads that named the person")
+
+
+class ErasureOut(BaseModel):
+    tenant: str
+    universal_id: str = Field(description="the person erased (the survivor, for a merged id)")
+    aliases_erased: int = Field(description="ids merged into the person, erased with them")
+    schedules_touched: int = Field(description="campaigns that lost triggers (counted there)")
+    removed: ErasedCountsOut
+    audit_id: int = Field(description="the row in the erasure audit (no personal data)")
+
+
+@router.delete("/{universal_id}", response_model=ErasureOut)
+def erase(
+    runtime: RuntimeDep,
+    universal_id: str = Path(pattern=UID_PATTERN),
+    tenant: str = TenantQuery,
+    actor: Annotated[str, Header(alias="X-SendFlowr-Actor", max_length=200)] = "api",
+) -> ErasureOut:
+    """Data-subject erasure: the person's identifiers, merge records, events, timing
+    explanations, triggers (with their addresses), cached features and dead letters naming
+    them, from every store. An id merged into someone erases that someone. Not idempotent in
+    its answer: once erased the id is unknown, so a second call is 404 (the audit row shows
+    the first). Events of the same address arriving later make a new, history-less person."""
+    runtime.metadata.get_tenant(tenant)
+    done = erase_person(
+        tenant,
+        universal_id,
+        actor,
+        identity=runtime.identity,
+        events=runtime.events,
+        features=runtime.features,
+        triggers=runtime.triggers,
+        metadata=runtime.metadata,
+        hash_key=runtime.hash_key,
+    )
+    return ErasureOut(
+        tenant=tenant,
+        universal_id=done.universal_id,
+        aliases_erased=done.aliases,
+        schedules_touched=done.schedules_touched,
+        removed=ErasedCountsOut(**done.removed),
+        audit_id=done.audit_id,
+    )

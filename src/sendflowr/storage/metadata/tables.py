@@ -308,3 +308,49 @@ triggers = Table(
     Index("ix_triggers_tenant_person", "tenant", "universal_id", "status"),
     Index("ix_triggers_schedule_status", "schedule_id", "status"),
 )
+
+# -- data-subject erasures (migration 0006) --------------------------------------------------
+
+identity_erasures = Table(
+    "identity_erasures",
+    metadata,
+    Column(
+        "id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    ),
+    Column("tenant", String(63), ForeignKey("tenants.id", ondelete="CASCADE"), nullable=False),
+    # keyed HMAC of tenant + universal id: proves an id was erased, names nobody
+    Column("subject_hash", String(64), nullable=False),
+    Column("actor", String(200), nullable=False),
+    Column("erased_at", DateTime(timezone=True), nullable=False),
+    Column("removed", JSON, nullable=False),  # per-store counts, no personal data
+    Index("ix_identity_erasures_tenant_subject", "tenant", "subject_hash"),
+)
+
+# -- tenant policies and breakers (migration 0005) -------------------------------------------
+
+tenant_policies = Table(
+    "tenant_policies",
+    metadata,
+    Column("tenant", String(63), ForeignKey("tenants.id", ondelete="CASCADE"), primary_key=True),
+    Column("config", JSON, nullable=False),  # quiet hours, cap, breakers, cool-off, exploration
+    Column("version", Integer, nullable=False),
+    Column("breaker_reason", Text, nullable=True),  # set: the tenant breaker is tripped
+    Column("breaker_actor", String(200), nullable=True),
+    Column("breaker_at", DateTime(timezone=True), nullable=True),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+)
+
+tenant_policy_history = Table(
+    "tenant_policy_history",
+    metadata,
+    Column(
+        "id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    ),
+    Column("tenant", String(63), ForeignKey("tenants.id", ondelete="CASCADE"), nullable=False),
+    Column("version", Integer, nullable=False),
+    Column("action", String(16), nullable=False),  # updated | tripped | reset
+    Column("actor", String(200), nullable=False),
+    Column("changed_at", DateTime(timezone=True), nullable=False),
+    Column("changes", JSON, nullable=False),  # {field: [before, after]}
+    Index("ix_tenant_policy_history_tenant", "tenant", "id"),
+)

@@ -405,6 +405,35 @@ class TriggerStore:
             rows = conn.execute(query.limit(limit).offset(offset)).all()
         return [_trigger(r._mapping) for r in rows]
 
+    # -- data-subject erasure ------------------------------------------------------------------
+    def erase_people(self, tenant: str, universal_ids: Sequence[str]) -> dict[str, int]:
+        """Delete every trigger of these people in any status (sent ones too: each holds the
+        recipient's address), in one transaction. A campaign keeps only an anonymous count:
+        its summary's `erased` grows by the triggers it lost. Returns {schedule id: removed}.
+        A trigger a worker has claimed may still reach the ESP; its result is then recorded
+        nowhere (mark_sent matches no row)."""
+        if not universal_ids:
+            return {}
+        per_schedule: dict[str, int] = {}
+        with self.metadata._guard(), self.engine.begin() as conn:
+            for chunk in _chunks(universal_ids):
+                mine = sa.and_(triggers.c.tenant == tenant, triggers.c.universal_id.in_(chunk))
+                for sid, n in conn.execute(
+                    sa.select(triggers.c.schedule_id, sa.func.count())
+                    .where(mine)
+                    .group_by(triggers.c.schedule_id)
+                ).all():
+                    per_schedule[sid] = per_schedule.get(sid, 0) + int(n)
+                conn.execute(triggers.delete().where(mine))
+            for sid, n in sorted(per_schedule.items()):
+                summary = conn.execute(
+                    sa.select(schedules.c.summary).where(schedules.c.id == sid).with_for_update()
+                ).scalar_one()
+                kept = dict(summary or {})
+                kept["erased"] = int(kept.get("erased", 0)) + n
+                conn.execute(schedules.update().where(schedules.c.id == sid).values(summary=kept))
+        return per_schedule
+
 
 def _chunks(values: Sequence[str], size: int = 5_000) -> Iterator[list[str]]:
     """Slices small enough for one IN (...) list on either backend."""

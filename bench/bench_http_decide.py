@@ -9,9 +9,9 @@ did, latency measured from that instant, so queueing counts - for DURATION secon
 requests name a known person (klaviyo_id), 20% a stranger. p50/p95/p99 per run, medians over
 RUNS runs.
 
-Breakdown (in process, no HTTP): the person-profile step of a decision as the route does it
-today (the person's events read from chDB and folded) and from the feature cache
-(TimingService.person_profile on a hit), and the engine's decide() alone.
+Breakdown (in process, no HTTP): the person-profile step of a decision on a feature-cache
+miss (the person's events read from chDB and folded) and on a hit
+(TimingService.person_profile), and the engine's decide() alone.
 """
 
 from __future__ import annotations
@@ -39,7 +39,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import median, write_result
 from sendflowr.api import create_app
-from sendflowr.decisions import HISTORY_LIMIT, profile_from_events
 from sendflowr.events import CanonicalEvent, EventType, Identifiers
 from sendflowr.identity.identifiers import ESP_PREFIX, Identifier
 from sendflowr.runtime import Runtime
@@ -140,22 +139,18 @@ def _breakdown(rt: Runtime, people: int) -> dict[str, float]:
         t0 = time.perf_counter()
         rt.identity.owner(TENANT, Identifier(ESP_PREFIX + "klaviyo", "K1"))
         t1 = time.perf_counter()
-        stored = rt.events.profile_events(
-            TENANT, rt.identity.aliases(TENANT, uid), limit=HISTORY_LIMIT
-        )
-        table, *_ = profile_from_events(stored, ZONE, now, rt.timing.params.activity)
+        rt.features.invalidate(TENANT, [uid])
         t2 = time.perf_counter()
-        rt.timing.person_profile(TENANT, uid, ZONE, now)  # fills the cache
+        rt.timing.person_profile(TENANT, uid, ZONE, now)  # a miss: rebuilt from the store
         t3 = time.perf_counter()
         feats = rt.timing.person_profile(TENANT, uid, ZONE, now)  # a hit
         t4 = time.perf_counter()
         decide(feats.activity, audience, rt.timing._prior, start, end, ZONE, 60, now)
         t5 = time.perf_counter()
         resolve_ms.append((t1 - t0) * 1000)
-        store_ms.append((t2 - t1) * 1000)
+        store_ms.append((t3 - t2) * 1000)
         cached_ms.append((t4 - t3) * 1000)
         engine_ms.append((t5 - t4) * 1000)
-        del table, t3
     return {
         "resolve_identifier_ms": round(statistics.median(resolve_ms), 3),
         "profile_from_store_ms": round(statistics.median(store_ms), 3),

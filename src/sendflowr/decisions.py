@@ -22,7 +22,7 @@ import numpy as np
 from sendflowr.identity.identifiers import Identifier
 from sendflowr.identity.store import IdentityGraphStore
 from sendflowr.people import features_for
-from sendflowr.storage.events.base import EventStore, StoredEvent
+from sendflowr.storage.events.base import EventStore
 from sendflowr.storage.features.base import FeatureCache
 from sendflowr.storage.features.memory import MemoryFeatureCache
 from sendflowr.timing.activity import (
@@ -39,7 +39,6 @@ from sendflowr.timing.engine import (
     EngineParams,
     audience_archetypes,
     choose,
-    decide,
     score_batch,
     utc_offsets,
 )
@@ -53,7 +52,6 @@ if TYPE_CHECKING:
 
 AUDIENCE_TTL_S: Final = 300.0
 AUDIENCE_DAYS: Final = 180  # history that shapes the audience curve
-HISTORY_LIMIT: Final = 20_000  # events read for one person
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,8 +87,9 @@ def fold_history(
 ) -> tuple[np.ndarray[Any, np.dtype[np.float64]], np.ndarray[Any, np.dtype[np.float64]]]:
     """Fold stored events (row, UTC s, type, machine flag) into `table`: engagement signals
     by their weight, machine opens excluded and counted, `received` as deliveries (the
-    send-time-bias correction and latency). The one path from events to profiles for single
-    decisions, audiences, schedules and `sendflowr evaluate --simulated`."""
+    send-time-bias correction and latency). The path from a tenant's history to profiles for
+    audiences, schedules and `sendflowr evaluate --simulated`; the feature cache folds one
+    person's events with timing.features.fold_batch."""
     weights = np.fromiter((ENGAGEMENT_WEIGHTS.get(t, 0.0) for t in types), np.float64, len(types))
     delivery = np.fromiter((t == DELIVERY_TYPE for t in types), np.bool_, len(types))
     return table.observe(
@@ -103,58 +102,6 @@ def fold_history(
         machine=machine & ~delivery,
         delivery=delivery,
     )
-
-
-@dataclass(slots=True)
-class _Observed:
-    utc: list[int] = field(default_factory=list)
-    weight: list[float] = field(default_factory=list)
-    machine: list[bool] = field(default_factory=list)
-    received: list[int] = field(default_factory=list)  # deliveries (not engagements)
-
-
-def _engagements(events: Sequence[StoredEvent]) -> _Observed:
-    out = _Observed()
-    for e in events:
-        if e.event_type == DELIVERY_TYPE:
-            out.received.append(int(e.occurred_at.timestamp()))
-            continue
-        w = ENGAGEMENT_WEIGHTS.get(e.event_type, 0.0)
-        if w <= 0 and not e.is_machine_open:
-            continue
-        out.utc.append(int(e.occurred_at.timestamp()))
-        out.weight.append(w)
-        out.machine.append(e.is_machine_open)
-    return out
-
-
-def profile_from_events(
-    events: Sequence[StoredEvent], zone: ZoneInfo, now: int, params: ActivityParams
-) -> tuple[
-    ActivityTable,
-    np.ndarray[Any, np.dtype[np.float64]],
-    np.ndarray[Any, np.dtype[np.float64]],
-    _Observed,
-]:
-    """One person's activity table (one row) from their stored events (deliveries included);
-    the weights returned are the engagements' (in `seen` order)."""
-    seen = _engagements(events)
-    table = ActivityTable.empty(1)
-    n = len(seen.utc)
-    utc = np.asarray(seen.utc + seen.received, np.int64)
-    weights = np.asarray(seen.weight + [0.0] * len(seen.received), np.float64)
-    machine = np.asarray(seen.machine + [False] * len(seen.received), np.bool_)
-    aged_w, aged_d = table.observe(
-        np.zeros(len(utc), np.int64),
-        utc,
-        _offsets(utc.tolist(), zone),
-        weights,
-        now,
-        params,
-        machine=machine,
-        delivery=np.arange(len(utc)) >= n,
-    )
-    return table, aged_w[:n], aged_d[:n], seen
 
 
 class TimingService:
@@ -259,30 +206,20 @@ class TimingService:
         suppression: Suppression | None = None
         policies: tuple[str, ...] = ()
         policy_details: dict[str, Any] = {}
+        scores = score_batch(
+            profile.table() if profile is not None else ActivityTable.empty(1),
+            np.array([0 if profile is not None else -1], np.int64),
+            self.audience(tenant, zone, now),
+            self._prior,
+            int(window.start.timestamp()),
+            int(window.end.timestamp()),
+            zone,
+            now,
+            self.params,
+        )
         if policy is None:
-            decision = decide(
-                profile,
-                self.audience(tenant, zone, now),
-                self._prior,
-                int(window.start.timestamp()),
-                int(window.end.timestamp()),
-                zone,
-                latency_seconds,
-                now,
-                self.params,
-            )
+            decision = choose(scores, latency_seconds, self.params).row(0)
         else:
-            scores = score_batch(
-                profile.table() if profile is not None else ActivityTable.empty(1),
-                np.array([0 if profile is not None else -1], np.int64),
-                self.audience(tenant, zone, now),
-                self._prior,
-                int(window.start.timestamp()),
-                int(window.end.timestamp()),
-                zone,
-                now,
-                self.params,
-            )
             applied = apply(scores, policy.config, policy.facts, zone, [decision_id])
             suppression = applied.suppressed[0]
             if suppression is not None:  # the minute it would have had, for the record

@@ -49,6 +49,8 @@ def ev(tenant: str = "acme", **ids: Any) -> CanonicalEvent:
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
 def rt(request: pytest.FixtureRequest, settings: Settings, tmp_path: Path) -> Iterator[Runtime]:
+    # The test claims triggers itself: the app's in-process executor would race it for them.
+    settings = settings.model_copy(update={"executor": False})
     if request.param == "postgresql":
         url = request.getfixturevalue("postgres_url")
         settings = settings.model_copy(update={"metadata_url": url})

@@ -34,6 +34,9 @@ REQUEST = 1_000
 KEY = "bench-hash-key"
 
 
+ADMIN_KEY = "bench-archive-admin-key-0123456789"
+
+
 def _runtime(root: Path, chdb_dir: Path, archive: str) -> Runtime:
     settings = Settings(
         event_store_url=f"chdb://{chdb_dir}?database=b_{uuid.uuid4().hex[:10]}",
@@ -44,6 +47,8 @@ def _runtime(root: Path, chdb_dir: Path, archive: str) -> Runtime:
         executor=False,
         backfill_worker=False,
         raw_archive_url=archive,
+        admin_api_key=ADMIN_KEY,
+        rate_limit_admin="1000000/minute",  # the benchmark measures the archive, not limits
     )
     rt = Runtime.open(settings)
     rt.metadata.ensure_tenant(Tenant("bench", "bench", "UTC"))
@@ -75,7 +80,9 @@ def run(count: int, repeats: int) -> dict[str, object]:
             for mode in ("on", "off"):
                 archive = str(root / f"archive-{mode}-{r}") if mode == "on" else "off"
                 rt = _runtime(root, chdb_dir, archive)
-                with TestClient(create_app(rt.settings, runtime=rt)) as client:
+                app = create_app(rt.settings, runtime=rt)
+                auth = {"Authorization": f"Bearer {ADMIN_KEY}"}
+                with TestClient(app, headers=auth) as client:
 
                     def post(client: TestClient = client) -> None:
                         for body in bodies:

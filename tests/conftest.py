@@ -28,6 +28,8 @@ POSTGRES_URL = os.environ.get(
     "SENDFLOWR_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
 )
 HASH_KEY = "test-hash-key-0123456789abcdef"
+ADMIN_KEY = "test-operator-key-0123456789abcdef"  # settings.admin_api_key: the operator
+ADMIN_HEADERS = {"Authorization": f"Bearer {ADMIN_KEY}"}
 
 pytest_plugins = ["tests.kafka"]  # the session's Kafka broker (Tansu)
 
@@ -67,6 +69,8 @@ def settings(tmp_path: Path, chdb_url: str) -> Settings:
         data_dir=tmp_path / "var",
         hash_key=HASH_KEY,
         demo_profiles=0,
+        admin_api_key=ADMIN_KEY,
+        rate_limit_admin="1000000/minute",  # test_auth.py tests the limits themselves
     )
 
 
@@ -86,7 +90,7 @@ def runtime(settings: Settings) -> Iterator[Runtime]:
 def client(runtime: Runtime) -> Iterator[TestClient]:
     from sendflowr.api import create_app
 
-    with TestClient(create_app(runtime.settings, runtime=runtime)) as c:
+    with TestClient(create_app(runtime.settings, runtime=runtime), headers=ADMIN_HEADERS) as c:
         yield c
 
 

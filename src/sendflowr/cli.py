@@ -90,7 +90,10 @@ def run(
         ),
     ] = True,
 ) -> None:
-    """Run the API service with every backend from settings (migrations applied first)."""
+    """Run the API service with every backend from settings (migrations applied first).
+
+    Without SENDFLOWR_ADMIN_API_KEY, an operator API key is generated into DATA_DIR/admin.key
+    on the first start and printed once."""
     import uvicorn
 
     from sendflowr.api import create_app
@@ -104,6 +107,22 @@ def run(
     bind_host, bind_port = host or settings.host, port or settings.port
     if "public_url" not in settings.model_fields_set:
         settings = settings.model_copy(update={"public_url": f"http://{bind_host}:{bind_port}"})
+    from sendflowr.api.auth import ensure_admin_key
+
+    try:
+        settings, new_admin_key, admin_key_file = ensure_admin_key(settings)
+    except OSError as exc:
+        _fail(f"cannot keep the operator key under {settings.data_dir}: {exc}")
+    if new_admin_key is not None:  # printed once, to the console only (never logged)
+        console.print(
+            f"Operator API key (admin on every tenant; shown once, kept in {admin_key_file}):\n"
+            f"  {new_admin_key}\n"
+            f"Send it as 'Authorization: Bearer <key>'.",
+            highlight=False,
+            soft_wrap=True,
+        )
+    elif admin_key_file is not None:
+        console.print(f"Operator API key: in {admin_key_file}", highlight=False)
     # The embedded demo may generate its own development encryption key under data_dir.
     try:
         from sendflowr.runtime import Runtime
@@ -740,6 +759,111 @@ def health() -> None:
     console.print(table)
     if any(h.state == "down" for h in states):
         raise typer.Exit(1)
+
+
+keys_app = typer.Typer(
+    help="API keys: per-tenant keys (read, write, admin) and operator keys (--all-tenants).",
+    no_args_is_help=True,
+)
+app.add_typer(keys_app, name="keys")
+
+
+def _key_store(settings: Settings):  # type: ignore[no-untyped-def]  # imported lazily
+    from sendflowr.runtime import load_hash_key
+    from sendflowr.storage.metadata import open_metadata_store
+    from sendflowr.storage.metadata.keys import KeyStore
+
+    try:
+        meta = open_metadata_store(settings.metadata)
+        meta.migrate()
+        return KeyStore(meta, load_hash_key(settings))
+    except (RuntimeError, OSError) as exc:
+        _fail(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+
+
+class KeyScope(enum.StrEnum):
+    read = "read"
+    write = "write"
+    admin = "admin"
+
+
+@keys_app.command("create")
+def keys_create(
+    tenant: Annotated[
+        str | None, typer.Option("--tenant", "-t", help="The tenant the key acts on.")
+    ] = None,
+    all_tenants: Annotated[
+        bool, typer.Option("--all-tenants", help="An operator key, valid on every tenant.")
+    ] = False,
+    scope: Annotated[
+        KeyScope, typer.Option(help="read, write or admin (each includes the one before).")
+    ] = KeyScope.read,
+    name: Annotated[str, typer.Option(help="What the key is for.")] = "cli",
+) -> None:
+    """Create a key and print it once (only a keyed hash of it is stored)."""
+    from sendflowr.errors import SendFlowrError
+
+    if (tenant is None) == (not all_tenants):
+        _fail("give either --tenant T or --all-tenants")
+    store = _key_store(_settings())
+    try:
+        made = store.create(tenant, name, scope.value)
+    except SendFlowrError as exc:
+        _fail(exc.message)
+    finally:
+        store.metadata.close()
+    who = f"tenant {tenant}" if tenant else "every tenant (operator)"
+    err_console.print(f"key {made.key.id}: {made.key.scope} on {who}; shown once:")
+    console.print(made.plaintext, highlight=False, soft_wrap=True)
+
+
+@keys_app.command("list")
+def keys_list(
+    tenant: Annotated[str | None, typer.Option("--tenant", "-t", help="Only this tenant.")] = None,
+    all_tenants: Annotated[
+        bool, typer.Option("--all-tenants", help="Only the operator keys.")
+    ] = False,
+) -> None:
+    """List keys with their tenant, scope and last use (never the keys themselves)."""
+    store = _key_store(_settings())
+    try:
+        keys = store.list(tenant, operators=all_tenants)
+    finally:
+        store.metadata.close()
+    table = Table(title="API keys")
+    for col in ("id", "tenant", "scope", "name", "created", "last used", "revoked"):
+        table.add_column(col, no_wrap=col in ("id", "tenant", "scope"))
+    for k in keys:
+        table.add_row(
+            k.id,
+            k.tenant or "(all tenants)",
+            k.scope,
+            k.name,
+            k.created_at.isoformat(timespec="seconds"),
+            k.last_used_at.isoformat(timespec="seconds") if k.last_used_at else "",
+            k.revoked_at.isoformat(timespec="seconds") if k.revoked_at else "",
+        )
+    console.print(table)
+
+
+@keys_app.command("revoke")
+def keys_revoke(
+    key_id: Annotated[str, typer.Argument(help="The key's id (or the whole sfk_<id>_... key).")],
+) -> None:
+    """Revoke a key at once (it stays listed as revoked)."""
+    from sendflowr.errors import SendFlowrError
+
+    if key_id.startswith("sfk_"):
+        key_id = key_id.removeprefix("sfk_").split("_", 1)[0]
+
+    store = _key_store(_settings())
+    try:
+        key = store.revoke(key_id, None, any_tenant=True)
+    except SendFlowrError as exc:
+        _fail(exc.message)
+    finally:
+        store.metadata.close()
+    console.print(f"revoked {key.id} ({key.tenant or 'operator'}, {key.scope})", highlight=False)
 
 
 features_app = typer.Typer(help="The per-person timing feature cache.", no_args_is_help=True)

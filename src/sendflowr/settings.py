@@ -184,7 +184,7 @@ class Settings(BaseSettings):
         "sendflowr-consumer", min_length=1, description="consumer group of `sendflowr consumer`"
     )
     kafka_batch_size: int = Field(
-        10_000, ge=1, le=1_000_000, description="most messages the consumer processes at once"
+        20_000, ge=1, le=1_000_000, description="most messages the consumer processes at once"
     )
     kafka_batch_timeout_seconds: float = Field(
         0.5, gt=0, le=60, description="longest wait for a batch to fill"
@@ -203,6 +203,28 @@ class Settings(BaseSettings):
         description='extra librdkafka properties, e.g. {"security.protocol": "SASL_SSL"}',
     )
     feature_cache_url: str = Field("memory", description="memory or redis://host:6379/0")
+    feature_cache_prefix: str = Field(
+        "sf:f:",
+        min_length=1,
+        max_length=64,
+        pattern=r"^[A-Za-z0-9:_.-]+$",
+        description="Redis key prefix of the feature cache (keys: <prefix><tenant>:...)",
+    )
+    feature_cache_ttl_seconds: int = Field(
+        0, ge=0, le=365 * 86_400, description="Redis feature entries expire after this; 0 never"
+    )
+    feature_cache_socket_timeout_seconds: float = Field(
+        0.5, gt=0, le=60, description="Redis read/write timeout: longer is an outage (degraded)"
+    )
+    feature_cache_connect_timeout_seconds: float = Field(
+        0.5, gt=0, le=60, description="Redis connect timeout"
+    )
+    feature_cache_retry_seconds: float = Field(
+        1.0,
+        ge=0,
+        le=300,
+        description="after a Redis failure, serve degraded (no Redis calls) this long, then retry",
+    )
     data_dir: Path = Field(Path("var"), description="where embedded state and keys live")
     hash_key: SecretStr | None = Field(
         None, description="key for hashing emails; generated under data_dir when unset"
@@ -233,6 +255,34 @@ class Settings(BaseSettings):
             "Fernet key(s) encrypting ESP credentials at rest, comma-separated, newest first "
             "(older keys still decrypt: rotation); credentials are refused without one"
         ),
+    )
+    admin_api_key: SecretStr | None = Field(
+        None,
+        min_length=24,
+        description=(
+            "the bootstrap operator key (admin on every tenant), sent as "
+            "'Authorization: Bearer <key>'; `sendflowr run` generates one under data_dir "
+            "when unset"
+        ),
+    )
+    rate_limit_read: str = Field(
+        "6000/minute", description="requests per API key for read keys (limits notation)"
+    )
+    rate_limit_write: str = Field(
+        "6000/minute", description="requests per API key for write keys (limits notation)"
+    )
+    rate_limit_admin: str = Field(
+        "1200/minute", description="requests per API key for admin keys (limits notation)"
+    )
+    rate_limit_storage_url: str | None = Field(
+        None,
+        description=(
+            "where rate-limit counters live: memory:// or redis://host:6379/N; unset: the "
+            "feature cache's Redis when it is redis://, else memory (per process)"
+        ),
+    )
+    metrics_public: bool = Field(
+        False, description="serve /metrics without a key (only on a private scrape network)"
     )
     public_url: str = Field(
         "http://127.0.0.1:8001",
@@ -290,6 +340,17 @@ class Settings(BaseSettings):
             from sendflowr.secrets import parse_keys
 
             parse_keys(v.get_secret_value())
+        return v
+
+    @field_validator("rate_limit_read", "rate_limit_write", "rate_limit_admin")
+    @classmethod
+    def _check_rate_limit(cls, v: str) -> str:
+        from limits import parse_many
+
+        try:
+            parse_many(v)
+        except ValueError:
+            raise ValueError(f"{v!r} is not a rate limit such as '600/minute'") from None
         return v
 
     @field_validator("public_url", "klaviyo_api_url", "klaviyo_authorize_url")

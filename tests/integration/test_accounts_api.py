@@ -24,6 +24,7 @@ from sendflowr.secrets import SecretBox, generate_key
 from sendflowr.settings import Settings
 from sendflowr.storage.metadata.accounts import AccountStore
 from sendflowr.storage.metadata.tables import esp_accounts
+from tests.conftest import ADMIN_HEADERS
 
 KEY = generate_key()
 SIM_KEY = "pk_sim_" + "0123456789abcdef" * 2
@@ -44,7 +45,7 @@ def settings(settings: Settings) -> Settings:
 
 @pytest.fixture
 def client(runtime: Runtime) -> Iterator[TestClient]:
-    with TestClient(build_app(runtime)) as c:
+    with TestClient(build_app(runtime), headers=ADMIN_HEADERS) as c:
         yield c
 
 
@@ -182,7 +183,7 @@ def test_without_a_secret_key_credentials_are_refused_with_409(runtime: Runtime)
     keyless = dataclasses.replace(
         runtime, box=keyless_box, accounts=AccountStore(runtime.metadata, keyless_box)
     )
-    with TestClient(build_app(keyless)) as client:
+    with TestClient(build_app(keyless), headers=ADMIN_HEADERS) as client:
         _tenant(client)
         # Refused before Klaviyo is asked (no network is opened: this test has no marker).
         r = client.put("/api/tenants/acme/accounts/klaviyo", json={"api_key": SIM_KEY})

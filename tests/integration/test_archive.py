@@ -25,6 +25,7 @@ from sendflowr.runtime import Runtime
 from sendflowr.secrets import generate_key
 from sendflowr.settings import Settings
 from sendflowr.storage.metadata.store import Tenant
+from tests.conftest import ADMIN_HEADERS
 from tests.factories import payload
 from tests.integration.test_backfill import API_KEY, SIM_URL, _config, _factory
 from tests.integration.test_webhooks import FLOW_SECRET, SECRET, _deliver, _item
@@ -173,7 +174,7 @@ def keyed(settings: Settings) -> Iterator[tuple[TestClient, Runtime]]:
         rt.accounts.connect("brand", "klaviyo", "api_key", {"api_key": API_KEY}, api_url=SIM_URL)
         rt.accounts.set_webhook_secret("brand", "klaviyo", SECRET)
         rt.accounts.set_webhook_secret("brand", "klaviyo", FLOW_SECRET, flow=True)
-        with TestClient(create_app(cfg, runtime=rt)) as client:
+        with TestClient(create_app(cfg, runtime=rt), headers=ADMIN_HEADERS) as client:
             yield client, rt
     finally:
         rt.events._command(f"DROP DATABASE IF EXISTS `{rt.events.database}`")

@@ -24,6 +24,7 @@ from sendflowr.secrets import generate_key
 from sendflowr.settings import Settings
 from sendflowr.storage.metadata.backfill import Job
 from sendflowr.storage.metadata.store import Tenant
+from tests.conftest import ADMIN_HEADERS
 
 API_KEY = "pk_sim_backfill_test"
 SIM_URL = "http://klaviyo.sim"
@@ -224,7 +225,7 @@ def test_unreachable_klaviyo_fails_the_job_with_the_reason(rt: Runtime) -> None:
 def test_routes_status_summary_and_orders(rt: Runtime, sim: SimApp, brand: Brand) -> None:
     from sendflowr.api import create_app
 
-    with TestClient(create_app(rt.settings, runtime=rt)) as client:
+    with TestClient(create_app(rt.settings, runtime=rt), headers=ADMIN_HEADERS) as client:
         assert client.post("/api/connector/backfill/nobody").status_code == 404
         bad = client.post(f"/api/connector/backfill/{TENANT}?days=0")
         assert bad.status_code == 422

@@ -25,7 +25,7 @@ from sendflowr.settings import Settings
 from sendflowr.storage.metadata.store import DeadLetter, Tenant
 from sendflowr.storage.metadata.tables import identity_erasures, identity_merges
 from sendflowr.storage.metadata.triggers import Schedule
-from tests.conftest import HASH_KEY
+from tests.conftest import ADMIN_HEADERS, HASH_KEY
 
 KEY = HASH_KEY.encode()
 _n = 0
@@ -66,7 +66,7 @@ def rt(request: pytest.FixtureRequest, settings: Settings, tmp_path: Path) -> It
 
 @pytest.fixture
 def api(rt: Runtime) -> Iterator[TestClient]:
-    with TestClient(create_app(rt.settings, runtime=rt)) as c:
+    with TestClient(create_app(rt.settings, runtime=rt), headers=ADMIN_HEADERS) as c:
         yield c
 
 

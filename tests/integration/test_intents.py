@@ -27,6 +27,7 @@ from sendflowr.runtime import Runtime
 from sendflowr.secrets import generate_key
 from sendflowr.settings import Settings
 from sendflowr.storage.metadata.store import Tenant
+from tests.conftest import ADMIN_HEADERS
 
 pytestmark = pytest.mark.network
 
@@ -80,7 +81,7 @@ def rt(settings: Settings, sim_url: str) -> Iterator[Runtime]:
 
 @pytest.fixture
 def api(rt: Runtime) -> Iterator[TestClient]:
-    with TestClient(create_app(rt.settings, runtime=rt)) as c:
+    with TestClient(create_app(rt.settings, runtime=rt), headers=ADMIN_HEADERS) as c:
         yield c
 
 

@@ -14,6 +14,7 @@ from sendflowr.runtime import Runtime
 from sendflowr.settings import Settings
 from sendflowr.storage.metadata.store import Tenant
 from sendflowr.storage.metadata.triggers import Schedule
+from tests.conftest import ADMIN_HEADERS
 from tests.factories import payload
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
@@ -43,7 +44,7 @@ def quiet(settings: Settings) -> Iterator[tuple[TestClient, Runtime]]:
     rt = Runtime.open(cfg)
     try:
         rt.metadata.create_tenant(Tenant("acme", "Acme", "UTC"))
-        with TestClient(create_app(cfg, runtime=rt)) as client:
+        with TestClient(create_app(cfg, runtime=rt), headers=ADMIN_HEADERS) as client:
             yield client, rt
     finally:
         rt.events._command(f"DROP DATABASE IF EXISTS `{rt.events.database}`")

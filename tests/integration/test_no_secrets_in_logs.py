@@ -38,7 +38,7 @@ from sendflowr.klaviyo_sim.brand import TRIGGER_METRIC
 from sendflowr.runtime import Runtime
 from sendflowr.secrets import generate_key
 from sendflowr.settings import Settings
-from tests.conftest import HASH_KEY
+from tests.conftest import ADMIN_HEADERS, ADMIN_KEY, HASH_KEY
 
 pytestmark = pytest.mark.network
 
@@ -194,7 +194,7 @@ def test_a_full_run_logs_no_secret_and_no_plaintext_email(
 ) -> None:
     emails = [f"Person.{i}+news@Example-Shop.test" for i in range(6)]
     shown: list[str] = []  # response bodies that must not carry secrets either
-    with TestClient(create_app(rt.settings, runtime=rt)) as api:
+    with TestClient(create_app(rt.settings, runtime=rt), headers=ADMIN_HEADERS) as api:
         for tenant in ("acme", "oauthco"):
             _ok(api.post("/api/tenants", json={"id": tenant, "name": tenant}), 201)
         # Connect: an API key (checked at the simulator), then webhook secrets; OAuth too.
@@ -363,8 +363,10 @@ def test_the_demo_service_at_debug_logs_no_secret_and_no_email(tmp_path: Path) -
         "SENDFLOWR_LOG_LEVEL": "debug",
         "SENDFLOWR_HASH_KEY": hash_key,
         "SENDFLOWR_DEMO_PROFILES": "30",
+        "SENDFLOWR_ADMIN_API_KEY": ADMIN_KEY,
     }
     env.pop("SENDFLOWR_SECRET_KEY", None)
+    auth = {"Authorization": f"Bearer {ADMIN_KEY}"}
     out, err = tmp_path / "out.txt", tmp_path / "err.txt"
     with out.open("wb") as fo, err.open("wb") as fe:
         proc = subprocess.Popen(
@@ -388,20 +390,24 @@ def test_the_demo_service_at_debug_logs_no_secret_and_no_email(tmp_path: Path) -
                 time.sleep(0.5)
             tenant = "demo"
             while (
-                not httpx.get(f"{base}/api/connector/backfill/status/{tenant}", timeout=5)
+                not httpx.get(
+                    f"{base}/api/connector/backfill/status/{tenant}", headers=auth, timeout=5
+                )
                 .json()
                 .get("finished_at")
             ):
                 assert time.monotonic() < deadline, "the demo backfill did not finish"
                 time.sleep(0.5)
-            httpx.post(
+            decided = httpx.post(
                 f"{base}/timing/decide",
+                headers=auth,
                 timeout=10,
                 json={
                     "tenant": tenant,
                     "identifier": {"type": "email", "value": "Visitor@Demo-Shop.test"},
                 },
             )
+            assert decided.status_code == 200, decided.text
         finally:
             proc.send_signal(signal.SIGINT)
             try:
@@ -429,6 +435,7 @@ def test_the_demo_service_at_debug_logs_no_secret_and_no_email(tmp_path: Path) -
         ("the hash key", hash_key),
         ("the Klaviyo API key", api_key),
         ("the webhook secret", webhook),
+        ("the operator API key", ADMIN_KEY),
     ):
         assert value, what
         assert value not in text, f"{what} appears in the demo's output"

@@ -42,6 +42,7 @@ from sendflowr.runtime import Runtime
 from sendflowr.secrets import generate_key
 from sendflowr.settings import Settings
 from sendflowr.storage.metadata.tables import esp_accounts
+from tests.conftest import ADMIN_HEADERS
 
 KEY = generate_key()
 CLIENT_ID = "sim-client"
@@ -112,7 +113,7 @@ def _pointed_at(runtime: Runtime, api_url: str) -> Runtime:
 
 @pytest.fixture
 def client(runtime: Runtime) -> Iterator[TestClient]:
-    with TestClient(build_app(runtime)) as c:
+    with TestClient(build_app(runtime), headers=ADMIN_HEADERS) as c:
         c.post("/api/tenants", json={"id": "acme", "name": "Acme"}).raise_for_status()
         yield c
 
@@ -124,7 +125,7 @@ def sim_runtime(runtime: Runtime, sim_url: str) -> Runtime:
 
 @pytest.fixture
 def sim_client(sim_runtime: Runtime) -> Iterator[TestClient]:
-    with TestClient(build_app(sim_runtime)) as c:
+    with TestClient(build_app(sim_runtime), headers=ADMIN_HEADERS) as c:
         c.post("/api/tenants", json={"id": "acme", "name": "Acme"}).raise_for_status()
         yield c
 
@@ -258,7 +259,7 @@ def test_authorize_refuses_an_unknown_tenant_or_a_missing_oauth_app(
     unconfigured = dataclasses.replace(
         runtime, settings=runtime.settings.model_copy(update={"klaviyo_client_id": None})
     )
-    with TestClient(build_app(unconfigured)) as c:
+    with TestClient(build_app(unconfigured), headers=ADMIN_HEADERS) as c:
         r = c.get("/api/connector/oauth/authorize", params={"tenant": "acme"})
     assert r.status_code == 409
     detail = r.json()["detail"][0]
@@ -358,7 +359,8 @@ def test_an_expired_code_is_a_400_page(
     runtime: Runtime, instant_expiry_sim_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.DEBUG)
-    with TestClient(build_app(_pointed_at(runtime, instant_expiry_sim_url))) as c:
+    app = build_app(_pointed_at(runtime, instant_expiry_sim_url))
+    with TestClient(app, headers=ADMIN_HEADERS) as c:
         c.post("/api/tenants", json={"id": "acme", "name": "Acme"}).raise_for_status()
         callback = _consent(_authorize(c))
         text = _page(c.get(callback), 400)
@@ -375,7 +377,8 @@ def test_klaviyo_unreachable_at_the_callback_is_a_502_page(
     with socket.socket() as s:  # a port nothing listens on
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    with TestClient(build_app(_pointed_at(runtime, f"http://127.0.0.1:{port}"))) as c:
+    app = build_app(_pointed_at(runtime, f"http://127.0.0.1:{port}"))
+    with TestClient(app, headers=ADMIN_HEADERS) as c:
         location = _authorize(c)
         state = parse_qs(urlsplit(location).query)["state"][0]
         text = _page(c.get(CALLBACK, params={"code": "some-code", "state": state}), 502)

@@ -22,6 +22,7 @@ from sendflowr.scheduling.service import ScheduleRequest, schedule
 from sendflowr.secrets import generate_key
 from sendflowr.settings import Settings
 from sendflowr.storage.metadata.triggers import Schedule
+from tests.conftest import ADMIN_HEADERS
 
 T = "acme"
 WARSAW = ZoneInfo("Europe/Warsaw")
@@ -43,7 +44,7 @@ def rt(settings: Settings) -> Iterator[Runtime]:
 
 @pytest.fixture
 def api(rt: Runtime) -> Iterator[TestClient]:
-    with TestClient(create_app(rt.settings, runtime=rt)) as c:
+    with TestClient(create_app(rt.settings, runtime=rt), headers=ADMIN_HEADERS) as c:
         r = c.post("/api/tenants", json={"id": T, "name": "Acme", "timezone": "Europe/Warsaw"})
         assert r.status_code == 201, r.text
         yield c

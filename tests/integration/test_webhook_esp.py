@@ -43,6 +43,7 @@ from sendflowr.secrets import SecretBox, generate_key
 from sendflowr.settings import Settings
 from sendflowr.storage.metadata.accounts import AccountStore
 from sendflowr.storage.metadata.tables import esp_accounts
+from tests.conftest import ADMIN_HEADERS
 
 SECRET = "whsec-" + "s3cr3t-0123456789abcdefghijklmnop"  # 38 characters
 OTHER_SECRET = "other-" + "x" * 40
@@ -615,7 +616,7 @@ def settings(settings: Settings) -> Settings:
 def client(runtime: Runtime) -> Iterator[TestClient]:
     from sendflowr.api import create_app
 
-    with TestClient(create_app(runtime.settings, runtime=runtime)) as c:
+    with TestClient(create_app(runtime.settings, runtime=runtime), headers=ADMIN_HEADERS) as c:
         yield c
 
 
@@ -746,7 +747,7 @@ def test_without_a_secret_key_nothing_is_stored_409(runtime: Runtime) -> None:
 
     box = SecretBox(None)
     keyless = dataclasses.replace(runtime, box=box, accounts=AccountStore(runtime.metadata, box))
-    with TestClient(create_app(keyless.settings, runtime=keyless)) as client:
+    with TestClient(create_app(keyless.settings, runtime=keyless), headers=ADMIN_HEADERS) as client:
         _tenant(client)
         r = client.put(PATH, json={"url": "https://h.example/x", "secret": SECRET})
         assert r.status_code == 409, r.text

@@ -23,6 +23,7 @@ from sendflowr.runtime import Runtime
 from sendflowr.secrets import generate_key
 from sendflowr.settings import Settings
 from sendflowr.storage.metadata.store import Tenant
+from tests.conftest import ADMIN_HEADERS
 
 SECRET = "whsec_test_0123456789abcdef"
 FLOW_SECRET = "flow_secret_0123456789abcdef"
@@ -42,7 +43,7 @@ def keyed_client(settings: Settings) -> Iterator[tuple[TestClient, Runtime]]:
         rt.accounts.connect("brand", "klaviyo", "api_key", {"api_key": "pk_test"})
         rt.accounts.set_webhook_secret("brand", "klaviyo", SECRET)
         rt.accounts.set_webhook_secret("brand", "klaviyo", FLOW_SECRET, flow=True)
-        with TestClient(create_app(keyed, runtime=rt)) as client:
+        with TestClient(create_app(keyed, runtime=rt), headers=ADMIN_HEADERS) as client:
             yield client, rt
     finally:
         drop = getattr(rt.events, "drop_database", None)

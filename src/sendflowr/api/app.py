@@ -10,7 +10,9 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from sendflowr import __version__
-from sendflowr.api.errors import install_error_handlers
+from sendflowr.api.auth import Authenticated
+from sendflowr.api.errors import document_errors, install_error_handlers
+from sendflowr.api.limits import BodyLimitMiddleware
 from sendflowr.api.routes import (
     accounts,
     backfill,
@@ -18,6 +20,7 @@ from sendflowr.api.routes import (
     health,
     identity,
     intents,
+    keys,
     metrics,
     mock,
     oauth,
@@ -96,23 +99,27 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     if runtime is not None:
         app.state.runtime = runtime
     install_error_handlers(app)
+    document_errors(app)  # every 4xx/503 a route can answer, in the OpenAPI document
     app.add_middleware(DecisionLatencyMiddleware)  # sendflowr_decision_latency_seconds
+    app.add_middleware(BodyLimitMiddleware)  # body caps (413) and JSON only (422)
+    # Open: /health, the signed webhook receivers; /metrics and the OAuth router guard their
+    # own routes (an operator key unless metrics_public; the callback is single-use state).
+    for module in (health, metrics, oauth, webhooks):
+        app.include_router(module.router)
+    # Everything else needs an API key (api/auth.py; docs/security.md has the scope table).
     for module in (
-        health,
-        metrics,
         tenants,
+        keys,
         accounts,
-        oauth,
         events,
         identity,
         timing,
         mock,
         backfill,
-        webhooks,
         webhook_esp,
         intents,
         schedules,
         policies,
     ):
-        app.include_router(module.router)
+        app.include_router(module.router, dependencies=[Authenticated])
     return app

@@ -17,6 +17,7 @@ import httpx
 from fastapi import APIRouter, Response, status
 from starlette.concurrency import run_in_threadpool
 
+from sendflowr.api.auth import AdminOnly
 from sendflowr.api.deps import RuntimeDep
 from sendflowr.api.schemas import AccountOut, KlaviyoApiKeyIn, WebhookSecretIn, WebhookSecretOut
 from sendflowr.connectors.klaviyo.constants import ESP, JSON_API, REVISION
@@ -166,7 +167,7 @@ def get_klaviyo_account(tenant: str, runtime: RuntimeDep) -> AccountOut:
     return _out(runtime.accounts.get(tenant, ESP))
 
 
-@router.put("/{tenant}/accounts/klaviyo", response_model=AccountOut)
+@router.put("/{tenant}/accounts/klaviyo", response_model=AccountOut, dependencies=[AdminOnly])
 async def connect_klaviyo_api_key(
     tenant: str, body: KlaviyoApiKeyIn, runtime: RuntimeDep
 ) -> AccountOut:
@@ -192,7 +193,11 @@ async def connect_klaviyo_api_key(
     return _out(account)
 
 
-@router.delete("/{tenant}/accounts/klaviyo", status_code=status.HTTP_204_NO_CONTENT)
+@router.delete(
+    "/{tenant}/accounts/klaviyo",
+    status_code=status.HTTP_204_NO_CONTENT,
+    dependencies=[AdminOnly],
+)
 async def delete_klaviyo_account(tenant: str, runtime: RuntimeDep) -> Response:
     """Disconnect: revoke OAuth tokens at Klaviyo (best effort), then forget the account and
     its secrets."""
@@ -219,6 +224,7 @@ def _set_secret(
     "/{tenant}/accounts/klaviyo/webhook-secret",
     response_model=WebhookSecretOut,
     status_code=status.HTTP_201_CREATED,
+    dependencies=[AdminOnly],
 )
 def set_webhook_secret(
     tenant: str, runtime: RuntimeDep, response: Response, body: WebhookSecretIn | None = None
@@ -233,6 +239,7 @@ def set_webhook_secret(
     "/{tenant}/accounts/klaviyo/flow-webhook-secret",
     response_model=WebhookSecretOut,
     status_code=status.HTTP_201_CREATED,
+    dependencies=[AdminOnly],
 )
 def set_flow_webhook_secret(
     tenant: str, runtime: RuntimeDep, response: Response, body: WebhookSecretIn | None = None

@@ -11,6 +11,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, status
 
+from sendflowr.api.auth import PrincipalDep
 from sendflowr.api.connector_schemas import (
     ClearOut,
     DayCountOut,
@@ -54,12 +55,15 @@ def _start(runtime: Runtime, tenant: str, days: int | None, years: int | None) -
 @router.post(
     "/backfill/start-all", response_model=StartAllOut, status_code=status.HTTP_202_ACCEPTED
 )
-def start_all(runtime: RuntimeDep, days: Days = None, years: Years = None) -> StartAllOut:
-    """Queue a backfill for every tenant with a connected Klaviyo account."""
+def start_all(
+    runtime: RuntimeDep, principal: PrincipalDep, days: Days = None, years: Years = None
+) -> StartAllOut:
+    """Queue a backfill for every tenant (this key may act on) with a connected Klaviyo
+    account."""
     started: list[JobOut] = []
     skipped: dict[str, str] = {}
     for account in runtime.accounts.list():
-        if account.esp != ESP:
+        if account.esp != ESP or not principal.can_see(account.tenant):
             continue
         if account.status == "disconnected":
             skipped[account.tenant] = "not connected"
@@ -72,13 +76,15 @@ def start_all(runtime: RuntimeDep, days: Days = None, years: Years = None) -> St
 
 
 @router.get("/backfill/status", response_model=list[TenantBackfillOut])
-def status_all(runtime: RuntimeDep) -> list[TenantBackfillOut]:
-    """The latest job of every tenant."""
+def status_all(runtime: RuntimeDep, principal: PrincipalDep) -> list[TenantBackfillOut]:
+    """The latest job of every tenant (this key may act on)."""
     connected = {
         a.tenant for a in runtime.accounts.list() if a.esp == ESP and a.status != "disconnected"
     }
     out = []
     for tenant in runtime.metadata.list_tenants():
+        if not principal.can_see(tenant.id):
+            continue
         job = runtime.backfills.latest_job(tenant.id, ESP)
         if job is None and tenant.id not in connected:
             continue
@@ -223,7 +229,13 @@ def orders(
     runtime.metadata.get_tenant(tenant)
     if date_ is not None and not (date(2000, 1, 1) <= date_ < date(2100, 1, 1)):
         raise InvalidInputError(
-            [{"loc": ["query", "date"], "msg": "must be in [2000-01-01, 2100-01-01)"}]
+            [
+                {
+                    "loc": ["query", "date"],
+                    "msg": "must be in [2000-01-01, 2100-01-01)",
+                    "type": "value_error",
+                }
+            ]
         )
     total, rows = runtime.events.orders(tenant, date_, limit, offset)
     return OrdersOut(

@@ -5,21 +5,35 @@ from __future__ import annotations
 import orjson
 from fastapi import APIRouter, Path
 
+from sendflowr.api.auth import PrincipalDep
 from sendflowr.api.deps import RuntimeDep
-from sendflowr.api.schemas import TENANT_PATTERN, EventCountsOut, EventsIn, IngestOut
+from sendflowr.api.schemas import (
+    TENANT_PATTERN,
+    EventCountsOut,
+    EventsIn,
+    IngestOut,
+    invisible_characters,
+)
 from sendflowr.archive import keep_accepted
 from sendflowr.errors import InvalidInputError
 from sendflowr.events import parse_events
+from sendflowr.identity.identifiers import from_event
 
 router = APIRouter(prefix="/api/events", tags=["events"])
 
 
 @router.post("", response_model=IngestOut)
-def ingest_events(body: EventsIn, runtime: RuntimeDep) -> IngestOut:
+def ingest_events(body: EventsIn, runtime: RuntimeDep, principal: PrincipalDep) -> IngestOut:
     """Validate every event first: one bad event rejects the request and nothing is written.
 
     Answers only after the events are durable (stored, or acknowledged by the bus)."""
+    for raw in body.events:  # before any validation message can echo another tenant
+        tenant = raw.get("tenant")
+        if isinstance(tenant, str):
+            principal.check_tenant(tenant, "tenant")
     parsed = parse_events(body.events)
+    for event in parsed.events:
+        principal.check_tenant(event.tenant, "tenant")
     errors = [
         {"loc": ["body", "events", index, *err.loc], "msg": err.msg, "type": "value_error"}
         for index, exc in parsed.rejected
@@ -35,6 +49,23 @@ def ingest_events(body: EventsIn, runtime: RuntimeDep) -> IngestOut:
         }
         for r in runtime.pipeline.future_rejections(parsed.events)
         for e in r.errors
+    ]
+    # Identity resolution refuses an event whose every identifier is a placeholder: say so
+    # here, before anything is archived or stored.
+    blocklist = runtime.identity.blocklist
+    errors += [
+        {
+            "loc": ["body", "events", good_index[i], "identifiers"],
+            "msg": "every identifier is empty or a blocked placeholder (null, anonymous, ...)",
+            "type": "value_error",
+        }
+        for i, e in enumerate(parsed.events)
+        if not from_event(e.esp, e.identifiers, blocklist).usable
+    ]
+    errors += [
+        {"loc": ["body", "events", good_index[i], *loc], "msg": msg, "type": "value_error"}
+        for i, e in enumerate(parsed.events)
+        for loc, msg in invisible_characters(e)
     ]
     for tenant in sorted({e.tenant for e in parsed.events}):
         if runtime.metadata.find_tenant(tenant) is None:

@@ -16,7 +16,9 @@ router = APIRouter(tags=["health"])
 
 @router.get("/health", response_model=HealthOut)
 def health(runtime: RuntimeDep, response: Response) -> HealthOut:
-    """`ok` when every backend is; 503 when one is down so load balancers stop routing here."""
+    """`ok` when every backend is; 503 when one is down so load balancers stop routing here.
+    `degraded` (still 200) when one works in a lesser mode: e.g. the feature cache while Redis
+    is down (decisions are served, their features rebuilt from the event store)."""
     states = [BackendState(**asdict(h)) for h in runtime.health()]
     overall: Literal["ok", "degraded", "down"] = "ok"
     if any(s.state == "down" for s in states):

@@ -7,6 +7,7 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Header, Path, Query
 from pydantic import BaseModel, Field
 
+from sendflowr.api.auth import AdminOnly
 from sendflowr.api.deps import RuntimeDep
 from sendflowr.api.schemas import (
     TENANT_PATTERN,
@@ -27,6 +28,7 @@ router = APIRouter(prefix="/api/identity", tags=["identity"])
 
 TenantQuery = Query(pattern=TENANT_PATTERN, description="the brand")
 UID_PATTERN = r"^sf_[0-9a-f]{16}$"
+MAX_ROW_ID = 2**63 - 1  # a 64-bit row id: larger numbers overflow the database driver
 
 
 def _ident(i: Identifier) -> IdentifierOut:
@@ -101,7 +103,9 @@ def merge_log(
     tenant: str = TenantQuery,
     status: Literal["merged", "refused", "split"] | None = Query(None),
     limit: int = Query(100, ge=1, le=1000),
-    before: int | None = Query(None, ge=1, description="page: merges with a smaller id"),
+    before: int | None = Query(
+        None, ge=1, le=MAX_ROW_ID, description="page: merges with a smaller id"
+    ),
 ) -> list[MergeOut]:
     """Every merge, refusal (with its reason and how often it recurred) and split, newest
     first."""
@@ -116,7 +120,7 @@ def merge_log(
 def split(
     body: SplitIn,
     runtime: RuntimeDep,
-    merge_id: int = Path(ge=1),
+    merge_id: int = Path(ge=1, le=MAX_ROW_ID),
     tenant: str = TenantQuery,
 ) -> SplitOut:
     """Undo a merge: the merged person exists again with the identifiers the merge moved, and
@@ -164,7 +168,7 @@ class ErasureOut(BaseModel):
     audit_id: int = Field(description="the row in the erasure audit (no personal data)")
 
 
-@router.delete("/{universal_id}", response_model=ErasureOut)
+@router.delete("/{universal_id}", response_model=ErasureOut, dependencies=[AdminOnly])
 def erase(
     runtime: RuntimeDep,
     universal_id: str = Path(pattern=UID_PATTERN),

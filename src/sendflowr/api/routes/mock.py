@@ -7,6 +7,7 @@ import time
 import msgspec
 from fastapi import APIRouter, Query
 
+from sendflowr.api.auth import PrincipalDep
 from sendflowr.api.deps import RuntimeDep
 from sendflowr.api.schemas import TENANT_PATTERN, GenerateOut
 from sendflowr.archive import keep_accepted
@@ -18,6 +19,7 @@ router = APIRouter(prefix="/api/mock", tags=["mock"])
 @router.post("/events/generate", response_model=GenerateOut)
 def generate(
     runtime: RuntimeDep,
+    principal: PrincipalDep,
     count: int = Query(100, ge=1, le=1_000_000, description="how many events to generate"),
     tenant: str | None = Query(
         None, pattern=TENANT_PATTERN, description="default: the demo tenant"
@@ -29,6 +31,7 @@ def generate(
     Answers after they are durable. The same seed gives the same events, so repeating a call
     stores nothing new (events are deduplicated by their deterministic ids)."""
     tenant = tenant or runtime.settings.demo_tenant
+    principal.check_tenant(tenant)
     runtime.metadata.get_tenant(tenant)
     started = time.perf_counter()
     events, profiles = generate_events(runtime, tenant, count, seed)

@@ -20,6 +20,7 @@ from fastapi import APIRouter, Query
 from fastapi.responses import HTMLResponse, RedirectResponse
 from starlette.concurrency import run_in_threadpool
 
+from sendflowr.api.auth import AdminOnly, Authenticated
 from sendflowr.api.deps import RuntimeDep
 from sendflowr.api.pages import error_page, success_page
 from sendflowr.api.routes.accounts import account_id_or_none
@@ -50,6 +51,7 @@ START_AGAIN = "Start the connection again from SendFlowr."
     status_code=302,
     response_class=RedirectResponse,
     responses={302: {"description": "to Klaviyo's consent page"}},
+    dependencies=[Authenticated, AdminOnly],
 )
 def authorize(
     runtime: RuntimeDep,

@@ -10,6 +10,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Header, Path
 
+from sendflowr.api.auth import AdminOnly
 from sendflowr.api.deps import RuntimeDep
 from sendflowr.api.schemas import (
     TENANT_PATTERN,
@@ -129,7 +130,7 @@ def breaker_state(tenant: TenantPath, runtime: RuntimeDep) -> BreakerStateOut:
     return _state(runtime, _store(runtime, tenant), tenant)
 
 
-@router.post("/breaker", response_model=BreakerStateOut)
+@router.post("/breaker", response_model=BreakerStateOut, dependencies=[AdminOnly])
 def trip_breaker(
     tenant: TenantPath, body: BreakerIn, runtime: RuntimeDep, actor: ActorHeader = "api"
 ) -> BreakerStateOut:
@@ -139,7 +140,7 @@ def trip_breaker(
     return _state(runtime, store, tenant)
 
 
-@router.delete("/breaker", response_model=BreakerStateOut)
+@router.delete("/breaker", response_model=BreakerStateOut, dependencies=[AdminOnly])
 def reset_breaker(
     tenant: TenantPath, runtime: RuntimeDep, actor: ActorHeader = "api"
 ) -> BreakerStateOut:

@@ -8,6 +8,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 from starlette.concurrency import run_in_threadpool
 
+from sendflowr.api.auth import PrincipalDep
 from sendflowr.api.deps import RuntimeDep
 from sendflowr.api.intent_schemas import (
     AudienceIn,
@@ -130,10 +131,13 @@ def trigger_out(t: Trigger) -> TriggerOut:
 
 
 @router.post("/api/intents/{intent_id}/schedule", response_model=ScheduleOut, status_code=201)
-async def schedule_intent(intent_id: str, body: ScheduleIn, runtime: RuntimeDep) -> ScheduleOut:
+async def schedule_intent(
+    intent_id: str, body: ScheduleIn, runtime: RuntimeDep, principal: PrincipalDep
+) -> ScheduleOut:
     """Decide for every recipient, plan within the bound ESP's capacity per minute, and store
     the triggers (answered once they are durable). A Klaviyo list or segment is read through
     the API."""
+    principal.check_tenant(body.tenant)
     intent = runtime.intents.get(body.tenant, intent_id)
     _one_source(body.audience)
     if body.audience.recipients is not None:
@@ -187,9 +191,12 @@ def list_triggers(
 
 
 @router.post("/api/schedules/{schedule_id}/cancel", response_model=CancelOut)
-def cancel(schedule_id: str, body: CancelIn, runtime: RuntimeDep) -> CancelOut:
+def cancel(
+    schedule_id: str, body: CancelIn, runtime: RuntimeDep, principal: PrincipalDep
+) -> CancelOut:
     """Cancel the campaign's triggers not yet sent (or only one person's). A trigger already
     being sent finishes."""
+    principal.check_tenant(body.tenant)
     runtime.triggers.get_schedule(schedule_id, body.tenant)
     n = runtime.triggers.cancel(
         body.tenant, schedule_id=schedule_id, universal_id=body.universal_id
@@ -200,10 +207,13 @@ def cancel(schedule_id: str, body: CancelIn, runtime: RuntimeDep) -> CancelOut:
 
 
 @router.post("/api/schedules/{schedule_id}/reschedule", response_model=ScheduleOut)
-async def reschedule(schedule_id: str, body: RescheduleIn, runtime: RuntimeDep) -> ScheduleOut:
+async def reschedule(
+    schedule_id: str, body: RescheduleIn, runtime: RuntimeDep, principal: PrincipalDep
+) -> ScheduleOut:
     """Plan again in a new window. For one person (`universal_id`): re-decided in place. For
     the campaign: its unsent triggers are cancelled and their people scheduled as a new
     campaign (returned), planned again within the ESP's capacity."""
+    principal.check_tenant(body.tenant)
     old = runtime.triggers.get_schedule(schedule_id, body.tenant)
     if body.universal_id is not None:
         await run_in_threadpool(

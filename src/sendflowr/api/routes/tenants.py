@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Response, status
 from starlette.concurrency import run_in_threadpool
 
+from sendflowr.api.auth import AdminOnly, OperatorOnly, PrincipalDep
 from sendflowr.api.deps import RuntimeDep
 from sendflowr.api.routes.accounts import revoke_best_effort
 from sendflowr.api.schemas import (
@@ -24,11 +25,17 @@ def _out(t: Tenant) -> TenantOut:
 
 
 @router.get("", response_model=list[TenantOut])
-def list_tenants(runtime: RuntimeDep) -> list[TenantOut]:
-    return [_out(t) for t in runtime.metadata.list_tenants()]
+def list_tenants(runtime: RuntimeDep, principal: PrincipalDep) -> list[TenantOut]:
+    """The tenants this key may act on (every tenant for an operator key)."""
+    return [_out(t) for t in runtime.metadata.list_tenants() if principal.can_see(t.id)]
 
 
-@router.post("", response_model=TenantOut, status_code=status.HTTP_201_CREATED)
+@router.post(
+    "",
+    response_model=TenantOut,
+    status_code=status.HTTP_201_CREATED,
+    dependencies=[OperatorOnly],
+)
 def create_tenant(body: TenantIn, runtime: RuntimeDep) -> TenantOut:
     return _out(runtime.metadata.create_tenant(Tenant(body.id, body.name, body.timezone)))
 
@@ -51,7 +58,7 @@ def _detail(t: Tenant) -> TenantDetailOut:
     )
 
 
-@router.patch("/{tenant}", response_model=TenantDetailOut)
+@router.patch("/{tenant}", response_model=TenantDetailOut, dependencies=[AdminOnly])
 def update_tenant(tenant: str, body: TenantPatchIn, runtime: RuntimeDep) -> TenantDetailOut:
     """Change a brand's name, time zone or settings; only the fields sent change, and a
     setting sent as null goes back to its default."""
@@ -67,7 +74,7 @@ def update_tenant(tenant: str, body: TenantPatchIn, runtime: RuntimeDep) -> Tena
     )
 
 
-@router.delete("/{tenant}", status_code=status.HTTP_204_NO_CONTENT)
+@router.delete("/{tenant}", status_code=status.HTTP_204_NO_CONTENT, dependencies=[AdminOnly])
 async def delete_tenant(tenant: str, runtime: RuntimeDep) -> Response:
     """Delete a brand and everything SendFlowr keeps about it: its events and explanations,
     and in the metadata store its accounts, identity graph, backfills and catalogue; its OAuth

@@ -7,6 +7,7 @@ from zoneinfo import ZoneInfo
 
 from fastapi import APIRouter, Path, Query
 
+from sendflowr.api.auth import PrincipalDep
 from sendflowr.api.deps import RuntimeDep
 from sendflowr.api.routes.identity import resolve_identifier
 from sendflowr.api.schemas import (
@@ -95,7 +96,10 @@ def _decide(
         tenant, uid, known, ZoneInfo(t.timezone), window, latency, intent_id, channel,
         policy=policy,
     )  # fmt: skip
-    return _out(tenant, uid, intent_id, record)
+    out = _out(tenant, uid, intent_id, record)
+    if runtime.bus.publishes_decisions:  # timing-decisions topic (issue 7); async, never fails
+        runtime.bus.publish_decisions(tenant, [out.model_dump(mode="json")])
+    return out
 
 
 def _policy(
@@ -147,9 +151,10 @@ def _out(tenant: str, uid: str, intent_id: str, r: DecisionRecord) -> DecisionOu
 
 
 @router.post("/timing/decide", response_model=DecisionOut)
-def decide(body: DecideIn, runtime: RuntimeDep) -> DecisionOut:
+def decide(body: DecideIn, runtime: RuntimeDep, principal: PrincipalDep) -> DecisionOut:
     """The minute to deliver to one person in a window, the trigger time (minus the ESP's
     latency), a confidence, alternatives and an explanation reference."""
+    principal.check_tenant(body.tenant)
     return _decide(
         runtime,
         body.tenant,
@@ -165,9 +170,12 @@ def decide(body: DecideIn, runtime: RuntimeDep) -> DecisionOut:
 
 
 @router.post("/timing-decision", response_model=DecisionOut)
-def decide_legacy(body: LegacyDecideIn, runtime: RuntimeDep) -> DecisionOut:
+def decide_legacy(
+    body: LegacyDecideIn, runtime: RuntimeDep, principal: PrincipalDep
+) -> DecisionOut:
     """The original notes' shape: {email, klaviyo_id, send_after, send_before,
     latency_estimate_seconds}; the email wins when both are given."""
+    principal.check_tenant(body.tenant or runtime.settings.demo_tenant)
     if body.email:
         id_type, value, field = "email", body.email, "email"
     elif body.klaviyo_id:
@@ -191,9 +199,12 @@ def decide_legacy(body: LegacyDecideIn, runtime: RuntimeDep) -> DecisionOut:
 
 
 @router.post("/timing/decide/batch", response_model=BatchDecisionOut)
-def decide_batch(body: BatchDecideIn, runtime: RuntimeDep) -> BatchDecisionOut:
+def decide_batch(
+    body: BatchDecideIn, runtime: RuntimeDep, principal: PrincipalDep
+) -> BatchDecisionOut:
     """Up to 100,000 recipients over one window: one history read, the engine's batch form,
     one explanation row each. Any bad identifier rejects the request (each one is listed)."""
+    principal.check_tenant(body.tenant)
     t = runtime.metadata.get_tenant(body.tenant)
     latency, window = _latency_and_window(
         t, body.latency_estimate_seconds, body.send_after, body.send_before
@@ -273,6 +284,15 @@ def decide_batch(body: BatchDecideIn, runtime: RuntimeDep) -> BatchDecisionOut:
                 exploration=exploring[i],
                 explanation_ref=record.explanation_refs[i],
             )
+        )
+    if runtime.bus.publishes_decisions:  # timing-decisions topic (issue 7); async, never fails
+        common = {
+            "tenant": body.tenant,
+            "intent_id": body.intent_id,
+            "model_version": MODEL_VERSION,
+        }
+        runtime.bus.publish_decisions(
+            body.tenant, [{**common, **item.model_dump(mode="json")} for item in items]
         )
     return BatchDecisionOut(
         tenant=body.tenant,

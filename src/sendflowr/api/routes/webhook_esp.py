@@ -18,6 +18,7 @@ from fastapi import APIRouter, Response, status
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from starlette.concurrency import run_in_threadpool
 
+from sendflowr.api.auth import AdminOnly
 from sendflowr.api.deps import RuntimeDep
 from sendflowr.errors import SendFlowrError
 from sendflowr.execution.webhook_esp import (
@@ -153,7 +154,11 @@ def _delete(runtime: Runtime, tenant: str) -> None:
     log.info("tenant %s: deleted the webhook ESP account", tenant)
 
 
-@router.put("/{tenant}/accounts/webhook", response_model=WebhookAccountConnectedOut)
+@router.put(
+    "/{tenant}/accounts/webhook",
+    response_model=WebhookAccountConnectedOut,
+    dependencies=[AdminOnly],
+)
 async def connect_webhook_esp(
     tenant: str, body: WebhookAccountIn, runtime: RuntimeDep, response: Response
 ) -> WebhookAccountConnectedOut:
@@ -173,7 +178,11 @@ async def get_webhook_esp(
     return await run_in_threadpool(_get, runtime, tenant)
 
 
-@router.delete("/{tenant}/accounts/webhook", status_code=status.HTTP_204_NO_CONTENT)
+@router.delete(
+    "/{tenant}/accounts/webhook",
+    status_code=status.HTTP_204_NO_CONTENT,
+    dependencies=[AdminOnly],
+)
 async def delete_webhook_esp(tenant: str, runtime: RuntimeDep) -> Response:
     """Forget the webhook ESP account and its secret."""
     await run_in_threadpool(_delete, runtime, tenant)

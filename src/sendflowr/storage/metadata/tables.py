@@ -354,3 +354,20 @@ tenant_policy_history = Table(
     Column("changes", JSON, nullable=False),  # {field: [before, after]}
     Index("ix_tenant_policy_history_tenant", "tenant", "id"),
 )
+
+# -- API keys (migration 0007) ---------------------------------------------------------------
+
+api_keys = Table(
+    "api_keys",
+    metadata,
+    Column("id", String(24), primary_key=True),  # the public part of the key: sfk_<id>_<secret>
+    # NULL: an operator key, valid on every tenant
+    Column("tenant", String(63), ForeignKey("tenants.id", ondelete="CASCADE"), nullable=True),
+    Column("name", String(200), nullable=False),
+    Column("scope", String(8), nullable=False),  # read | write | admin
+    Column("secret_hash", String(64), nullable=False),  # HMAC-SHA256 of the secret, hex
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("last_used_at", DateTime(timezone=True), nullable=True),
+    Column("revoked_at", DateTime(timezone=True), nullable=True),
+    Index("ix_api_keys_tenant", "tenant"),
+)

@@ -1,0 +1,323 @@
+"""Who is calling: API keys, scopes, tenant scoping and per-key rate limits.
+
+Every route but `/health`, the signed webhook receivers and the OAuth callback depends on
+`authenticate` (the app adds it to each router; see app.py). It
+
+1. reads the key from `Authorization: Bearer <key>` (or `X-API-Key`): none or a bad one is 401
+   with `WWW-Authenticate: Bearer`;
+2. charges the key's rate limit (429 with Retry-After);
+3. checks the scope the HTTP method needs (GET/HEAD read, anything else write): 403 naming it;
+   routes that need admin add `AdminOnly` (or `OperatorOnly`) to their dependencies;
+4. checks every `tenant` in the path and query against the key's tenant (403), so a route that
+   names its tenant there is scoped without code of its own. Routes that take the tenant in the
+   body call `Principal.check_tenant` themselves; objects addressed by id are then read with the
+   (checked) tenant, so another tenant's id is a 404.
+
+The operator (every tenant) is the `admin_api_key` from settings or a key created with
+`sendflowr keys create --all-tenants`.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import math
+import os
+import secrets
+import threading
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, cast
+
+from fastapi import Depends, Request
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
+from limits import RateLimitItem, parse
+from limits.errors import ConfigurationError
+from limits.storage import Storage, storage_from_string
+from limits.strategies import MovingWindowRateLimiter
+from pydantic import SecretStr
+
+from sendflowr.api.deps import get_runtime
+from sendflowr.errors import SendFlowrError
+from sendflowr.runtime import Runtime
+from sendflowr.settings import Settings
+from sendflowr.storage.metadata.keys import KEY_PREFIX, KeyStore, Scope, scope_allows
+
+log = logging.getLogger("sendflowr.api.auth")
+
+SETTINGS_KEY_ID = "settings"  # the principal id of the admin_api_key from settings
+TOUCH_EVERY_SECONDS = 60.0  # last_used_at is written at most this often per key and process
+READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+class UnauthorizedError(SendFlowrError):
+    status = 401
+    code = "unauthorized"
+    headers = {"WWW-Authenticate": 'Bearer realm="sendflowr"'}
+
+
+class ForbiddenError(SendFlowrError):
+    status = 403
+    code = "forbidden"
+
+
+class RateLimitedError(SendFlowrError):
+    status = 429
+    code = "rate_limited"
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message)
+        self.headers = {"Retry-After": str(retry_after)}
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    key_id: str
+    tenant: str | None  # None: the operator, every tenant
+    scope: Scope
+    name: str
+
+    @property
+    def operator(self) -> bool:
+        return self.tenant is None
+
+    def allows(self, scope: str) -> bool:
+        return scope_allows(self.scope, scope)
+
+    def can_see(self, tenant: str) -> bool:
+        return self.tenant is None or self.tenant == tenant
+
+    def check_tenant(self, tenant: str, loc: str = "tenant") -> None:
+        """403 unless this key may act on `tenant` (the same answer whether it exists or not,
+        so tenant names cannot be probed)."""
+        if not self.can_see(tenant):
+            raise ForbiddenError(
+                f"this API key is for tenant {self.tenant!r} and cannot act on another tenant",
+                field=loc,
+            )
+
+    def visible(self, tenants: Iterable[str]) -> list[str]:
+        return [t for t in tenants if self.can_see(t)]
+
+
+# Declared as security schemes so the OpenAPI document (and the /docs console's Authorize
+# button) shows how to authenticate; auto_error=False: the 401 is ours, with its message.
+_bearer = HTTPBearer(auto_error=False, description="an API key: Authorization: Bearer sfk_...")
+_api_key = APIKeyHeader(name="X-API-Key", auto_error=False, description="an API key")
+BearerDep = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+ApiKeyDep = Annotated[str | None, Depends(_api_key)]
+
+
+def _token(bearer: HTTPAuthorizationCredentials | None, api_key: str | None) -> str | None:
+    if bearer is not None and bearer.credentials.strip():
+        return bearer.credentials.strip()
+    return api_key.strip() if api_key and api_key.strip() else None
+
+
+class _RateLimits:
+    """Per-key limits from settings, counted in memory (one process) or in Redis (shared)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.items: dict[str, RateLimitItem] = {
+            "read": parse(settings.rate_limit_read),
+            "write": parse(settings.rate_limit_write),
+            "admin": parse(settings.rate_limit_admin),
+        }
+        url = settings.rate_limit_storage_url
+        if url is None:
+            cache = settings.feature_cache_url
+            url = cache if cache.startswith(("redis://", "rediss://")) else "memory://"
+        storage: Storage
+        options: dict[str, float] = {}
+        if url.startswith(("redis://", "rediss://")):
+            # a shared counter must never make a request wait long: short socket timeouts
+            options = {
+                "socket_timeout": settings.feature_cache_socket_timeout_seconds,
+                "socket_connect_timeout": settings.feature_cache_connect_timeout_seconds,
+            }
+        try:
+            storage = cast(Storage, storage_from_string(url, **options))
+        except ConfigurationError as exc:  # e.g. the redis client library is not installed
+            log.warning("rate limits counted per process: %s cannot be used (%s)", url, exc)
+            storage = cast(Storage, storage_from_string("memory://"))
+        self.storage_kind = type(storage).__name__
+        self.limiter = MovingWindowRateLimiter(storage)
+        # While the shared store is unreachable, count in this process instead (fail over, not
+        # open and never an error): a Redis outage must not fail authenticated requests.
+        self.local = MovingWindowRateLimiter(cast(Storage, storage_from_string("memory://")))
+        self.retry_seconds = settings.feature_cache_retry_seconds
+        self.down_until = 0.0
+
+    def _limiter(self) -> MovingWindowRateLimiter:
+        return self.local if time.monotonic() < self.down_until else self.limiter
+
+    def hit(self, principal: Principal) -> None:
+        item = self.items[principal.scope]
+        limiter = self._limiter()
+        try:
+            allowed = limiter.hit(item, "sendflowr-key", principal.key_id)
+        except Exception as exc:  # any failure of the shared store (redis errors, timeouts)
+            if limiter is self.local:
+                raise
+            log.warning(
+                "rate-limit store unreachable (%s); counting per process for %.0f s",
+                type(exc).__name__,
+                self.retry_seconds,
+            )
+            self.down_until = time.monotonic() + self.retry_seconds
+            limiter = self.local
+            allowed = limiter.hit(item, "sendflowr-key", principal.key_id)
+        if allowed:
+            return
+        reset = limiter.get_window_stats(item, "sendflowr-key", principal.key_id).reset_time
+        retry = max(1, math.ceil(reset - time.time()))
+        raise RateLimitedError(
+            f"rate limit of {item} for this API key exceeded; retry in {retry} s", retry
+        )
+
+
+class _AuthState:
+    """Per-app state: the key store, the limits, when each key's last use was written."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.keys = KeyStore(runtime.metadata, runtime.hash_key)
+        self.limits = _RateLimits(runtime.settings)
+        admin = runtime.settings.admin_api_key
+        self.admin_key = admin.get_secret_value().encode() if admin is not None else None
+        self.touched: dict[str, float] = {}
+        self.lock = threading.Lock()
+
+
+_STATE_LOCK = threading.Lock()
+
+
+def auth_state(request: Request, runtime: Runtime) -> _AuthState:
+    state: _AuthState | None = getattr(request.app.state, "sendflowr_auth", None)
+    if state is None:
+        with _STATE_LOCK:
+            state = getattr(request.app.state, "sendflowr_auth", None)
+            if state is None:
+                state = _AuthState(runtime)
+                request.app.state.sendflowr_auth = state
+    return state
+
+
+def _identify(state: _AuthState, token: str) -> Principal | None:
+    if state.admin_key is not None and hmac.compare_digest(token.encode(), state.admin_key):
+        return Principal(SETTINGS_KEY_ID, None, "admin", "admin_api_key (settings)")
+    key = state.keys.verify(token)
+    if key is None:
+        return None
+    now = time.monotonic()
+    with state.lock:
+        due = now - state.touched.get(key.id, -math.inf) >= TOUCH_EVERY_SECONDS
+        if due:
+            state.touched[key.id] = now
+    if due:
+        state.keys.touch(key.id, datetime.now(UTC))
+    return Principal(key.id, key.tenant, key.scope, key.name)
+
+
+def authenticate(
+    request: Request,
+    runtime: Annotated[Runtime, Depends(get_runtime)],
+    bearer: BearerDep,
+    api_key: ApiKeyDep,
+) -> Principal:
+    """The caller, after the key, rate-limit, method-scope and path/query tenant checks."""
+    token = _token(bearer, api_key)
+    if token is None:
+        raise UnauthorizedError(
+            "an API key is required: send 'Authorization: Bearer <key>' or 'X-API-Key: <key>'"
+        )
+    state = auth_state(request, runtime)
+    principal = _identify(state, token)
+    if principal is None:
+        raise UnauthorizedError("the API key is not valid (unknown, malformed or revoked)")
+    state.limits.hit(principal)
+    need = "read" if request.method in READ_METHODS else "write"
+    require_scope(principal, need)
+    path_tenant = request.path_params.get("tenant")
+    if isinstance(path_tenant, str):
+        principal.check_tenant(path_tenant)
+    for value in request.query_params.getlist("tenant"):
+        principal.check_tenant(value)
+    request.state.principal = principal
+    return principal
+
+
+def require_scope(principal: Principal, need: str) -> None:
+    if not principal.allows(need):
+        raise ForbiddenError(
+            f"this needs an API key with the {need!r} scope (this key has {principal.scope!r})",
+            field="scope",
+        )
+
+
+PrincipalDep = Annotated[Principal, Depends(authenticate)]
+
+
+def _admin(principal: PrincipalDep) -> Principal:
+    require_scope(principal, "admin")
+    return principal
+
+
+def _operator(principal: PrincipalDep) -> Principal:
+    require_scope(principal, "admin")
+    if not principal.operator:
+        raise ForbiddenError("this needs an operator key (one valid on every tenant)")
+    return principal
+
+
+def _operator_read(principal: PrincipalDep) -> Principal:
+    if not principal.operator:
+        raise ForbiddenError("this needs an operator key (one valid on every tenant)")
+    return principal
+
+
+AdminOnly = Depends(_admin)
+"""Route dependency: an admin key (for the route's tenant, or the operator)."""
+OperatorOnly = Depends(_operator)
+"""Route dependency: an operator admin key."""
+OperatorRead = Depends(_operator_read)
+"""Route dependency: any operator key (agency-wide reads such as /metrics)."""
+Authenticated = Depends(authenticate)
+"""Router dependency: any valid key, with the method's scope and the tenant checks."""
+
+
+def metrics_guard(
+    request: Request,
+    runtime: Annotated[Runtime, Depends(get_runtime)],
+    bearer: BearerDep,
+    api_key: ApiKeyDep,
+) -> Principal | None:
+    """/metrics: an operator key, unless `metrics_public` opens it to a private scrape network."""
+    if runtime.settings.metrics_public:
+        return None
+    return _operator_read(authenticate(request, runtime, bearer, api_key))
+
+
+ADMIN_KEY_FILE = "admin.key"
+
+
+def ensure_admin_key(settings: Settings) -> tuple[Settings, str | None, Path | None]:
+    """For `sendflowr run`: the settings with an operator key. Without `admin_api_key`, one is
+    generated once under data_dir (owner-only, like the hash key) and reused. Returns the key
+    only when it was generated now (so the caller prints it once), and the file it lives in."""
+    if settings.admin_api_key is not None:
+        return settings, None, None
+    path = Path(settings.data_dir) / ADMIN_KEY_FILE
+    created: str | None = None
+    if path.exists():
+        key = path.read_text().strip()
+    else:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        key = f"{KEY_PREFIX}admin_{secrets.token_urlsafe(32)}"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(key + "\n")
+        created = key
+    return settings.model_copy(update={"admin_api_key": SecretStr(key)}), created, path

@@ -51,6 +51,7 @@ bench: $(STAMP)
 	$(PY) bench/bench_decisions.py
 	$(PY) bench/bench_http_decide.py
 	$(PY) bench/bench_rebuild.py
+	$(PY) bench/bench_soak.py
 
 clean:
 	rm -rf $(VENV) var .mypy_cache .ruff_cache .pytest_cache

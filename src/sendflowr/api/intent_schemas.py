@@ -5,8 +5,14 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
+from sendflowr.api.schemas import (
+    TENANT_PATTERN,
+    UID_PATTERN,
+    check_identifier_value,
+    check_instant,
+)
 from sendflowr.intents import MAX_WINDOW_SECONDS
 
 
@@ -37,7 +43,10 @@ class IntentIn(_Strict):
     frequency_cap_group: str | None = Field(None, min_length=1, max_length=100)
     binding: BindingIn
     version: int | None = Field(
-        None, ge=1, description="on update: the version this change is based on (409 if stale)"
+        None,
+        ge=1,
+        le=2**63 - 1,
+        description="on update: the version this change is based on (409 if stale)",
     )
 
 
@@ -73,6 +82,11 @@ class RecipientIn(_Strict):
     type: Literal["email", "klaviyo_id", "phone", "external_id"]
     value: str = Field(min_length=1, max_length=320)
 
+    @field_validator("value")
+    @classmethod
+    def _value(cls, v: str, info: ValidationInfo) -> str:
+        return check_identifier_value(str(info.data.get("type", "")), v)
+
 
 class AudienceIn(_Strict):
     """Exactly one of: recipients, a Klaviyo list id, a Klaviyo segment id."""
@@ -83,11 +97,13 @@ class AudienceIn(_Strict):
 
 
 class ScheduleIn(_Strict):
-    tenant: str = Field(min_length=1, max_length=63)
+    tenant: str = Field(pattern=TENANT_PATTERN)
     audience: AudienceIn
     send_after: AwareDatetime | None = None
     send_before: AwareDatetime | None = None
     latency_estimate_seconds: int | None = Field(None, ge=0, le=86_400)
+
+    _window = field_validator("send_after", "send_before")(check_instant)
 
 
 class ScheduleOut(BaseModel):
@@ -107,8 +123,10 @@ class ScheduleOut(BaseModel):
 
 
 class CancelIn(_Strict):
-    tenant: str = Field(min_length=1, max_length=63)
-    universal_id: str | None = Field(None, description="only this person's triggers")
+    tenant: str = Field(pattern=TENANT_PATTERN)
+    universal_id: str | None = Field(
+        None, pattern=UID_PATTERN, description="only this person's triggers"
+    )
 
 
 class CancelOut(BaseModel):
@@ -116,10 +134,14 @@ class CancelOut(BaseModel):
 
 
 class RescheduleIn(_Strict):
-    tenant: str = Field(min_length=1, max_length=63)
+    tenant: str = Field(pattern=TENANT_PATTERN)
     send_after: AwareDatetime | None = None
     send_before: AwareDatetime | None = None
-    universal_id: str | None = Field(None, description="only this person (re-decided in place)")
+    universal_id: str | None = Field(
+        None, pattern=UID_PATTERN, description="only this person (re-decided in place)"
+    )
+
+    _window = field_validator("send_after", "send_before")(check_instant)
 
 
 class TriggerOut(BaseModel):

@@ -2,13 +2,82 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+import re
+import unicodedata
+from datetime import UTC, datetime
 from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationInfo, field_validator
+
+from sendflowr.events import CanonicalEvent
 
 TENANT_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,62}$"
+UID_PATTERN = r"^sf_[0-9a-f]{16}$"
+INTENT_ID_PATTERN = r"^[a-z0-9][a-z0-9_.-]{0,99}$"  # sendflowr.intents.INTENT_ID
+OPTIONAL_INTENT_ID_PATTERN = r"^$|^[a-z0-9][a-z0-9_.-]{0,99}$"
+KLAVIYO_ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
+# ESP and external ids are opaque, but printable and without quotes, braces, spaces or
+# control characters: no real ESP or CRM id needs them, and refusing them keeps injection
+# strings and path tricks out of every store and log.
+OPAQUE_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:@+=/-]{0,127}$"
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_IDENTIFIER_VALUE = {
+    "universal_id": (re.compile(UID_PATTERN), "a universal id is sf_ and 16 hex digits"),
+    "klaviyo_id": (re.compile(KLAVIYO_ID_PATTERN), "a Klaviyo id is 1-64 of A-Z a-z 0-9 _ -"),
+}
+
+
+EARLIEST: datetime = datetime(2000, 1, 1, tzinfo=UTC)
+LATEST: datetime = datetime(2100, 1, 1, tzinfo=UTC)
+
+
+def check_instant(v: datetime | None) -> datetime | None:
+    """A window bound SendFlowr can compute with: in [2000-01-01, 2100-01-01), so no date
+    arithmetic on it can overflow (year 1, 9999 and epoch overflows are refused here)."""
+    if v is None:
+        return v
+    aware = v if v.tzinfo is not None else v.replace(tzinfo=UTC)
+    if not EARLIEST <= aware < LATEST:
+        raise ValueError(f"{v.isoformat()} is outside [2000-01-01, 2100-01-01)")
+    return v
+
+
+def has_invisible(value: str) -> bool:
+    """Control characters (NUL...), and invisible format characters (bidi overrides,
+    zero-width joiners) that make two identifiers look alike."""
+    return bool(_CONTROL.search(value)) or any(
+        unicodedata.category(ch) in ("Cc", "Cf", "Cs") for ch in value if ord(ch) > 0x7F
+    )
+
+
+def check_email_lengths(value: str) -> str:
+    """RFC 5321 limits: 64 characters before the @, 254 in all."""
+    if len(value) > 254:
+        raise ValueError("an email address has at most 254 characters")
+    local = value.rpartition("@")[0]
+    if len(local) > 64:
+        raise ValueError("the part of an email address before the @ has at most 64 characters")
+    return value
+
+
+def check_identifier_value(kind: str, value: str) -> str:
+    """The value of an identifier given as (type, value): no control characters, and the
+    shape its type needs (emails and phones are checked where they are parsed)."""
+    if has_invisible(value):
+        raise ValueError("must not contain control or invisible formatting characters")
+    if kind == "email":
+        check_email_lengths(value)
+    if kind in _IDENTIFIER_VALUE:
+        pattern, why = _IDENTIFIER_VALUE[kind]
+        if not pattern.match(value):
+            raise ValueError(why)
+    elif kind.startswith(("external", "esp:", "ext:")) and not re.match(OPAQUE_ID_PATTERN, value):
+        raise ValueError(
+            "an ESP or external id is 1-128 of A-Z a-z 0-9 _ . : @ + = / - (starting with a "
+            "letter or digit)"
+        )
+    return value
 
 
 class BackendState(BaseModel):
@@ -63,6 +132,30 @@ class EventsIn(BaseModel):
         max_length=10_000,
         description="canonical events (schemas/canonical_event.v1.json)",
     )
+
+
+def invisible_characters(event: CanonicalEvent) -> list[tuple[list[str], str]]:
+    """The id fields of a canonical event that hold control or invisible characters (NUL,
+    bidi overrides...), as (loc, message): such ids are refused at the API, not stored."""
+    ids = event.identifiers
+    fields: list[tuple[list[str], str | None]] = [
+        (["esp_event_id"], event.esp_event_id),
+        (["campaign_id"], event.campaign_id),
+        (["flow_id"], event.flow_id),
+        (["message_id"], event.message_id),
+        (["identifiers", "esp_profile_id"], ids.esp_profile_id),
+        (["identifiers", "anonymous_id"], ids.anonymous_id),
+    ]
+    for key, value in ids.external_ids.items():
+        fields += [
+            (["identifiers", "external_ids"], key),
+            (["identifiers", "external_ids", key], value),
+        ]
+    return [
+        (loc, "must not contain control or invisible formatting characters")
+        for loc, value in fields
+        if value is not None and has_invisible(value)
+    ]
 
 
 class IngestOut(BaseModel):
@@ -130,6 +223,11 @@ class IdentifierIn(BaseModel):
     )
     value: str = Field(min_length=1, max_length=320)
 
+    @field_validator("value")
+    @classmethod
+    def _value(cls, v: str, info: ValidationInfo) -> str:
+        return check_identifier_value(str(info.data.get("type", "")), v)
+
 
 class DecideIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -141,8 +239,10 @@ class DecideIn(BaseModel):
     latency_estimate_seconds: int | None = Field(
         None, ge=0, le=86_400, description="default: the tenant's ESP latency"
     )
-    intent_id: str = Field("", max_length=128)
+    intent_id: str = Field("", pattern=OPTIONAL_INTENT_ID_PATTERN)
     channel: Literal["email", "sms", "push"] = "email"
+
+    _window = field_validator("send_after", "send_before")(check_instant)
 
 
 class LegacyDecideIn(BaseModel):
@@ -152,10 +252,17 @@ class LegacyDecideIn(BaseModel):
 
     tenant: str | None = Field(None, pattern=TENANT_PATTERN, description="default: demo tenant")
     email: str | None = Field(None, max_length=320)
-    klaviyo_id: str | None = Field(None, max_length=128)
+    klaviyo_id: str | None = Field(None, pattern=KLAVIYO_ID_PATTERN)
     send_after: datetime | None = None
     send_before: datetime | None = None
     latency_estimate_seconds: int | None = Field(None, ge=0, le=86_400)
+
+    _window = field_validator("send_after", "send_before")(check_instant)
+
+    @field_validator("email")
+    @classmethod
+    def _email(cls, v: str | None) -> str | None:
+        return None if v is None else check_identifier_value("email", v)
 
 
 class AlternativeOut(BaseModel):
@@ -224,8 +331,10 @@ class BatchDecideIn(BaseModel):
     send_after: datetime | None = None
     send_before: datetime | None = None
     latency_estimate_seconds: int | None = Field(None, ge=0, le=86_400)
-    intent_id: str = Field("", max_length=128)
+    intent_id: str = Field("", pattern=OPTIONAL_INTENT_ID_PATTERN)
     channel: Literal["email", "sms", "push"] = "email"
+
+    _window = field_validator("send_after", "send_before")(check_instant)
 
 
 class BatchItemOut(BaseModel):
@@ -312,7 +421,7 @@ class PolicyIn(BaseModel):
     )
     esp_error_breaker: EspBreakerIn = Field(default_factory=EspBreakerIn)
     version: int | None = Field(
-        None, ge=0, description="the version this change is based on (409 when stale)"
+        None, ge=0, le=2**63 - 1, description="the version this change is based on (409 when stale)"
     )
 
 

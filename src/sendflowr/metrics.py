@@ -1,4 +1,4 @@
-"""Prometheus metrics, served at GET /metrics (unauthenticated, like /health).
+"""Prometheus metrics, served at GET /metrics (to an operator key unless metrics_public).
 
 Two kinds:
 - counters and histograms updated where things happen (events accepted, stored, dead-lettered
@@ -71,6 +71,30 @@ DECISION_LATENCY = Histogram(
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
     registry=REGISTRY,
 )
+
+FEATURE_CACHE_LOOKUPS = Counter(
+    "sendflowr_feature_cache_lookups",
+    "Profiles looked up in the feature cache: hit, miss (rebuilt from the event store) or "
+    "unavailable (the cache was down: rebuilt from the event store, decision flagged degraded)",
+    ["backend", "result"],
+    registry=REGISTRY,
+)
+FEATURE_CACHE_FAILURES = Counter(
+    "sendflowr_feature_cache_failures",
+    "Feature-cache operations that failed or were skipped because the cache was down",
+    ["backend", "operation"],
+    registry=REGISTRY,
+)
+
+
+def observe_feature_lookups(backend: str, hits: int, misses: int, unavailable: int = 0) -> None:
+    if hits:
+        FEATURE_CACHE_LOOKUPS.labels(backend, "hit").inc(hits)
+    if misses:
+        FEATURE_CACHE_LOOKUPS.labels(backend, "miss").inc(misses)
+    if unavailable:
+        FEATURE_CACHE_LOOKUPS.labels(backend, "unavailable").inc(unavailable)
+
 
 # Requests under these paths are timed into DECISION_LATENCY.
 TIMED_PREFIXES = ("/timing",)

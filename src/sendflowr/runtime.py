@@ -106,7 +106,7 @@ class Runtime:
             if migrate:
                 metadata.migrate()
                 events.migrate()
-            features = open_feature_cache(settings.feature_cache)
+            features = open_feature_cache(settings.feature_cache, settings)
             identity = IdentityGraphStore(
                 metadata, hash_key, identity_limits(settings), identity_blocklist(settings)
             )

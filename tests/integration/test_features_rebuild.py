@@ -1,6 +1,7 @@
-"""The feature cache against the real event store: the columnar read (engagement_arrays on
-chDB), the bulk rebuild (one query per tenant) == per-person rebuilds == the pipeline's
-incremental fold, the timing service's cache path, and `sendflowr features rebuild`."""
+"""The feature cache's inputs on the real event store: the columnar read (engagement_arrays on
+chDB) and `sendflowr features rebuild`. The bulk rebuild == per-person rebuilds == the
+pipeline's incremental fold, and the timing service's cache path, run over every cache backend
+in tests/contract/test_feature_cache.py."""
 
 from __future__ import annotations
 
@@ -15,13 +16,8 @@ from typer.testing import CliRunner
 from sendflowr.cli import app
 from sendflowr.events import EventType
 from sendflowr.identity.identifiers import EMAIL, Identifier
-from sendflowr.people import features_for
 from sendflowr.runtime import Runtime
-from sendflowr.storage.features.memory import MemoryFeatureCache
-from sendflowr.storage.features.rebuild import rebuild_tenant
 from sendflowr.storage.metadata.store import Tenant
-from sendflowr.timing.activity import ActivityParams, ActivityProfile
-from sendflowr.timing.features import ProfileFeatures, zone_tag
 from tests.factories import T0, email_hash, make_event
 
 BERLIN = ZoneInfo("Europe/Berlin")
@@ -53,32 +49,6 @@ def _load(rt: Runtime) -> None:
     rt.pipeline.process([make_event(100, tenant="other", person=1)])
 
 
-def _same(a: ProfileFeatures, b: ProfileFeatures) -> None:
-    np.testing.assert_array_equal(a.counts, b.counts)
-    assert (a.first_seen_ms, a.zone_tag, a.engagements) == (
-        b.first_seen_ms,
-        b.zone_tag,
-        b.engagements,
-    )
-    assert (a.activity.last_engagement, a.activity.machine_opens) == (
-        b.activity.last_engagement,
-        b.activity.machine_opens,
-    )
-    # decayed values are stored as of each profile's last update: compare them at one instant
-    at = max(a.activity.last_update, b.activity.last_update)
-    x, y = _aged(a, at), _aged(b, at)
-    np.testing.assert_allclose(x.bins, y.bins, rtol=1e-5, atol=1e-9)
-    assert abs(x.evidence - y.evidence) <= 1e-6 * y.evidence
-
-
-def _aged(f: ProfileFeatures, at: int) -> ActivityProfile:
-    t = f.activity.table()
-    factor = t.aged(at, ActivityParams().half_life_s)
-    t.bins *= factor[:, None].astype(np.float32)
-    t.evidence *= factor
-    return t.row(0)
-
-
 def test_engagement_arrays_read_a_tenant_in_one_columnar_query(runtime: Runtime) -> None:
     _load(runtime)
     arrays = runtime.events.engagement_arrays("acme")
@@ -100,62 +70,6 @@ def test_engagement_arrays_read_a_tenant_in_one_columnar_query(runtime: Runtime)
     assert len(clicks) == sum(1 for i in range(60) if i % 4 == 2 and 7 * i >= 5 * 24)
     empty = runtime.events.engagement_arrays("nobody")
     assert (len(empty), empty.universal_ids) == (0, [])
-
-
-def test_bulk_rebuild_equals_per_person_rebuilds_and_the_incremental_fold(
-    runtime: Runtime,
-) -> None:
-    _load(runtime)
-    people = [_uid(runtime, p) for p in range(5)]
-    # incremental: cache the people, then fold more events through the pipeline
-    for uid in people:
-        features_for("acme", uid, runtime.events, runtime.features, runtime.identity, BERLIN, NOW)
-    later = [
-        make_event(
-            200 + i, person=i % 5, event_type=EventType.CLICKED, at=T0 + timedelta(days=20, hours=i)
-        )
-        for i in range(10)
-    ]
-    assert runtime.pipeline.process(later).profiles_updated == 5
-    incremental = runtime.features.get_many("acme", people)
-    assert set(incremental) == set(people)
-
-    result = rebuild_tenant(runtime.events, runtime.features, runtime.identity, "acme", BERLIN, NOW)
-    assert (result.events, result.profiles) == (70, 5)
-    bulk = runtime.features.get_many("acme", people)
-    for uid in people:
-        alone = features_for(
-            "acme", uid, runtime.events, _fresh_cache(), runtime.identity, BERLIN, NOW
-        )
-        _same(bulk[uid], alone)
-        _same(bulk[uid], incremental[uid])
-        assert bulk[uid].zone_tag == zone_tag(BERLIN)
-        assert bulk[uid].count("clicked") == alone.count("clicked") >= 2
-    assert runtime.features.get_many("other", [_uid(runtime, 1, "other")]) == {}
-
-
-def _fresh_cache() -> MemoryFeatureCache:
-    return MemoryFeatureCache()
-
-
-def test_timing_service_reads_the_cache_and_fills_it_on_a_miss(runtime: Runtime) -> None:
-    _load(runtime)
-    uid = _uid(runtime, 3)
-    assert runtime.timing.features is runtime.features
-    assert runtime.features.get_many("acme", [uid]) == {}
-    first = runtime.timing.person_profile("acme", uid, BERLIN, NOW)
-    cached = runtime.features.get_many("acme", [uid])[uid]
-    assert cached.to_bytes() == first.to_bytes()
-    assert first.engagements > 0
-    assert first.activity.evidence > 0
-    # from the cache now: a marker count proves the store was not read again
-    cached.counts[0] = 999
-    runtime.features.put_many("acme", {uid: cached})
-    assert runtime.timing.person_profile("acme", uid, BERLIN, NOW).count("received") == 999
-    # a profile kept in another zone is rebuilt, not misread
-    utc = runtime.timing.person_profile("acme", uid, ZoneInfo("UTC"), NOW)
-    assert utc.zone_tag == zone_tag(ZoneInfo("UTC"))
-    assert utc.count("received") == first.count("received")
 
 
 def test_features_rebuild_cli(runtime: Runtime, tmp_path: Path) -> None:

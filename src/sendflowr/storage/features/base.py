@@ -61,5 +61,10 @@ class FeatureCache(abc.ABC):
     @abc.abstractmethod
     def health(self) -> BackendHealth: ...
 
+    def degraded(self) -> bool:
+        """True while the cache is unavailable: reads are misses and writes are skipped, so a
+        caller rebuilds from the event store (correct, only slower) and may say so."""
+        return False
+
     def close(self) -> None:
         return None

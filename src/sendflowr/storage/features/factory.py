@@ -2,22 +2,32 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from sendflowr.settings import CacheURL
 from sendflowr.storage.features.base import FeatureCache
 
+if TYPE_CHECKING:
+    from sendflowr.settings import Settings
 
-class BackendNotAvailableError(RuntimeError):
-    pass
 
-
-def open_feature_cache(url: CacheURL) -> FeatureCache:
+def open_feature_cache(url: CacheURL, settings: Settings | None = None) -> FeatureCache:
+    """`settings`: the Redis options (prefix, TTL, timeouts); their defaults when None."""
     match url.kind:
         case "memory":
             from sendflowr.storage.features.memory import MemoryFeatureCache
 
             return MemoryFeatureCache()
         case "redis":
-            raise BackendNotAvailableError(
-                "SENDFLOWR_FEATURE_CACHE_URL: the redis backend is not implemented yet "
-                "(use 'memory')"
+            from sendflowr.storage.features.redis import RedisFeatureCache
+
+            if settings is None:
+                return RedisFeatureCache(url.url)
+            return RedisFeatureCache(
+                url.url,
+                prefix=settings.feature_cache_prefix,
+                ttl_seconds=settings.feature_cache_ttl_seconds,
+                socket_timeout=settings.feature_cache_socket_timeout_seconds,
+                connect_timeout=settings.feature_cache_connect_timeout_seconds,
+                retry_seconds=settings.feature_cache_retry_seconds,
             )

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from sendflowr.metrics import observe_feature_lookups
 from sendflowr.storage.features.base import FeatureCache
 from sendflowr.storage.health import BackendHealth
 from sendflowr.timing.features import (
@@ -52,15 +53,17 @@ class MemoryFeatureCache(FeatureCache):
     def get_many(self, tenant: str, universal_ids: Iterable[str]) -> dict[str, ProfileFeatures]:
         with self._lock:
             t = self._tenants.get(tenant)
-            if t is None:
-                return {}
-            return {u: t.table.row(t.index[u]) for u in universal_ids if u in t.index}
+            ids = list(universal_ids)
+            found = {} if t is None else {u: t.table.row(t.index[u]) for u in ids if u in t.index}
+        observe_feature_lookups(self.backend, len(found), len(set(ids)) - len(found))
+        return found
 
     def put_many(self, tenant: str, features: Mapping[str, ProfileFeatures]) -> None:
         with self._lock:
             t = self._tenants.setdefault(tenant, _TenantTable())
             for uid, f in features.items():
-                t.table.set_row(t.row_for(uid), f)
+                row = t.row_for(uid)  # may grow (replace) t.table: take the table after it
+                t.table.set_row(row, f)
 
     def put_table(self, tenant: str, universal_ids: Sequence[str], table: FeatureTable) -> None:
         """Whole arrays at once: a million profiles is a few copies, not a million rows."""

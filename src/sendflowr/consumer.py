@@ -38,7 +38,9 @@ from sendflowr.bus.base import Bus
 from sendflowr.bus.kafka import KafkaBus, KafkaOptions
 from sendflowr.errors import NotFoundError
 from sendflowr.events import EventValidationError
+from sendflowr.gcpause import gc_paused
 from sendflowr.pipeline import Pipeline
+from sendflowr.storage.events.rows import events_to_arrow
 
 log = logging.getLogger("sendflowr.consumer")
 
@@ -117,6 +119,9 @@ class EventConsumer:
         )
         self._consumer.subscribe([self.topic], on_assign=self._on_assign, on_revoke=self._on_revoke)
         _LIVE.add(self)
+        # pyarrow imports its pandas shim on the first table built (about half a second):
+        # at start-up, not in the first batch.
+        events_to_arrow([], [])
 
     # -- the loop ------------------------------------------------------------------------
 
@@ -138,6 +143,13 @@ class EventConsumer:
 
     def run_batch(self) -> int:
         """Poll one batch, process it, commit it; returns the number of messages."""
+        # The collector paused for the whole batch, consume() included: its ten thousand
+        # Message objects (and their header lists) otherwise trigger collections that walk
+        # every live object (the identity graph, the feature cache) again and again.
+        with gc_paused():
+            return self._run_batch()
+
+    def _run_batch(self) -> int:
         messages = self._consumer.consume(self.options.batch_size, self.options.batch_timeout_s)
         good: list[Message] = []
         for m in messages:
@@ -161,9 +173,14 @@ class EventConsumer:
         return len(good)
 
     def _process(self, messages: list[Message]) -> None:
-        by_source: dict[str, list[Message]] = defaultdict(list)
-        for m in messages:
-            by_source[_source(m)].append(m)
+        sources = _sources(messages)
+        by_source: dict[str, list[Message]]
+        if len(set(sources)) == 1:  # the usual case: no per-message regrouping
+            by_source = {sources[0]: messages}
+        else:
+            by_source = defaultdict(list)
+            for m, source in zip(messages, sources, strict=True):
+                by_source[source].append(m)
         for source, group in by_source.items():
             values = [m.value() or b"" for m in group]
             unknown: list[tuple[Message, str]] = []
@@ -257,10 +274,11 @@ class EventConsumer:
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _commit(self, messages: list[Message]) -> None:
-        last: dict[tuple[str, int], int] = {}
-        for m in messages:
-            tp = (str(m.topic()), int(m.partition() or 0))
-            last[tp] = max(last.get(tp, -1), int(m.offset() or 0))
+        # A partition's messages arrive in offset order: its last one in the batch is its
+        # highest (kept in a dict comprehension: one pass, no per-message max()).
+        last: dict[tuple[str, int], int] = {
+            (m.topic() or "", m.partition() or 0): m.offset() or 0 for m in messages
+        }
         offsets = [TP(t, p, o + 1) for (t, p), o in last.items()]
         try:
             self._consumer.commit(offsets=offsets, asynchronous=False)
@@ -331,6 +349,19 @@ class EventConsumer:
                 self._consumer.close()
             except (KafkaException, RuntimeError) as exc:
                 log.warning("closing the consumer: %s", exc)
+
+
+def _sources(messages: list[Message]) -> list[str]:
+    """The `source` header of each message; where the bus puts it (first) without a scan or
+    a function call per message."""
+    out: list[str] = []
+    for m in messages:
+        h = m.headers()
+        if isinstance(h, list) and h and h[0][0] == "source" and isinstance(h[0][1], bytes):
+            out.append(h[0][1].decode("utf-8", "replace"))
+        else:
+            out.append(_source(m))
+    return out
 
 
 def _source(m: Message) -> str:

@@ -21,13 +21,13 @@ import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from sendflowr.event_batch import decode_events_json
 from sendflowr.events import (
     CanonicalEvent,
     EventValidationError,
     FieldError,
     ParsedBatch,
     parse_events,
-    parse_events_json,
     to_builtins,
 )
 from sendflowr.gcpause import gc_paused
@@ -138,7 +138,7 @@ class Pipeline:
         """Decode and validate canonical events from JSON documents (one event each), then
         process them: what a bus consumer does with message values."""
         with gc_paused():
-            parsed = parse_events_json(lines)
+            parsed = decode_events_json(lines)  # = parse_events_json(lines), batch-wise
             raw = {i: lines[i].decode("utf-8", "replace") for i, _ in parsed.rejected}
             return self._process_parsed(source, raw, parsed)
 

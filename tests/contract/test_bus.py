@@ -7,13 +7,16 @@ messages went through the consumer (stored and committed, or dead-lettered).
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
+import orjson
 import pytest
 
 from sendflowr.bus.inline import InlineBus
+from sendflowr.bus.kafka import KafkaBus
 from sendflowr.consumer import EventConsumer
 from sendflowr.runtime import Runtime
 from sendflowr.settings import Settings
@@ -107,7 +110,48 @@ def test_health_reports_ok(backend: Backend) -> None:
     assert health.backend == backend.runtime.settings.bus.kind
 
 
-def test_publish_decisions_never_fails(backend: Backend) -> None:
-    backend.runtime.bus.publish_decisions(
-        "acme", [{"universal_id": uuid.uuid4().hex, "target_minute_utc": 0}]
+def _published_decisions(rt: Runtime, expect: int) -> list[tuple[str, dict[str, object]]]:
+    """(tenant, decision) as downstream sees them: the inline bus's memory, or every
+    message of the timing-decisions topic (read by assignment: no group join)."""
+    if isinstance(rt.bus, InlineBus):
+        return [(t, dict(d)) for t, d in rt.bus.decisions]
+    from confluent_kafka import Consumer, TopicPartition
+
+    assert isinstance(rt.bus, KafkaBus)
+    reader = Consumer(
+        {"bootstrap.servers": rt.bus.options.bootstrap, "group.id": f"r{uuid.uuid4().hex}"}
     )
+    topic = rt.bus.topics.decisions
+    reader.assign([TopicPartition(topic, p, 0) for p in range(rt.bus.options.partitions)])
+    out: list[tuple[str, dict[str, object]]] = []
+    deadline = time.monotonic() + 30
+    try:
+        while len(out) < expect and time.monotonic() < deadline:
+            for m in reader.consume(100, 0.5):
+                if m.error() is None:
+                    tenant = dict(m.headers() or [])["tenant"]
+                    assert isinstance(tenant, bytes)
+                    value = orjson.loads(m.value() or b"{}")
+                    assert m.key() == f"acme/{value['universal_id']}".encode()
+                    out.append((tenant.decode(), value))
+    finally:
+        reader.close()
+    return out
+
+
+def test_published_decisions_reach_downstream(backend: Backend) -> None:
+    rt = backend.runtime
+    if isinstance(rt.bus, InlineBus):
+        assert not rt.bus.publishes_decisions  # nobody to tell: callers skip the rows
+        rt.bus.keep_decisions(10)
+    assert rt.bus.publishes_decisions
+    rows = [
+        {"universal_id": f"sf_{i:016x}", "decision_id": str(uuid.uuid4()), "confidence": 0.5}
+        for i in range(3)
+    ]
+    started = time.perf_counter()
+    rt.bus.publish_decisions("acme", rows)
+    assert time.perf_counter() - started < 1.0  # queued, not waited for
+    got = _published_decisions(rt, 3)
+    by_id = sorted(got, key=lambda td: str(td[1]["decision_id"]))
+    assert by_id == sorted([("acme", r) for r in rows], key=lambda td: str(td[1]["decision_id"]))

@@ -17,6 +17,7 @@ from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import msgspec
+import orjson
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 from fastapi.testclient import TestClient
@@ -78,52 +79,152 @@ def _annas_clicks() -> list[CanonicalEvent]:
     return events
 
 
-def test_events_api_to_kafka_to_consumer_to_decision(krt: Runtime) -> None:
-    from sendflowr.api import create_app
-
-    with TestClient(create_app(krt.settings, runtime=krt)) as client:
-        r = client.post(
-            "/api/tenants", json={"id": "acme", "name": "Acme", "timezone": "Europe/Warsaw"}
+def _klaviyo_clicks(events: list[CanonicalEvent]) -> bytes:
+    """The same clicks as a Klaviyo webhook delivery (what Klaviyo POSTs)."""
+    items = []
+    for e in events:
+        at = e.occurred_at
+        items.append(
+            {
+                "external_id": e.esp_event_id,
+                "topic": "event:klaviyo.clicked_email",
+                "payload": {
+                    "data": {
+                        "type": "event",
+                        "id": e.esp_event_id,
+                        "attributes": {
+                            "timestamp": int(at.timestamp()),
+                            "datetime": at.isoformat(),
+                            "uuid": str(uuid.uuid5(uuid.NAMESPACE_URL, e.esp_event_id)),
+                            "event_properties": {"$message": "msg1"},
+                        },
+                        "relationships": {
+                            "profile": {"data": {"type": "profile", "id": "01ANNA"}},
+                            "metric": {"data": {"type": "metric", "id": "M1"}},
+                        },
+                    },
+                    "included": [
+                        {
+                            "type": "profile",
+                            "id": "01ANNA",
+                            "attributes": {"email": "anna@acme.test"},
+                        },
+                        {"type": "metric", "id": "M1", "attributes": {"name": "Clicked Email"}},
+                    ],
+                },
+            }
         )
-        assert r.status_code == 201, r.text
-        events = _annas_clicks()
-        r = client.post("/api/events", json={"events": [to_builtins(e) for e in events]})
-        assert r.status_code == 200, r.text
-        assert r.json()["received"] == len(events)
-        # The API only produced: nothing is stored until a consumer runs the pipeline.
-        assert krt.events.count_events("acme") == 0
+    return msgspec.json.encode({"data": items, "meta": {}})
 
-        day = datetime.now(UTC).astimezone(WARSAW).date() + timedelta(days=1)
-        while day.weekday() >= 5:
-            day += timedelta(days=1)
-        start = datetime(day.year, day.month, day.day, 5, 0, tzinfo=WARSAW)
-        body = {
-            "tenant": "acme",
-            "identifier": {"type": "email", "value": "anna@acme.test"},
-            "send_after": start.isoformat(),
-            "send_before": (start + timedelta(hours=8)).isoformat(),
-            "latency_estimate_seconds": 300,
-        }
-        before = client.post("/timing/decide", json=body)
-        assert before.status_code == 200, before.text
-        assert before.json()["fallback_level"] != "personal"
 
-        consumer = open_consumer(krt.pipeline, krt.bus)
-        try:
-            _drain(consumer, len(events))
+def test_webhook_and_events_api_to_kafka_to_consumer_to_decision(
+    kafka_settings: Settings,
+) -> None:
+    """The scale path end to end: a signed Klaviyo webhook and the events API into the API
+    (bus kafka://: they only produce), `EventConsumer` in a thread (as `sendflowr consumer`
+    runs it) into chDB, then a decision for that person from her history, published to the
+    timing-decisions topic. One group join."""
+    from pydantic import SecretStr
+
+    from sendflowr.api import create_app
+    from sendflowr.connectors.klaviyo.webhooks import sign
+    from sendflowr.secrets import generate_key
+
+    settings = kafka_settings.model_copy(update={"secret_key": SecretStr(generate_key())})
+    krt = Runtime.open(settings)
+    admin = getattr(settings, "admin_api_key", None)
+    headers = {"Authorization": f"Bearer {admin.get_secret_value()}"} if admin else {}
+    stop = threading.Event()
+    consumer: EventConsumer | None = None
+    thread: threading.Thread | None = None
+    try:
+        with TestClient(create_app(settings, runtime=krt), headers=headers) as client:
+            r = client.post(
+                "/api/tenants", json={"id": "acme", "name": "Acme", "timezone": "Europe/Warsaw"}
+            )
+            assert r.status_code == 201, r.text
+            krt.accounts.connect("acme", "klaviyo", "api_key", {"api_key": "pk_test"})
+            krt.accounts.set_webhook_secret("acme", "klaviyo", "whsec_e2e_0123456789abcdef")
+
+            clicks = _annas_clicks()
+            half = len(clicks) // 2
+            raw = _klaviyo_clicks(clicks[:half])
+            ts = str(int(time.time()))
+            r = client.post(
+                "/api/webhook/klaviyo/acme",
+                content=raw,
+                headers={
+                    "Klaviyo-Timestamp": ts,
+                    "Klaviyo-Signature": sign("whsec_e2e_0123456789abcdef", raw, ts),
+                    "Klaviyo-Webhook-Id": "wh-e2e",
+                    "Content-Type": "application/json",
+                },
+            )
+            assert r.status_code == 200, r.text
+            assert r.json()["accepted"] == half
+            rest = [to_builtins(e) for e in clicks[half:]]
+            r = client.post("/api/events", json={"events": rest})
+            assert r.status_code == 200, r.text
+            # The API only produced: nothing is stored until a consumer runs the pipeline.
+            assert krt.events.count_events("acme") == 0
+
+            day = datetime.now(UTC).astimezone(WARSAW).date() + timedelta(days=1)
+            while day.weekday() >= 5:
+                day += timedelta(days=1)
+            start = datetime(day.year, day.month, day.day, 5, 0, tzinfo=WARSAW)
+            body = {
+                "tenant": "acme",
+                "identifier": {"type": "email", "value": "anna@acme.test"},
+                "send_after": start.isoformat(),
+                "send_before": (start + timedelta(hours=8)).isoformat(),
+                "latency_estimate_seconds": 300,
+            }
+            before = client.post("/timing/decide", json=body)
+            assert before.status_code == 200, before.text
+            assert before.json()["fallback_level"] != "personal"
+
+            assert isinstance(krt.bus, KafkaBus)
+            consumer = open_consumer(krt.pipeline, krt.bus)
+            thread = threading.Thread(target=consumer.run, args=(stop,), daemon=True)
+            thread.start()
+            deadline = time.monotonic() + 120
+            while consumer.tally.messages < len(clicks) and time.monotonic() < deadline:
+                time.sleep(0.2)
+            assert consumer.tally.messages == len(clicks), consumer.tally
+            assert consumer.tally.dead_lettered == 0
             assert consumer.total_lag() == 0
             assert set(consumer_lag()) == {(consumer.topic, p) for p in range(3)}
-        finally:
-            consumer.close()
-        assert krt.events.count_events("acme") == len(events)
+            assert krt.events.count_events("acme") == len(clicks)
 
-        after = client.post("/timing/decide", json=body)
-        assert after.status_code == 200, after.text
-        d = after.json()
-        assert d["fallback_level"] == "personal"
-        local = datetime.fromisoformat(d["target_minute_utc"]).astimezone(WARSAW)
-        assert datetime(day.year, day.month, day.day, 8, 10, tzinfo=WARSAW) < local
-        assert local <= datetime(day.year, day.month, day.day, 9, 10, tzinfo=WARSAW)
+            after = client.post("/timing/decide", json=body)
+            assert after.status_code == 200, after.text
+            d = after.json()
+            assert d["fallback_level"] == "personal"
+            local = datetime.fromisoformat(d["target_minute_utc"]).astimezone(WARSAW)
+            assert datetime(day.year, day.month, day.day, 8, 10, tzinfo=WARSAW) < local
+            assert local <= datetime(day.year, day.month, day.day, 9, 10, tzinfo=WARSAW)
+            # The evidence behind it: her clicks, in the explanation.
+            e = client.get(f"/timing/explanations/{d['explanation_ref']}?tenant=acme")
+            assert e.status_code == 200, e.text
+            assert e.json()["fallback_level"] == "personal"
+            assert e.json()["evidence"], e.json()
+
+            # Both decisions went to the timing-decisions topic, keyed by person.
+            published = {
+                (m.key(), orjson.loads(m.value())["decision_id"])  # type: ignore[attr-defined]
+                for m in _read_all(krt.bus.options.bootstrap, krt.bus.topics.decisions, 3, 2)
+            }
+            uid = d["universal_id"]
+            assert published == {
+                (f"acme/{uid}".encode(), before.json()["decision_id"]),
+                (f"acme/{uid}".encode(), d["decision_id"]),
+            }
+    finally:
+        stop.set()
+        if thread is not None:
+            thread.join(30)
+        krt.events.drop_database()  # type: ignore[attr-defined]
+        krt.close()
 
 
 def _produce_raw(bootstrap: str, topic: str, values: list[bytes]) -> list[int]:

@@ -23,9 +23,16 @@ class Bus(abc.ABC):
     def publish_payloads(self, payloads: Sequence[Mapping[str, Any]], source: str) -> IngestResult:
         """Hand on canonical-event payloads still to be validated; bad ones are dead-lettered."""
 
+    @property
+    def publishes_decisions(self) -> bool:
+        """Whether publish_decisions goes anywhere: callers skip building the rows if not."""
+        return False
+
     def publish_decisions(self, tenant: str, decisions: Sequence[Mapping[str, Any]]) -> None:
-        """Hand timing decisions on to downstream consumers (the Kafka bus's timing-decisions
-        topic); never fails or delays a decision. The inline bus has no one to tell."""
+        """Hand timing decisions (their JSON API form, one mapping each) on to downstream
+        consumers: the Kafka bus's timing-decisions topic. Never fails or delays a decision:
+        a decision is durable in the explanation store before this is called. The inline bus
+        has no one to tell (it keeps the last few when asked to, for tests)."""
         return None
 
     @abc.abstractmethod

@@ -77,7 +77,7 @@ class KafkaOptions:
     replication_factor: int = 1
     publish_timeout_s: float = 10.0
     group: str = "sendflowr-consumer"
-    batch_size: int = 10_000
+    batch_size: int = 20_000
     batch_timeout_s: float = 0.5
     session_timeout_ms: int = 10_000
     store_retry_s: float = 60.0
@@ -218,6 +218,7 @@ class KafkaBus(Bus):
             )
         )
         self._admin = AdminClient(options.client())
+        self.decisions_failed = 0  # timing decisions refused or not acknowledged in time
         # Delivery callbacks run in whichever thread polls: one background thread does.
         self._closed = threading.Event()
         self._poller = threading.Thread(target=self._poll_loop, name="kafka-bus-poll", daemon=True)
@@ -286,21 +287,42 @@ class KafkaBus(Bus):
         self.produce(self.topics.events, items)
         return IngestResult(received=len(payloads), stored=len(payloads))
 
+    @property
+    def publishes_decisions(self) -> bool:
+        return True
+
     def publish_decisions(self, tenant: str, decisions: Sequence[Mapping[str, Any]]) -> None:
         """Timing decisions for downstream consumers (analytics, audit), keyed by tenant and
-        person; fire-and-forget: a decision is never delayed or failed by the bus, a refused
-        delivery is logged."""
+        person (one person's decisions stay in order). Asynchronous: produce() only queues
+        the message in librdkafka and returns (microseconds); the acknowledgement arrives in
+        the poll thread, and a refused or timed-out delivery is logged and counted in
+        `decisions_failed`, never raised. The decision itself is already durable in the
+        explanation store, so no request waits for the broker. Header `tenant`."""
+        headers: list[tuple[str, str | bytes | None]] = [("tenant", tenant.encode())]
         for d in decisions:
             person = d.get("universal_id") or d.get("person") or ""
+            value = orjson.dumps(d, default=str)
+            key = f"{tenant}/{person}".encode()
             try:
-                self._producer.produce(
-                    self.topics.decisions,
-                    orjson.dumps(d, default=str),
-                    f"{tenant}/{person}".encode(),
-                    on_delivery=_log_failed_decision,
-                )
+                try:
+                    self._producer.produce(
+                        self.topics.decisions, value, key, headers=headers,
+                        on_delivery=self._decision_delivered,
+                    )  # fmt: skip
+                except BufferError:  # the local queue is full: one short wait, then give up
+                    self._producer.poll(0.05)
+                    self._producer.produce(
+                        self.topics.decisions, value, key, headers=headers,
+                        on_delivery=self._decision_delivered,
+                    )  # fmt: skip
             except (BufferError, KafkaException) as exc:
+                self.decisions_failed += 1
                 log.warning("timing decision not published: %s", _reason(exc))
+
+    def _decision_delivered(self, err: KafkaError | None, _msg: Message) -> None:
+        if err is not None:
+            self.decisions_failed += 1
+            log.warning("timing decision not delivered: %s", err.str())
 
     def dead_letter(self, items: Sequence[Outgoing]) -> None:
         """Put rejected messages on the dead-letter topic (waits for acknowledgement)."""
@@ -332,8 +354,3 @@ class KafkaBus(Bus):
             log.warning("closing with %d messages not acknowledged", left)
         self._closed.set()
         self._poller.join(timeout=5)
-
-
-def _log_failed_decision(err: KafkaError | None, _msg: Message) -> None:
-    if err is not None:
-        log.warning("timing decision not delivered: %s", err.str())

@@ -145,22 +145,30 @@ class IdentityGraphStore:
     def _resolve(self, tenant: str, events: Sequence[CanonicalEvent]) -> BatchResolution:
         with self.metadata._guard(), self.engine.begin() as conn:
             version = self._lock_tenant(conn, tenant)
-            usable = [from_event(e.esp, e.identifiers, self.blocklist).usable for e in events]
-            graph = self._graph_for(conn, tenant, version, usable)
+            usable = _usable_identifiers(events, self.blocklist)
+            graph = self._graph_for(conn, tenant, version, list(set(usable)))
             start = len(graph.changes)
             out = BatchResolution([])
+            owner_of = graph.owner_of
+            uids = out.universal_ids
             for event, idents in zip(events, usable, strict=True):
                 if not idents:
                     raise ValueError(
                         f"event {event.event_id}: every identifier is a blocked placeholder"
                     )
+                # Graph.resolve's own fast path (every identifier already one person's),
+                # inline: most events of a batch are of people seen before.
+                first = owner_of.get(idents[0])
+                if first is not None and all(owner_of.get(i) == first for i in idents[1:]):
+                    uids.append(first)
+                    continue
                 p = graph.resolve(
                     idents,
                     self.limits,
                     lambda first: self.new_universal_id(tenant, first),
                     event.event_id,
                 )
-                out.universal_ids.append(p.universal_id)
+                uids.append(p.universal_id)
             changes = graph.changes[start:]
             if changes:
                 self._persist(conn, tenant, changes)
@@ -728,6 +736,30 @@ class IdentityGraphStore:
                 self._cache.clear()
             else:
                 self._cache.pop(tenant, None)
+
+
+def _usable_identifiers(
+    events: Sequence[CanonicalEvent], blocklist: Blocklist
+) -> list[tuple[Identifier, ...]]:
+    """`from_event(...).usable` of each event, worked out once per distinct set of
+    identifiers in the batch (a batch holds many events of each person)."""
+    seen: dict[tuple[Any, ...], tuple[Identifier, ...]] = {}
+    out: list[tuple[Identifier, ...]] = []
+    for e in events:
+        i = e.identifiers
+        key = (
+            e.esp,
+            i.email_hash,
+            i.esp_profile_id,
+            i.phone,
+            i.anonymous_id,
+            tuple(i.external_ids.items()) if i.external_ids else None,
+        )
+        usable = seen.get(key)
+        if usable is None:
+            usable = seen[key] = from_event(e.esp, i, blocklist).usable
+        out.append(usable)
+    return out
 
 
 def _distinct(usable: Sequence[Sequence[Identifier]]) -> list[Identifier]:

@@ -3,7 +3,7 @@ from a second process).
 
 The embedded deployment (chDB + SQLite, the app served by uvicorn in this process, as
 `sendflowr run` does) with a realistic tenant: PEOPLE people with 30 events each of history,
-loaded through the pipeline. A second process (httpx + asyncio) sends POST /timing/decide
+loaded through the pipeline. A second process (plain asyncio HTTP/1.1) sends POST /timing/decide
 open-loop at a fixed rate - each request at its scheduled instant whatever the previous ones
 did, latency measured from that instant, so queueing counts - for DURATION seconds; 80% of the
 requests name a known person (klaviyo_id), 20% a stranger. p50/p95/p99 per run, medians over
@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import socket
 import statistics
@@ -41,49 +42,94 @@ from bench.common import median, write_result
 from sendflowr.api import create_app
 from sendflowr.events import CanonicalEvent, EventType, Identifiers
 from sendflowr.identity.identifiers import ESP_PREFIX, Identifier
+from sendflowr.policy_facts import gather
 from sendflowr.runtime import Runtime
 from sendflowr.settings import Settings
 from sendflowr.storage.metadata.store import Tenant
 from sendflowr.timing.engine import decide
+from sendflowr.timing.window import Window
 
 RUNS = 3
 TENANT = "bench"
 ZONE = ZoneInfo("America/New_York")
 TARGET_P99_MS = 10.0
 
+# The load generator: plain asyncio HTTP/1.1 over keep-alive connections (httpx spent more
+# CPU per request than the server on this machine, and a slow client hides server latency).
+# Open loop: request i is due at t0 + i / rate; it takes an idle connection or opens one, and
+# its latency runs from the due instant, so time spent queueing anywhere counts.
 LOADGEN = r"""
 import asyncio, json, sys, time
-import httpx
 
-url, rate, duration = sys.argv[1], float(sys.argv[2]), float(sys.argv[3])
-ids = json.loads(sys.argv[4])
+host, port = sys.argv[1], int(sys.argv[2])
+rate, duration = float(sys.argv[3]), float(sys.argv[4])
+bodies = [json.dumps(b).encode() for b in json.load(open(sys.argv[5]))]
+headers = "".join(f"{k}: {v}\r\n" for k, v in json.loads(sys.argv[6]).items())
+
+def request(body):
+    return (
+        f"POST /timing/decide HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+        f"{headers}Content-Length: {len(body)}\r\n\r\n"
+    ).encode() + body
+
+async def exchange(conn, payload):
+    reader, writer = conn
+    writer.write(payload)
+    head = await reader.readuntil(b"\r\n\r\n")
+    status = int(head.split(b" ", 2)[1])
+    length = 0
+    for line in head.split(b"\r\n")[1:]:
+        if line.lower().startswith(b"content-length:"):
+            length = int(line.split(b":", 1)[1])
+    await reader.readexactly(length)
+    return status
 
 async def main():
-    lat, errors = [], 0
-    limits = httpx.Limits(max_connections=200, max_keepalive_connections=200)
-    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=30.0) as client:
-        for i in range(20):  # warm up: connections and the tenant's audience curve
-            await client.post("/timing/decide", json=ids[i % len(ids)])
-        n = int(rate * duration)
-        t0 = time.perf_counter() + 0.2
+    idle = []
+    async def connect():
+        return await asyncio.open_connection(host, port)
+    for i in range(20):  # warm up: connections and the tenant's audience curve
+        conn = idle.pop() if idle else await connect()
+        await exchange(conn, request(bodies[i % len(bodies)]))
+        idle.append(conn)
+    lat, statuses = [], {}
+    n = int(rate * duration)
+    t0 = time.perf_counter() + 0.2
 
-        async def one(i):
-            nonlocal errors
-            due = t0 + i / rate
-            await asyncio.sleep(max(0.0, due - time.perf_counter()))
-            try:
-                r = await client.post("/timing/decide", json=ids[i % len(ids)])
-                ok = r.status_code == 200
-            except httpx.HTTPError:  # a timeout counts, at the time it gave up
-                ok = False
-            lat.append((time.perf_counter() - due) * 1000)
-            errors += not ok
+    async def one(i):
+        due = t0 + i / rate
+        await asyncio.sleep(max(0.0, due - time.perf_counter()))
+        try:
+            conn = idle.pop() if idle else await connect()
+            payload = request(bodies[i % len(bodies)])
+            status = str(await asyncio.wait_for(exchange(conn, payload), 30))
+            idle.append(conn)
+        except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError) as exc:
+            status = type(exc).__name__
+        lat.append((time.perf_counter() - due) * 1000)
+        statuses[status] = statuses.get(status, 0) + 1
 
-        await asyncio.gather(*(one(i) for i in range(n)))
-    print(json.dumps({"latencies_ms": lat, "errors": errors}))
+    await asyncio.gather(*(one(i) for i in range(n)))
+    errors = sum(v for k, v in statuses.items() if k != "200")
+    print(json.dumps({"latencies_ms": lat, "errors": errors, "statuses": statuses}))
 
 asyncio.run(main())
 """
+
+
+ADMIN_KEY = "bench-http-admin-key-0123456789abcdef"
+
+
+def _auth_settings() -> dict[str, Any]:
+    """When the API authenticates: the bootstrap admin key, and rate limits above the load."""
+    fields = Settings.model_fields
+    out: dict[str, Any] = {}
+    if "admin_api_key" in fields:
+        out["admin_api_key"] = ADMIN_KEY
+    for name in ("rate_limit_read", "rate_limit_write", "rate_limit_admin"):
+        if name in fields:
+            out[name] = "1000000/minute"
+    return out
 
 
 def _free_port() -> int:
@@ -132,7 +178,10 @@ def _breakdown(rt: Runtime, people: int) -> dict[str, float]:
         uid = rt.identity.owner(TENANT, Identifier(ESP_PREFIX + "klaviyo", f"K{p % people}"))
         assert uid is not None
         uids.append(uid)
-    store_ms, cached_ms, engine_ms, resolve_ms = [], [], [], []
+    store_ms, cached_ms, engine_ms, resolve_ms, facts_ms, service_ms = [], [], [], [], [], []
+    window = Window(
+        datetime.fromtimestamp(now + 3_600, UTC), datetime.fromtimestamp(now + 90_000, UTC)
+    )
     audience = rt.timing.audience(TENANT, ZONE, now)
     start, end = now + 3_600, now + 3_600 + 86_400
     for uid in uids:
@@ -147,6 +196,15 @@ def _breakdown(rt: Runtime, people: int) -> dict[str, float]:
         t4 = time.perf_counter()
         decide(feats.activity, audience, rt.timing._prior, start, end, ZONE, 60, now)
         t5 = time.perf_counter()
+        policy = gather(
+            rt.metadata, rt.events, rt.identity, TENANT, [uid], window.start, window.end,
+            datetime.now(UTC),
+        )  # fmt: skip
+        t6 = time.perf_counter()
+        rt.timing.decide(TENANT, uid, True, ZONE, window, 60, policy=policy)
+        t7 = time.perf_counter()
+        facts_ms.append((t6 - t5) * 1000)
+        service_ms.append((t7 - t6) * 1000)
         resolve_ms.append((t1 - t0) * 1000)
         store_ms.append((t3 - t2) * 1000)
         cached_ms.append((t4 - t3) * 1000)
@@ -156,6 +214,10 @@ def _breakdown(rt: Runtime, people: int) -> dict[str, float]:
         "profile_from_store_ms": round(statistics.median(store_ms), 3),
         "profile_from_cache_ms": round(statistics.median(cached_ms), 3),
         "engine_decide_ms": round(statistics.median(engine_ms), 3),
+        # policy_facts.gather for one person: policy row, ESP calls, breaker events (chDB)
+        "policy_facts_ms": round(statistics.median(facts_ms), 3),
+        # TimingService.decide with policies: profile (cached), engine, explanation queued
+        "service_decide_ms": round(statistics.median(service_ms), 3),
     }
 
 
@@ -164,6 +226,7 @@ def main() -> None:
     ap.add_argument("--people", type=int, default=3_000)
     ap.add_argument("--rate", type=float, default=200.0)
     ap.add_argument("--duration", type=float, default=20.0)
+    ap.add_argument("--runs", type=int, default=RUNS, help="0: the in-process breakdown only")
     args = ap.parse_args()
     root = Path(tempfile.mkdtemp(prefix="bench-http-"))
     try:
@@ -173,7 +236,9 @@ def main() -> None:
             data_dir=root,
             hash_key="bench-http-hash-key-0123456789abcdef",
             demo_profiles=0,
+            **_auth_settings(),
         )
+        headers = {"Authorization": f"Bearer {ADMIN_KEY}"} if _auth_settings() else {}
         rt = Runtime.open(settings)
         try:
             rt.metadata.ensure_tenant(Tenant(TENANT, "Bench", ZONE.key))
@@ -193,31 +258,46 @@ def main() -> None:
                 value = f"K{(i * 7) % args.people}" if known else f"stranger-{i}"
                 ids.append({"tenant": TENANT, "identifier": {"type": "klaviyo_id", "value": value}})
             runs = []
-            for _ in range(RUNS):
+            bodies = root / "bodies.json"
+            bodies.write_text(json.dumps(ids))
+            for _ in range(args.runs):
+                load0, cpu0 = os.getloadavg()[0], time.process_time()
                 out = subprocess.run(
                     [
                         sys.executable,
                         "-c",
                         LOADGEN,
-                        f"http://127.0.0.1:{port}",
+                        "127.0.0.1",
+                        str(port),
                         str(args.rate),
                         str(args.duration),
-                        json.dumps(ids),
+                        str(bodies),
+                        json.dumps(headers),
                     ],
                     check=True,
                     capture_output=True,
                     text=True,
                 )
                 got = json.loads(out.stdout)
+                cpu = time.process_time() - cpu0  # the server process (app + this driver)
                 runs.append(
                     {
                         "requests": len(got["latencies_ms"]),
                         "errors": got["errors"],
+                        "statuses": got["statuses"],
                         **_pcts(got["latencies_ms"]),
+                        "server_cpu_ms_per_request": round(
+                            cpu * 1000 / max(len(got["latencies_ms"]), 1), 3
+                        ),
+                        "loadavg_1m_before": round(load0, 2),
+                        "loadavg_1m_after": round(os.getloadavg()[0], 2),
                     }
                 )
             server.should_exit = True
             thread.join(timeout=10)
+            if not runs:
+                print(json.dumps(_breakdown(rt, args.people), indent=2))
+                return
             p99 = median([r["p99"] for r in runs])
             write_result(
                 "http_decide",
@@ -228,6 +308,9 @@ def main() -> None:
                     "p50_ms_median": median([r["p50"] for r in runs]),
                     "p95_ms_median": median([r["p95"] for r in runs]),
                     "p99_ms_median": p99,
+                    "server_cpu_ms_per_request_median": median(
+                        [r["server_cpu_ms_per_request"] for r in runs]
+                    ),
                     "target_p99_ms": TARGET_P99_MS,
                     "ratio_to_target": round(TARGET_P99_MS / p99, 3),
                     "runs": runs,

@@ -3,7 +3,9 @@
 The engine (timing/engine.py) is pure; this module feeds it: the person's engagement events
 (read under their alias set) become an activity profile in the brand's time zone, the tenant's
 audience profile is rebuilt from the store at most every few minutes, and every decision
-writes its explanation to `timing_explanations` before it is returned.
+writes its explanation to `timing_explanations`: a batch before it is returned (one columnar
+insert), a single decision through the store's explanation buffer (a background write within
+tens of milliseconds; reading it back, erasure and shutdown write it first).
 """
 
 from __future__ import annotations
@@ -13,16 +15,20 @@ import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Final
 from zoneinfo import ZoneInfo
 
 import numpy as np
+import orjson
+import pyarrow as pa
 
 from sendflowr.identity.identifiers import Identifier
 from sendflowr.identity.store import IdentityGraphStore
+from sendflowr.ids import ordered_ids
 from sendflowr.people import features_for
 from sendflowr.storage.events.base import EventStore
+from sendflowr.storage.events.rows import EXPLANATION_SCHEMA
 from sendflowr.storage.features.base import FeatureCache
 from sendflowr.storage.features.memory import MemoryFeatureCache
 from sendflowr.timing.activity import (
@@ -33,6 +39,8 @@ from sendflowr.timing.activity import (
     summed,
 )
 from sendflowr.timing.engine import (
+    LEVELS,
+    MODEL_VERSION,
     BatchDecisions,
     BatchScores,
     Decision,
@@ -193,8 +201,11 @@ class TimingService:
         engagements = 0
         last_engagement: str | None = None
         median_latency: float | None = None
+        degraded: dict[str, list[str]] = {}
         if known:
             feats = self.person_profile(tenant, universal_id, zone, now)
+            if self.features.degraded():  # rebuilt from the event store: correct, slower
+                degraded["degraded"] = ["feature_cache"]
             machine_opens = feats.machine_opens_excluded
             engagements = feats.engagements
             if engagements:
@@ -242,6 +253,7 @@ class TimingService:
                 "known_person": known,
                 "zone": zone.key,
                 "median_latency_seconds": median_latency,
+                **degraded,
             },
             {
                 "channel": channel,
@@ -253,8 +265,8 @@ class TimingService:
             policies,
             bool(applied is not None and applied.exploration[0]),
         )
-        if store:
-            self.events.insert_explanations([explanation])
+        if store:  # written within tens of ms; any read of it writes it first (buffer notes)
+            self.events.buffer_explanations([explanation])
         return DecisionRecord(
             decision, decision_id, explanation, latency_seconds, window, suppression, applied
         )
@@ -292,7 +304,7 @@ def decide_many(
             service, tenant, universal_ids, known, zone, window, now, chunk=len(universal_ids)
         )
     )
-    decision_ids = [str(uuid.uuid4()) for _ in universal_ids]
+    decision_ids = ordered_ids(len(universal_ids))
     n = len(universal_ids)
     suppressed: list[Suppression | None] = [None] * n
     policies: list[tuple[str, ...]] = [()] * n
@@ -302,31 +314,88 @@ def decide_many(
         batch = choose(scored.scores, latency_seconds, service.params)
     else:
         applied = apply(scored.scores, policy.config, policy.facts, zone, decision_ids)
-        batch = choose_allowed(applied, latency_seconds, service.params).decisions
-        policies, details = describe(applied, batch.target)
+        chosen = choose_allowed(applied, latency_seconds, service.params)
+        batch, policies, details = chosen.decisions, chosen.policies, chosen.details
         suppressed = applied.suppressed
         exploring = applied.exploration.tolist()
-    explanations = [
-        _explanation(
-            tenant,
-            decision_ids[i],
-            uid,
-            intent_id,
-            now_dt,
-            batch.row(i),
-            int(scored.machine_opens[i]),
-            {"evidence": float(scored.evidence[i]), "known_person": known[i]},
-            {"batch": True, "latency_estimate_seconds": latency_seconds, **details[i]},
-            policies[i],
-            exploring[i],
+    refs = ["exp_" + d.replace("-", "") for d in decision_ids]
+    service.events.insert_explanation_table(
+        explanation_table(
+            tenant, decision_ids, refs, universal_ids, intent_id, now_dt, batch,
+            scored.machine_opens, scored.evidence, known, latency_seconds, policies, details,
+            exploring,
         )
-        for i, uid in enumerate(universal_ids)
-    ]
-    service.events.insert_explanations(explanations)
-    refs = [e.explanation_ref for e in explanations]
+    )  # fmt: skip
     return BatchRecord(
         list(universal_ids), batch, decision_ids, refs, suppressed, exploring, policies
     )
+
+
+def explanation_table(
+    tenant: str,
+    decision_ids: Sequence[str],
+    refs: Sequence[str],
+    universal_ids: Sequence[str],
+    intent_id: str,
+    created_at: datetime,
+    batch: BatchDecisions,
+    machine_opens: np.ndarray[Any, np.dtype[np.int64]],
+    evidence: np.ndarray[Any, np.dtype[np.float64]],
+    known: Sequence[bool],
+    latency_seconds: int,
+    policies: Sequence[tuple[str, ...]],
+    details: Sequence[dict[str, Any]],
+    exploring: Sequence[bool],
+) -> pa.Table:
+    """A batch's explanation rows in columns (EXPLANATION_SCHEMA): the same content as
+    `_explanation` gives each decision, without a Python object per row. The JSON of the
+    evidence and details is written per row only where it differs from its neighbours'."""
+    n = len(decision_ids)
+    dumps = orjson.dumps
+    plain = dumps({"batch": True, "latency_estimate_seconds": latency_seconds}).decode()
+    detail_json = [
+        dumps({"batch": True, "latency_estimate_seconds": latency_seconds, **d}).decode()
+        if d
+        else plain
+        for d in details
+    ]
+    ev_cache: dict[tuple[float, bool], str] = {}
+    ev_json = []
+    for e, k in zip(evidence.tolist(), known, strict=True):
+        key = (e, bool(k))
+        text = ev_cache.get(key)
+        if text is None:
+            text = ev_cache[key] = dumps({"evidence": e, "known_person": key[1]}).decode()
+        ev_json.append(text)
+    ms = pa.timestamp("ms", tz="UTC")
+    created = (created_at - _EPOCH) // timedelta(milliseconds=1)
+    cols: dict[str, Any] = {
+        "tenant": pa.array([tenant] * n, pa.string()),
+        "explanation_ref": pa.array(refs, pa.string()),
+        "decision_id": pa.array(decision_ids, pa.string()),
+        "universal_id": pa.array(universal_ids, pa.string()),
+        "intent_id": pa.array([intent_id] * n, pa.string()),
+        "created_at": pa.array(np.full(n, created, np.int64), ms),
+        "model_version": pa.array([MODEL_VERSION] * n, pa.string()),
+        "target_minute_utc": pa.array(np.asarray(batch.target, np.int64) * 1000, ms),
+        "trigger_timestamp_utc": pa.array(np.asarray(batch.trigger, np.int64) * 1000, ms),
+        "confidence_score": np.asarray(batch.confidence, np.float64).astype(np.float32),
+        "fallback_level": pa.DictionaryArray.from_arrays(
+            pa.array(np.asarray(batch.level, np.int32)), pa.array(LEVELS, pa.string())
+        ).cast(pa.string()),
+        "weight_personal": batch.weights[:, 0].astype(np.float32),
+        "weight_audience": batch.weights[:, 1].astype(np.float32),
+        "weight_global": batch.weights[:, 2].astype(np.float32),
+        "evidence": pa.array(ev_json, pa.string()),
+        "machine_opens_excluded": np.asarray(machine_opens).astype(np.uint32),
+        "policies": pa.array([list(p) for p in policies], pa.list_(pa.string())),
+        "exploration": np.asarray(exploring, np.bool_),
+        "details": pa.array(detail_json, pa.string()),
+    }
+    return pa.Table.from_pydict(cols, schema=EXPLANATION_SCHEMA)
+
+
+_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 @dataclass(frozen=True, slots=True)
@@ -472,6 +541,11 @@ def explain_in_words(e: Explanation) -> str:
         parts.extend(_policy_words(name, e.details.get(name)))
     if e.exploration:
         parts.append("This was an exploration send (a randomised time, to keep learning).")
+    if "feature_cache" in (e.evidence.get("degraded") or ()):
+        parts.append(
+            "Degraded: the feature cache was unavailable, so this person's features were "
+            "rebuilt from the event store (as on a cache miss: slower, not different)."
+        )
     return " ".join(parts)
 
 

@@ -128,7 +128,11 @@ def gather(
     # A small batch (a single decision, a re-decision) reads only its people's events, under
     # every id they are stored under; a large one reads the tenant once.
     stored_ids: list[str] | None = None
-    if len(universal_ids) <= SMALL_BATCH:
+    if len(row_of) == 1:  # a single decision: its own aliases (an indexed read), not the map
+        (root,) = row_of
+        stored_ids = identity.aliases(tenant, root)
+        aliases = dict.fromkeys(stored_ids[1:], root)
+    elif len(universal_ids) <= SMALL_BATCH:
         aliases = identity.alias_map(tenant)
         stored_ids = list(row_of) + [a for a, root in aliases.items() if root in row_of]
 
@@ -141,9 +145,14 @@ def gather(
     now_s = int(now.timestamp())
     breakers = sorted(b for b in cfg.breakers if b in PERSON_BREAKERS)
     if breakers and facts.tenant_breaker is None:
-        uids, utc, types, _ = events.engagement_history(
-            tenant, breakers, EVER, universal_ids=stored_ids
-        )
+        known = events.events_by_person(tenant, breakers) if stored_ids is not None else None
+        if known is not None and stored_ids is not None:  # the query's order: id, then time
+            found = [(u, t, k) for u in sorted(set(stored_ids)) for t, k in known.get(u, ())]
+            uids, utc, types = [f[0] for f in found], [f[1] for f in found], [f[2] for f in found]
+        else:
+            uids, utc, types, _ = events.engagement_history(
+                tenant, breakers, EVER, universal_ids=stored_ids
+            )
         for r, t, kind in zip(rows_of(uids), utc, types, strict=True):
             if r >= 0:  # time order: the latest wins
                 facts.breaker[r] = Suppression(

@@ -1,5 +1,6 @@
 """Per-person timing features (the feature cache's content: fold, local time, serialisation,
-incremental == bulk), the memory cache's contract, and email hashing."""
+incremental == bulk) and email hashing. The cache backends' contract is
+tests/contract/test_feature_cache.py."""
 
 from __future__ import annotations
 
@@ -14,7 +15,6 @@ import pytest
 
 from sendflowr.identity.hashing import hash_email, normalise_email
 from sendflowr.storage.events.base import EngagementArrays
-from sendflowr.storage.features.memory import MemoryFeatureCache
 from sendflowr.storage.features.rebuild import fold_arrays, resolve_aliases
 from sendflowr.timing.activity import (
     BIN_MINUTES,
@@ -31,7 +31,6 @@ from sendflowr.timing.features import (
     COUNTED_TYPES,
     SERIALISED_BYTES,
     BatchColumns,
-    FeatureTable,
     FoldContext,
     ProfileFeatures,
     apply_batch,
@@ -337,46 +336,7 @@ def test_from_bytes_rejects_another_format_or_size() -> None:
         ProfileFeatures.from_bytes(ProfileFeatures().to_bytes()[:-2])
 
 
-# --- the memory cache and the bulk fold ----------------------------------------------------------
-
-
-def test_memory_cache_folds_only_cached_profiles_and_drops_late_ones() -> None:
-    cache = MemoryFeatureCache()
-    first = _fold([("p", "opened", _at(10), False), ("q", "opened", _at(10), False)])
-    cache.put_many("t", {"p": first["p"], "q": first["q"]})
-    batch = _batch(
-        [
-            ("p", "clicked", _at(11), False),  # in order: folded
-            ("q", "clicked", _at(9), False),  # older than q's last engagement: dropped
-            ("r", "opened", _at(12), False),  # not cached: stays absent
-        ]
-    )
-    assert cache.fold("t", batch, _ctx()) == 1
-    got = cache.get_many("t", ["p", "q", "r"])
-    assert set(got) == {"p"}
-    assert got["p"].count("clicked") == 1
-    _assert_same(
-        got["p"], _fold([("p", "opened", _at(10), False), ("p", "clicked", _at(11), False)])["p"]
-    )
-    assert cache.fold("other", batch, _ctx()) == 0
-    assert cache.health().info == {"profiles": 1}
-
-
-def test_put_table_then_get_many_round_trips() -> None:
-    table = FeatureTable.empty(3, zone_tag(NEW_YORK))
-    rows = [("a", "opened", _at(1), False), ("c", "clicked", _at(2), False)]
-    cols = _batch(rows)
-    updated, _ = apply_batch({}, cols, _ctx(NEW_YORK))
-    table.set_row(0, updated["a"])
-    table.set_row(2, updated["c"])
-    cache = MemoryFeatureCache()
-    cache.put_many("t", {"x": updated["a"]})
-    cache.put_table("t", ["a", "b", "c"] + [f"z{i}" for i in range(0)], table)
-    got = cache.get_many("t", ["a", "b", "c", "x"])
-    assert set(got) == {"a", "b", "c", "x"}
-    assert got["a"].to_bytes() == updated["a"].to_bytes()
-    assert got["c"].to_bytes() == updated["c"].to_bytes()
-    assert got["b"].to_bytes() == ProfileFeatures(zone_tag=zone_tag(NEW_YORK)).to_bytes()
+# --- the bulk fold (the cache port's contract: tests/contract/test_feature_cache.py) ---
 
 
 def test_fold_arrays_follows_merges_and_equals_per_person_rebuilds() -> None:
@@ -455,3 +415,31 @@ def test_hash_email_rejects_over_long_addresses() -> None:
     with pytest.raises(ValueError, match="at most 254 characters"):
         hash_email(KEY, "a" * 243 + "@example.com")  # 255 characters
     assert len(hash_email(KEY, "a" * 242 + "@example.com")) == 64  # 254 is fine
+
+
+def test_an_unflagged_open_within_seconds_of_delivery_is_a_machine_open() -> None:
+    rows = [
+        ("p", "received", _at(20), False),
+        ("p", "opened", _at(20) + timedelta(seconds=2), False),  # fetched on arrival
+        ("p", "received", _at(44), False),
+        ("p", "opened", _at(44) + timedelta(seconds=30), False),  # a person, quick
+        ("p", "opened", _at(50), False),
+    ]
+    f = _fold(rows)["p"]
+    assert f.machine_opens_excluded == 1
+    assert f.engagements == 2
+    assert f.activity.bins[20 * 4] == 0.0
+    assert f.activity.bins[44 * 4] > 0.0
+    assert f.activity.bins[50 * 4] > 0.0
+
+
+def test_an_open_seconds_after_a_delivery_of_the_previous_batch_is_a_machine_open() -> None:
+    ctx = _ctx()
+    first, dropped = apply_batch({}, _batch([("p", "received", _at(20), False)]), ctx)
+    assert dropped == []
+    later = _batch([("p", "opened", _at(20) + timedelta(seconds=1), False)])
+    second, dropped = apply_batch(first, later, ctx)
+    assert dropped == []
+    assert second["p"].machine_opens_excluded == 1
+    assert second["p"].engagements == 0
+    assert not second["p"].activity.bins.any()

@@ -10,10 +10,11 @@ Serialised (`to_bytes`): a 40-byte header and the bins as uint16 scaled to their
 scale is in the header): 40 + 672 * 2 = 1,384 bytes, under the 2 KB feature-cache budget.
 Quantising against the maximum loses at most max/65535 per bin, far below the noise of counts.
 
-Send-time bias hook: an engagement that comes within seconds of its delivery is a machine open
-(excluded, counted); one that comes soon after delivery says as much about when the brand sent
-as about when the person reads, so its weight is scaled by 1 - exp(-lag / prompt_s). Engagements
-without a delivery time (site visits, orders, activity logs) keep their full weight.
+Send-time bias hook: an engagement that comes within seconds of its delivery (the one given, or
+else its row's latest delivery seen) is a machine open (excluded, counted); one that comes soon
+after delivery says as much about when the brand sent as about when the person reads, so its
+weight is scaled by 1 - exp(-lag / prompt_s). Engagements without a delivery time (activity
+logs, or no delivery seen before them) keep their full weight.
 
 `ActivityTable` holds many profiles as dense rows (the bulk rebuild and the replay use it); the
 audience is a one-row table fed the same effective weights as the people.
@@ -171,12 +172,19 @@ class ActivityTable:
         `delivery`: events that are deliveries (`received`): they add no weight, they open an
         exposure that the person's next real engagement closes (the send-time-bias correction
         and the delivery -> engagement latency). Without it, nothing about deliveries changes.
+        With it and without `delivered_s`, each engagement's delivery is taken to be its row's
+        latest one (`latest_delivery`), so an engagement within `machine_open_s` of a delivery
+        is a machine open even when the connector did not flag it (a mail client or a link
+        scanner fetching the message as it arrives).
         """
         n = len(rows)
         if delivery is None or n == 0:
             return self._observe(rows, utc_s, offset_s, weights, now, params, delivered_s, machine)
         now = max(int(now), int(utc_s.max()))
         is_d = np.asarray(delivery, np.bool_)
+        if delivered_s is None:
+            # an engagement within seconds of its row's latest delivery is a machine open
+            delivered_s = self.latest_delivery(rows, utc_s, is_d)
         e = np.flatnonzero(~is_d)
         out_w, out_d = np.zeros(n), np.zeros(n)
         if len(e):
@@ -192,6 +200,23 @@ class ActivityTable:
             )
         self._expose(rows, utc_s, offset_s, is_d, ~is_d & (out_w > 0), out_w, now, params)
         return out_w, out_d
+
+    def latest_delivery(
+        self, rows: IntArray, utc_s: IntArray, is_delivery: npt.NDArray[np.bool_]
+    ) -> IntArray:
+        """Per event, utc s of its row's latest delivery at or before it: in the batch, else
+        the row's stored open exposure (`pending_since`); NEVER if none is known."""
+        n = len(rows)
+        order = np.lexsort((~is_delivery, utc_s, rows))  # deliveries first on equal times
+        r, t, dv = rows[order], utc_s[order], is_delivery[order]
+        row_start = np.r_[True, r[1:] != r[:-1]]
+        start_idx = np.maximum.accumulate(np.where(row_start, np.arange(n), 0))
+        last_d = np.maximum.accumulate(np.where(dv, np.arange(n), -1))
+        inside = last_d >= start_idx
+        found = np.where(inside, t[np.maximum(last_d, 0)], self.pending_since[r])
+        out = np.empty(n, np.int64)
+        out[order] = found
+        return out
 
     def _observe(
         self,

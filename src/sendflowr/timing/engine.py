@@ -27,7 +27,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Final
+from functools import lru_cache
+from typing import Any, Final, TypeVar
 from zoneinfo import ZoneInfo
 
 import numpy as np
@@ -48,7 +49,7 @@ from sendflowr.timing.activity import (
 )
 from sendflowr.timing.archetypes import Archetypes, fit_archetypes
 
-MODEL_VERSION: Final = "sendflowr-timing-2"
+MODEL_VERSION: Final = "sendflowr-timing-3"
 LEVELS: Final = ("personal", "audience", "global")
 MINUTE: Final = 60
 BoolArray = np.ndarray[tuple[int, ...], np.dtype[np.bool_]]
@@ -261,6 +262,112 @@ class BatchScores:
     weights: FloatArray  # (N, 3) personal / audience / global
 
 
+@dataclass(frozen=True, slots=True)
+class _Operators:
+    """What scoring one window costs once, whatever the batch (cached per window and params):
+    the candidates, and the linear maps from a curve to its mass at each candidate (last
+    column: the window's total). Read-only."""
+
+    candidates: IntArray
+    horizon: FloatArray  # (BINS, C + 1): the global prior's map
+    audience: FloatArray  # (BINS, C + 1): smoothing then horizon
+    # personal: pooling, smoothing and horizon, factored so a batch multiplies few columns:
+    # x @ P G H = share_dow * x[:, used] @ near[used] + (per-day sums of x) @ pooled
+    used: IntArray  # bins where the smoothed horizon is not negligible
+    near: npt.NDArray[np.float32]  # (len(used), C + 1), share_dow included
+    pooled: npt.NDArray[np.float32]  # (BINS_PER_DAY * groups, C + 1)
+    groups: tuple[tuple[int, int], ...]  # day ranges summed for `pooled` ((0, 7) or 3 groups)
+
+
+@lru_cache(maxsize=8)
+def _circulant_cached(sigma_bins: float) -> FloatArray:
+    """The Gaussian's far tail (below 1e-100, where it underflows toward subnormal numbers
+    that make every product with it a hundred times slower) set to zero: nothing below
+    1e-12 counts anywhere in scoring."""
+    g = _circulant(sigma_bins).copy()
+    g[g < 1e-100] = 0.0
+    return _frozen(g)
+
+
+def _smoothed(sigma_bins: float, horizon: FloatArray) -> FloatArray:
+    """`_circulant(sigma) @ horizon`, over the bins the window touches only (a single
+    decision's window changes every second, so this runs per request)."""
+    touched = np.flatnonzero(horizon.any(axis=1))
+    out: FloatArray = _circulant_cached(sigma_bins)[:, touched] @ horizon[touched]
+    return out
+
+
+_NEGLIGIBLE: Final = 1e-12  # an operator row this light is left out (as `_shares` does)
+
+
+_A = TypeVar("_A", bound=np.ndarray[Any, Any])
+
+
+def _frozen(a: _A) -> _A:
+    a.setflags(write=False)
+    return a
+
+
+@lru_cache(maxsize=64)
+def _operators(
+    start_utc: int, end_utc: int, zone: ZoneInfo | int, params: EngineParams
+) -> _Operators:
+    win = _window(start_utc, end_utc, zone, params.horizon_s)
+    gh = _smoothed(params.personal_sigma_bins, win.horizon)
+    cols = gh.shape[1]
+    by_day = gh.reshape(7, BINS_PER_DAY, cols)
+    rest = 1.0 - params.share_dow - params.share_group
+    groups: tuple[tuple[int, int], ...] = ((0, 7),)
+    parts = [rest / 7 * by_day.sum(axis=0)]
+    if params.share_group != 0:
+        groups = ((0, 7), (0, 5), (5, 7))
+        parts += [
+            params.share_group / 5 * by_day[:5].sum(axis=0),
+            params.share_group / 2 * by_day[5:].sum(axis=0),
+        ]
+    # Rows of the full operator this light are left out, as `_shares` leaves them out. A
+    # slot whose pooled part is light enough for some of its days to be left out (far from
+    # the window) keeps its exact rows in `near` instead; the rest of `near` drops only rows
+    # that could not move a share (a Gaussian tail of 1e-20 and less).
+    by_group = np.zeros((7, BINS_PER_DAY, cols))
+    for (lo, hi), part in zip(groups, parts, strict=True):
+        by_group[lo:hi] += part[None]
+    per_row = by_group.reshape(BINS, cols)
+    near = params.share_dow * gh
+    keep = np.abs(near + per_row).sum(axis=1) > _NEGLIGIBLE
+    full_slot = np.tile(keep.reshape(7, BINS_PER_DAY).all(axis=0), 7)
+    near = np.where(keep[:, None], near + np.where(full_slot[:, None], 0.0, per_row), 0.0)
+    used = np.flatnonzero(np.abs(near).sum(axis=1) > _NEGLIGIBLE * 1e-8)
+    pooled = np.concatenate(parts)
+    pooled[~np.tile(full_slot[:BINS_PER_DAY], len(parts))] = 0.0
+    return _Operators(
+        _frozen(win.candidates),
+        _frozen(win.horizon),
+        _frozen(_smoothed(params.audience_sigma_bins, win.horizon)),
+        _frozen(used),
+        _frozen(near[used].astype(np.float32)),
+        _frozen(pooled.astype(np.float32)),
+        groups,
+    )
+
+
+def _personal_shares(
+    bins: npt.NDArray[np.float32], ops: _Operators
+) -> tuple[FloatArray, BoolArray]:
+    """`_shares(bins, pooling @ smoothing @ horizon)`, without the full (BINS x C) product."""
+    days = bins.reshape(len(bins), 7, BINS_PER_DAY)
+    sums = [days[:, lo:hi].sum(axis=1) for lo, hi in ops.groups]
+    raw = (bins[:, ops.used] @ ops.near).astype(np.float64)
+    raw += (np.concatenate(sums, axis=1) if len(sums) > 1 else sums[0]) @ ops.pooled
+    mass = raw[:, -1]
+    has = mass > 1e-12
+    out: FloatArray = np.where(has[:, None], raw[:, :-1] / np.where(has, mass, 1.0)[:, None], 0)
+    return out, has
+
+
+SCORE_BLOCK: Final = 2_048  # rows scored at a time: temporaries stay in cache, memory bounded
+
+
 def score_batch(
     people: ActivityTable,
     rows: IntArray,
@@ -273,45 +380,80 @@ def score_batch(
     params: EngineParams = EngineParams(),
 ) -> BatchScores:
     """Score `people[rows]` (row -1: nobody known) at the window's candidate minutes. Between
-    two candidates the share is linear in the minute (see the module notes)."""
-    win = _window(start_utc, end_utc, zone, params.horizon_s)
+    two candidates the share is linear in the minute (see the module notes).
+
+    The window's operators are computed once (cached); people with a history are scored a
+    block at a time; everyone without one gets the same row (audience and prior only)."""
+    # the candidates depend on the window's ends only through whole minutes: a key that
+    # changes every minute, not every second, so single decisions share the operators
+    ops = _operators(-(-start_utc // MINUTE) * MINUTE, -(-end_utc // MINUTE) * MINUTE, zone, params)
     half = params.activity.half_life_s
-    known = rows >= 0
-    safe = np.where(known, rows, 0)
-    n = np.where(known, people.evidence[safe] * people.aged(now, half)[safe], 0.0)
-    days = np.where(known, people.active_days[safe] * people.aged(now, half)[safe], 0.0)
-    # pooling and smoothing are linear, so they fold into the window's operator once per batch
-    pooling = _pooled(np.eye(BINS), params.share_dow, params.share_group)
-    personal_op = pooling @ _circulant(params.personal_sigma_bins) @ win.horizon
-    audience_op = _circulant(params.audience_sigma_bins) @ win.horizon
-    # the one big product, in single precision, over the rows with a history only
-    with_history = np.flatnonzero(known)
-    s_p = np.zeros((len(rows), len(win.candidates)))
-    has_p = np.zeros(len(rows), np.bool_)
-    if len(with_history):
-        bins = curves(people, rows[with_history], zone, now, params.activity)
-        s_p[with_history], has_p[with_history] = _shares(bins, personal_op.astype(np.float32))
+    c = len(ops.candidates)
     audience_bins = curves(audience, np.zeros(1, np.int64), zone, now, params.activity)
-    s_a, has_a = _shares(audience_bins.astype(np.float64), audience_op)
+    s_a, has_a = _shares(audience_bins.astype(np.float64), ops.audience)
     arch = audience.archetypes if params.archetypes > 0 else None
-    s_a_rows: FloatArray = np.broadcast_to(s_a, (len(rows), s_a.shape[1]))
-    if arch is not None and len(with_history):
-        # a person's audience prior: the archetypes, weighted by how well each explains them
-        s_k, _ = _shares(arch.curves, audience_op)
-        s_a_rows = s_a_rows.copy()
-        s_a_rows[with_history] = arch.posterior(bins) @ s_k
-    s_g, _ = _shares(prior[None, :], win.horizon)
-    m = float(audience.evidence[0] * audience.aged(now, half)[0]) if has_a[0] else 0.0
-    w_p = np.where(has_p, n / (n + params.k_personal), 0.0)
-    w_a = (1.0 - w_p) * (m / (m + params.k_audience))
-    w_g = 1.0 - w_p - w_a
-    score = w_p[:, None] * s_p + w_a[:, None] * s_a_rows + w_g[:, None] * s_g
-    a_days = float(audience.active_days[0] * audience.aged(now, half)[0])
+    s_k = _shares(arch.curves, ops.audience)[0] if arch is not None else None
+    s_g, _ = _shares(prior[None, :], ops.horizon)
+    aud_age = float(audience.aged(now, half)[0])
+    m = float(audience.evidence[0] * aud_age) if has_a[0] else 0.0
+    a_share = m / (m + params.k_audience)
+    a_days = float(audience.active_days[0] * aud_age)
     k_aud = m / a_days if a_days > 0 else 1.0
-    k_per = np.where(days > 0, n / np.maximum(days, 1e-12), k_aud)
-    k = np.maximum(params.sittings_scale * (w_p * k_per + (1.0 - w_p) * k_aud), 1.0)
-    prob = -np.expm1(k[:, None] * np.log1p(-np.clip(score, 0.0, 1.0 - 1e-12)))
-    return BatchScores(win.candidates, prob, np.stack([w_p, w_a, w_g], axis=1))
+
+    rows = np.asarray(rows, np.int64)
+    prob = np.empty((len(rows), c))
+    weights = np.empty((len(rows), 3))
+    known = np.flatnonzero(rows >= 0)
+    if len(known) < len(rows):  # no history: one row for all of them
+        stranger = np.flatnonzero(rows < 0)
+        score = a_share * s_a[0] + (1.0 - a_share) * s_g[0]
+        prob[stranger] = _engagement(
+            score[None, :], np.array([max(params.sittings_scale * k_aud, 1.0)])
+        )
+        weights[stranger] = (0.0, a_share, 1.0 - a_share)
+    for lo in range(0, len(known), SCORE_BLOCK):
+        at = known[lo : lo + SCORE_BLOCK]
+        r = rows[at]
+        age = _decay_to(people.last_update[r], now, half)
+        n = people.evidence[r] * age
+        days = people.active_days[r] * age
+        bins = curves(people, r, zone, now, params.activity)
+        s_p, has_p = _personal_shares(bins, ops)
+        w_p = np.where(has_p, n / (n + params.k_personal), 0.0)
+        w_a = (1.0 - w_p) * a_share
+        w_g = 1.0 - w_p - w_a
+        score = s_p
+        score *= w_p[:, None]
+        if s_k is not None:
+            assert arch is not None
+            score += w_a[:, None] * (arch.posterior(bins) @ s_k)
+        else:
+            score += w_a[:, None] * s_a
+        score += w_g[:, None] * s_g
+        k_per = np.where(days > 0, n / np.maximum(days, 1e-12), k_aud)
+        k = np.maximum(params.sittings_scale * (w_p * k_per + (1.0 - w_p) * k_aud), 1.0)
+        prob[at] = _engagement(score, k)
+        weights[at, 0], weights[at, 1], weights[at, 2] = w_p, w_a, w_g
+    return BatchScores(ops.candidates, prob, weights)
+
+
+def _decay_to(last_update: IntArray, now: int, half_life_s: float) -> FloatArray:
+    """ActivityTable.aged for some rows only."""
+    out: FloatArray = np.exp2(
+        -np.maximum((now - last_update).astype(np.float64), 0.0) / half_life_s
+    )
+    return out
+
+
+def _engagement(score: FloatArray, k: FloatArray) -> FloatArray:
+    """P(at least one of k engagements in the horizon) = 1 - (1 - share)^k, per row."""
+    out = np.clip(score, 0.0, 1.0 - 1e-12)
+    np.negative(out, out=out)
+    np.log1p(out, out=out)
+    out *= k[:, None]
+    np.expm1(out, out=out)
+    np.negative(out, out=out)
+    return out
 
 
 def decide_batch(

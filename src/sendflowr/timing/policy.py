@@ -291,10 +291,11 @@ def apply(
     reasons: list[dict[str, str]] = [{} for _ in range(n)]
     for name, m in masks.items():
         hit = m[np.arange(n), preferred]
+        same = _why(name, 0, cfg, facts, zone) if name == "quiet_hours" else None  # no row in it
         for r in np.flatnonzero(hit).tolist():
             if suppressed[r] is None:
                 moved_by[r] = (*moved_by[r], name)
-                reasons[r][name] = _why(name, r, cfg, facts, zone)
+                reasons[r][name] = same if same is not None else _why(name, r, cfg, facts, zone)
     # -- forced minutes: hot paths first, then exploration
     forced: dict[int, tuple[str, int]] = {}
     live = np.fromiter((x is None for x in suppressed), np.bool_, n)
@@ -352,6 +353,16 @@ def _why(name: str, r: int, cfg: PolicyConfig, facts: Facts, zone: ZoneInfo) -> 
         f"at most {cfg.cap_count} sends per {cfg.cap_period_seconds // 3600} h; "
         f"{len(facts.sends.get(r, []))} sent or scheduled around the window"
     )
+
+
+class _IsoCache(dict[int, str]):
+    """_iso for many rows whose minutes repeat (the candidates of one window)."""
+
+    def __call__(self, t: int) -> str:
+        out = self.get(t)
+        if out is None:
+            out = self[t] = _iso(t)
+        return out
 
 
 def _hhmm(m: int) -> str:
@@ -419,6 +430,12 @@ def describe(
     policies: list[tuple[str, ...]] = [()] * n
     details: list[dict[str, Any]] = [{} for _ in range(n)]
     cands = applied.candidates
+    iso = _IsoCache()
+    # the unmasked value at each row's final minute: a candidate's own value where it is one
+    # (what value_at's interpolation gives there), interpolated otherwise
+    final = np.asarray(target, np.int64)
+    at = np.clip(np.searchsorted(cands, final), 0, len(cands) - 1)
+    on_candidate = cands[at] == final
     touched = {r for r in range(n) if applied.moved_by[r]} | set(applied.forced)
     if applied.suppressed.count(None) < n:
         touched |= {r for r in range(n) if applied.suppressed[r] is not None}
@@ -434,12 +451,13 @@ def describe(
         chosen = int(target[r])
         forced = applied.forced.get(r)
         if applied.moved_by[r] and pref != chosen and forced is None:
-            lost = applied.raw[r, applied.preferred[r]] - applied.value_at(r, chosen)
+            here = float(applied.raw[r, at[r]]) if on_candidate[r] else applied.value_at(r, chosen)
+            lost = applied.raw[r, applied.preferred[r]] - here
             for name in applied.moved_by[r]:
                 names.append(name)
                 info[name] = {
-                    "preferred_minute_utc": _iso(pref),
-                    "chosen_minute_utc": _iso(chosen),
+                    "preferred_minute_utc": iso(pref),
+                    "chosen_minute_utc": iso(chosen),
                     "engagement_preferred": round(float(applied.raw[r, applied.preferred[r]]), 6),
                     "engagement_lost": round(float(lost), 6),
                     "reason": applied.reasons[r][name],

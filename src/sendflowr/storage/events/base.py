@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import abc
+import logging
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -14,6 +15,7 @@ import numpy.typing as npt
 import orjson
 import pyarrow as pa
 
+from sendflowr.storage.events.explanation_buffer import ExplanationBuffer
 from sendflowr.storage.events.migrations import MIGRATIONS, STATUS_TABLE, Migration
 from sendflowr.storage.events.rows import explanations_to_arrow
 from sendflowr.storage.health import BackendHealth
@@ -24,6 +26,9 @@ _EVENT_COLUMNS = (
     "email_hash", "esp_profile_id", "phone", "external_ids", "anonymous_id", "campaign_id",
     "flow_id", "message_id", "is_machine_open", "properties", "schema_version",
 )  # fmt: skip
+
+
+log = logging.getLogger(__name__)
 
 
 class EventStoreError(RuntimeError):
@@ -105,6 +110,8 @@ class EventStore(abc.ABC):
     def __init__(self, database: str) -> None:
         self.database = database
         self._migrate_lock = threading.Lock()
+        # single decisions' explanation rows, written in small batches (explanation_buffer.py)
+        self._explanations = ExplanationBuffer(self.insert_explanations)
 
     # -- primitives -------------------------------------------------------------------------
     @abc.abstractmethod
@@ -342,7 +349,33 @@ class EventStore(abc.ABC):
             self._insert_arrow("timing_explanations", table)
         return int(table.num_rows)
 
+    def events_by_person(
+        self, tenant: str, types: Sequence[str]
+    ) -> Mapping[str, list[tuple[int, str]]] | None:
+        """Every event of these (rare) types of the tenant, per stored universal id, as (UTC
+        seconds, type) in time order - kept in memory for as long as no event of those types
+        was written or any event deleted. None: this backend cannot know when they change
+        (another process may write them), so the caller queries instead."""
+        return None
+
+    def buffer_explanations(self, rows: Sequence[Explanation]) -> None:
+        """Queue rows for a batched write within a few tens of milliseconds. Every read of
+        explanations, erasure, tenant deletion and close() writes pending rows first."""
+        self._explanations.add(rows)
+
+    def flush_explanations(self) -> int:
+        """Write the buffered explanation rows now; returns how many."""
+        return self._explanations.flush()
+
+    def _close_explanations(self) -> None:
+        """Backends call this first in close(): a clean shutdown loses no buffered row."""
+        try:
+            self._explanations.close()
+        except Exception as exc:
+            log.error("buffered explanation rows lost at close: %s", _short(exc))
+
     def get_explanation(self, tenant: str, explanation_ref: str) -> Explanation | None:
+        self.flush_explanations()  # a ref a response named is always found
         rows = self._rows(
             "SELECT tenant, explanation_ref, decision_id, universal_id, intent_id, "
             "toUnixTimestamp64Milli(created_at), model_version, "
@@ -381,6 +414,7 @@ class EventStore(abc.ABC):
 
     def delete_tenant(self, tenant: str) -> None:
         """Remove every event and explanation of a tenant (the tenant is being deleted)."""
+        self.flush_explanations()
         for table in ("email_events", "timing_explanations"):
             self._command(
                 f"DELETE FROM `{self.database}`.{table} WHERE tenant = {{tenant:String}}",
@@ -474,6 +508,7 @@ class EventStore(abc.ABC):
         count, no mutation."""
         if not universal_ids:
             return {"events": 0, "explanations": 0}
+        self.flush_explanations()  # a pending row must not land after the erasure
         params: dict[str, Any] = {"tenant": tenant, "uids": list(universal_ids)}
         out: dict[str, int] = {}
         for key, table, stamp in (

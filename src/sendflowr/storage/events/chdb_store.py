@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pyarrow as pa
+import pyarrow.compute as pc
 from chdb import session as chdb_session
 
 from sendflowr.storage.events.base import EventStore, EventStoreError, _short
@@ -22,6 +24,14 @@ _open: dict[Path, tuple[Any, int]] = {}
 # The API serves requests from a thread pool, so every query goes through this lock (each
 # query still runs multi-threaded inside ClickHouse).
 _query_lock = threading.RLock()
+# events_by_person: per (path, database) a generation, bumped after every write of a watched
+# event type and every command (deletes, DDL); one process owns a chDB directory, so every
+# write goes through here and a cached answer of the current generation is exact.
+_generation: dict[tuple[Path, str], int] = {}
+_watched: set[str] = set()
+_by_person: dict[tuple[Path, str, str, tuple[str, ...]], tuple[int, dict[str, list[Any]]]] = {}
+BY_PERSON_MAX_ROWS = 200_000  # beyond this many events a tenant is queried, not cached
+_EVER = datetime(2000, 1, 1, tzinfo=UTC)
 
 
 def _acquire(path: Path) -> Any:
@@ -110,6 +120,35 @@ class ChdbEventStore(EventStore):
                 self._session.query(sql, "Null", params=_params(params))
         except Exception as exc:
             raise EventStoreError(_short(exc)) from exc
+        finally:
+            self._bump()
+
+    def _bump(self) -> None:
+        with _lock:
+            key = (self.path, self.database)
+            _generation[key] = _generation.get(key, 0) + 1
+
+    def events_by_person(
+        self, tenant: str, types: Sequence[str]
+    ) -> Mapping[str, list[tuple[int, str]]] | None:
+        kinds = tuple(sorted(types))
+        key = (self.path, self.database, tenant, kinds)
+        with _lock:
+            _watched.update(kinds)  # before the read: a write from now on bumps
+            gen = _generation.get((self.path, self.database), 0)
+            hit = _by_person.get(key)
+            if hit is not None and hit[0] == gen:
+                return hit[1]
+        uids, utc, got, _ = self.engagement_history(tenant, kinds, _EVER)
+        if len(uids) > BY_PERSON_MAX_ROWS:
+            return None
+        out: dict[str, list[tuple[int, str]]] = {}
+        for u, t, k in zip(uids, utc, got, strict=True):  # person, then time
+            out.setdefault(u, []).append((t, k))
+        with _lock:
+            if _generation.get((self.path, self.database), 0) == gen:  # no write meanwhile
+                _by_person[key] = (gen, out)
+        return out
 
     def _insert_arrow(self, table: str, data: pa.Table) -> None:
         self._check_open()
@@ -121,6 +160,19 @@ class ChdbEventStore(EventStore):
                 self._session.query(sql, "Null")
         except Exception as exc:
             raise EventStoreError(f"insert into {table} failed: {_short(exc)}") from exc
+        finally:
+            if table == "email_events" and self._writes_watched(data):
+                self._bump()
+
+    @staticmethod
+    def _writes_watched(data: pa.Table) -> bool:
+        with _lock:
+            watched = sorted(_watched)
+        if not watched:
+            return False
+        if "event_type" not in data.column_names:  # cannot tell: assume it did
+            return True
+        return bool(pc.any(pc.is_in(data.column("event_type"), pa.array(watched))).as_py())
 
     def _check_open(self) -> None:
         if self._closed:
@@ -128,6 +180,7 @@ class ChdbEventStore(EventStore):
 
     def close(self) -> None:
         if not self._closed:
+            self._close_explanations()
             self._closed = True
             _release(self.path)
 

@@ -76,6 +76,7 @@ class ClickHouseEventStore(EventStore):
 
     def close(self) -> None:
         if not self._closed:
+            self._close_explanations()
             self._closed = True
             self._client.close()
 

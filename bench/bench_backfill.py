@@ -14,9 +14,10 @@ a run never inherits the previous run's window. Measured per run:
 - the request times as sent (a recording transport), for the busiest sliding 60 s and the
   rate over the middle 80% of the run (steady state, without the start and the tail);
 - CPU seconds of the simulator process and of this process over the run, and where this
-  process's time goes: worker-seconds in `events_page` and in the rate limiter, time in
-  `normalize_page` and `bus.publish` (wall, and CPU of the publishing thread), CPU of the event
-  loop's thread.
+  process's time goes: worker-seconds in `events_page` and in the rate limiter (the fetchers,
+  on the event loop), and in the runner's processing thread (batches of pages): time in
+  `normalize_page`, the raw archive's writes, `bus.publish` (wall, and CPU of that thread) and
+  the per-page checkpoints, CPU of the event loop's thread.
 Figures: requests/minute and events/s, each as a ratio of the ceiling that Klaviyo's limit for
 GET /api/events sets (steady requests/minute, and that times the page size). Each concurrency
 level runs once; the fastest runs `--repeats` times in all and medians are reported.
@@ -195,10 +196,12 @@ class Breakdown:
 
     fetch_s: float = 0.0  # worker-seconds in client.events_page (limiter, network, JSON parse)
     limiter_wait_s: float = 0.0  # worker-seconds waiting for the client's rate limiter
-    normalize_s: float = 0.0  # normalize_page, on the event loop's thread
+    normalize_s: float = 0.0  # normalize_page, in the runner's processing thread, wall
     publish_s: float = 0.0  # bus.publish (identity, chDB insert, features), wall, in a thread
     publish_cpu_s: float = 0.0  # the same, CPU of the publishing thread
     loop_thread_cpu_s: float = 0.0  # CPU of the event loop's thread over the run
+    archive_s: float = 0.0  # the raw archive's writes (Parquet, fsync), wall
+    checkpoint_s: float = 0.0  # page_done (the unit's checkpoint in the metadata store), wall
 
     def as_dict(self) -> dict[str, float]:
         return {k: round(v, 1) for k, v in vars(self).items()}
@@ -231,6 +234,9 @@ def timed_calls(rt: Runtime, breakdown: Breakdown) -> Iterator[None]:
     """Time normalize_page (as the runner looks it up) and bus.publish, then restore them."""
     original_normalize = normalize_page
     original_publish = rt.bus.publish
+    original_page_done = rt.backfills.page_done
+    archive = rt.archive
+    original_archive_write = archive.write if archive is not None else None
 
     def normalize(*args: Any, **kwargs: Any) -> Any:
         began = time.perf_counter()
@@ -247,14 +253,35 @@ def timed_calls(rt: Runtime, breakdown: Breakdown) -> Iterator[None]:
             breakdown.publish_s += time.perf_counter() - began
             breakdown.publish_cpu_s += time.thread_time() - cpu
 
+    def page_done(*args: Any, **kwargs: Any) -> Any:
+        began = time.perf_counter()
+        try:
+            return original_page_done(*args, **kwargs)
+        finally:
+            breakdown.checkpoint_s += time.perf_counter() - began
+
+    def archive_write(*args: Any, **kwargs: Any) -> Any:
+        assert original_archive_write is not None
+        began = time.perf_counter()
+        try:
+            return original_archive_write(*args, **kwargs)
+        finally:
+            breakdown.archive_s += time.perf_counter() - began
+
     # The runner calls the name its module imported: replace it there.
     setattr(backfill_module, "normalize_page", normalize)  # noqa: B010
     setattr(rt.bus, "publish", publish)  # noqa: B010 - an instance attribute shadows the method
+    setattr(rt.backfills, "page_done", page_done)  # noqa: B010
+    if archive is not None:
+        setattr(archive, "write", archive_write)  # noqa: B010
     try:
         yield
     finally:
         setattr(backfill_module, "normalize_page", original_normalize)  # noqa: B010
         delattr(rt.bus, "publish")
+        delattr(rt.backfills, "page_done")
+        if archive is not None:
+            delattr(archive, "write")
 
 
 @dataclass
@@ -533,7 +560,8 @@ def _print_run(r: RunResult) -> None:
         f"{r.events_per_s:,.0f} events/s, {r.req_per_min:,.0f} req/min; CPU s: sim "
         f"{r.sim_cpu_s:.1f}, backfill {r.backfill_cpu_s:.1f} (loop thread "
         f"{b.loop_thread_cpu_s:.1f}: normalise {b.normalize_s:.1f}; publish thread "
-        f"{b.publish_cpu_s:.1f})",
+        f"{b.publish_cpu_s:.1f}); wall s: fetch {b.fetch_s:.1f} (worker-s), publish "
+        f"{b.publish_s:.1f}, archive {b.archive_s:.1f}, checkpoints {b.checkpoint_s:.1f}",
         flush=True,
     )
 

@@ -16,6 +16,7 @@ from sendflowr.connectors.klaviyo.constants import METRIC_ALIASES, METRIC_EVENT_
 from sendflowr.connectors.klaviyo.normalize import (
     EXTERNAL_ID_NAMESPACE,
     MACHINE_OPEN_FLAGS,
+    IdentifierCache,
     NormalizationError,
     UnknownMetricError,
     event_type_for,
@@ -421,6 +422,51 @@ def test_fuzz_normalize_page_never_raises(events: list[Any], profiles: dict[str,
         Page(events, profiles), {"m": "Opened Email"}, tenant=TENANT, hash_key=KEY, metric_id="m"
     )
     assert len(good) + len(bad) == len(events)
+
+
+@FUZZ
+@given(
+    events=st.lists(events_in, max_size=4),
+    profiles=st.dictionaries(ids, profiles_in, max_size=3),
+)
+def test_fuzz_the_identifier_cache_changes_nothing(
+    events: list[Any], profiles: dict[str, Any]
+) -> None:
+    page = Page(events, profiles)
+
+    def run(cache: IdentifierCache | None) -> tuple[list[Any], list[str]]:
+        good, bad = normalize_page(
+            page, {"m": "Opened Email"}, tenant=TENANT, hash_key=KEY, metric_id="m", cache=cache
+        )
+        return good, [str(exc) for _, exc in bad]
+
+    cache = IdentifierCache()
+    plain = run(None)
+    assert run(cache) == plain
+    assert run(cache) == plain  # answered from the cache the second time
+
+
+def test_the_identifier_cache_follows_changed_attributes_and_is_bounded() -> None:
+    cache = IdentifierCache(max_entries=2)
+
+    def email_hash(email: str) -> Any:
+        profile = profile_resource("P1", email=email)
+        event = normalize_event(
+            event_resource("e1"),
+            metric_name="Opened Email",
+            profile=profile,
+            tenant=TENANT,
+            hash_key=KEY,
+            cache=cache,
+        )
+        return event.identifiers.email_hash
+
+    assert email_hash("a@example.com") == hash_email(KEY, "a@example.com")
+    assert email_hash("b@example.com") == hash_email(KEY, "b@example.com")  # same id, new email
+    assert len(cache) == 2
+    assert email_hash("c@example.com") == hash_email(KEY, "c@example.com")
+    assert len(cache) == 1  # full: cleared, then this one remembered
+    assert email_hash("a@example.com") == hash_email(KEY, "a@example.com")
 
 
 WEBHOOK_PATHS = [

@@ -185,3 +185,31 @@ def test_parse_retry_after() -> None:
     now = 1_700_000_000.0
     date = email.utils.formatdate(now + 30, usegmt=True)
     assert parse_retry_after(date, now=now) == pytest.approx(30, abs=1)
+
+
+def test_sliding_windows_never_admit_more_than_the_limit_in_any_window() -> None:
+    """A leaky bucket of a minute's requests admits nearly twice the limit in its first
+    sliding minute; the client's windows must match the server's (with a margin)."""
+    ft = FakeTime()
+
+    async def scenario() -> list[float]:
+        limiter = RateLimiter({("GET", "/x"): RateLimit(4, 10)}, clock=ft.clock, sleep=ft.sleep)
+        sent: list[float] = []
+
+        async def caller() -> None:
+            for _ in range(10):
+                await limiter.acquire("GET", "/x")
+                sent.append(ft.now)
+
+        await asyncio.gather(*(caller() for _ in range(3)))
+        return sent
+
+    sent = run(scenario())
+    assert len(sent) == 30
+    for t in sent:
+        assert sum(1 for u in sent if t <= u < t + 60.0) <= 10  # the steady window
+        assert sum(1 for u in sent if t <= u < t + 1.0) <= 4  # the burst window
+    # The burst is used at the start, then the steady window's slots as they free.
+    assert sent[:4] == [0.0] * 4
+    assert max(sent[:10]) < 3.5
+    assert 60.0 < sent[10] < 62.0

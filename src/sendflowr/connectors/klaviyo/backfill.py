@@ -1,11 +1,14 @@
 """Backfill and incremental sync of a tenant's Klaviyo history, resumable at any point.
 
 A job is planned as (metric, UTC day) units plus one catalogue unit (campaigns and flows).
-Units run a few at a time; the client paces every request to Klaviyo's published limits.
-For each page: normalise, store through the pipeline (durable when it returns), then record
-the page's count and the next page's URL in the unit's checkpoint. A crash between the store
-and the checkpoint re-fetches one page, whose events have the same deterministic ids and so
-replace themselves: resumed jobs end with no gap and no duplicate.
+Fetching and storing overlap: `concurrency` fetchers each walk one unit's cursor at a time
+(the client paces every request to Klaviyo's published limits) and put the pages into a
+bounded queue; one processor takes what is queued in batches and, in a worker thread,
+normalises, archives and stores them through the pipeline (durable when it returns), then
+records each page's count and the next page's URL in its unit's checkpoint, page by page in
+the order they were fetched. A crash between the store and the checkpoints re-fetches those
+pages, whose events have the same deterministic ids and so replace themselves; pages fetched
+but not yet stored are simply fetched again: resumed jobs end with no gap and no duplicate.
 """
 
 from __future__ import annotations
@@ -27,8 +30,9 @@ from sendflowr.connectors.klaviyo.catalog import fetch_catalog
 from sendflowr.connectors.klaviyo.client import EventsPage, KlaviyoClient, KlaviyoError
 from sendflowr.connectors.klaviyo.constants import ESP, METRIC_ALIASES, METRIC_EVENT_TYPES
 from sendflowr.connectors.klaviyo.factory import open_client
-from sendflowr.connectors.klaviyo.normalize import normalize_page
+from sendflowr.connectors.klaviyo.normalize import IdentifierCache, normalize_page
 from sendflowr.connectors.notify import notify_job
+from sendflowr.events import CanonicalEvent
 from sendflowr.metrics import observe_ingest
 from sendflowr.runtime import Runtime
 from sendflowr.storage.metadata.backfill import Job, JobStatus, Unit
@@ -84,13 +88,24 @@ def day_range(day: str, start: datetime, end: datetime) -> tuple[datetime, datet
 
 @dataclass
 class RunnerOptions:
-    concurrency: int = 4
+    concurrency: int = 4  # units fetched at once
     page_size: int = 1000
+    buffer_pages: int = 16  # fetched pages waiting to be stored, at most
+    batch_events: int = 5000  # events normalised, archived and stored together, at most
     heartbeat_seconds: float = 5.0
     stale_after: timedelta = timedelta(seconds=60)
 
 
 ProgressHook = Callable[[Job], None]
+
+
+@dataclass(slots=True)
+class _Fetched:
+    """A fetched page of a unit, or (page None) the unit's fetch failure."""
+
+    unit: Unit
+    page: EventsPage | None
+    error: str | None
 
 
 class BackfillRunner:
@@ -111,7 +126,8 @@ class BackfillRunner:
         self.on_progress = on_progress
         self.worker = worker or worker_name()
         self.store = runtime.backfills
-        self._write_lock = asyncio.Lock()
+        # Profiles recur across a tenant's pages: hash and parse their identifiers once.
+        self._identifiers = IdentifierCache()
 
     # -- claiming -----------------------------------------------------------------------------
     def claim(self, job_id: int | None = None) -> Job | None:
@@ -195,38 +211,82 @@ class BackfillRunner:
         self._report(job.id)
 
     async def _run_units(self, client: KlaviyoClient, job: Job) -> None:
-        pending = self.store.units(job.id, ["queued", "in_progress"])
-        queue: asyncio.Queue[Unit] = asyncio.Queue()
-        for unit in pending:
-            queue.put_nowait(unit)
+        """Fetch and store concurrently: `concurrency` fetchers walk units' cursors and put
+        pages into a bounded queue; one processor drains it in batches (normalise, archive,
+        store, then each page's checkpoint in order) in a worker thread, so requests keep
+        going out at the limiter's pace while earlier pages are being stored."""
+        units: asyncio.Queue[Unit] = asyncio.Queue()
+        for unit in self.store.units(job.id, ["queued", "in_progress"]):
+            units.put_nowait(unit)
+        pages: asyncio.Queue[_Fetched | None] = asyncio.Queue(
+            maxsize=max(1, self.options.buffer_pages)
+        )
+        stop = asyncio.Event()  # the fetchers failed: drop what is queued, store nothing more
 
-        async def worker() -> None:
+        async def fetcher() -> None:
             while True:
                 try:
-                    unit = queue.get_nowait()
+                    unit = units.get_nowait()
                 except asyncio.QueueEmpty:
                     return
-                await self._run_unit(client, job, unit)
+                if unit.metric_id == CATALOG:
+                    await self._run_catalog(client, job, unit)
+                else:
+                    await self._fetch_unit(client, job, unit, pages)
 
-        workers = [asyncio.create_task(worker()) for _ in range(self.options.concurrency)]
+        async def fetch_all() -> None:
+            try:
+                await asyncio.gather(*fetchers)
+            except BaseException:
+                stop.set()
+                for f in fetchers:
+                    f.cancel()
+                await asyncio.gather(*fetchers, return_exceptions=True)
+                raise
+            finally:
+                if stop.is_set():  # the processor may be gone: never wait for room
+                    with contextlib.suppress(asyncio.QueueFull):
+                        pages.put_nowait(None)
+                else:
+                    await pages.put(None)
+
+        fetchers = [asyncio.create_task(fetcher()) for _ in range(self.options.concurrency)]
+        fetching = asyncio.create_task(fetch_all())
+        processing = asyncio.create_task(self._process(job, pages, stop))
         try:
-            await asyncio.gather(*workers)
+            await asyncio.gather(fetching, processing)
         except BaseException:
-            for w in workers:
-                w.cancel()
-            await asyncio.gather(*workers, return_exceptions=True)
+            stop.set()
+            for t in (*fetchers, fetching):
+                t.cancel()
+            await asyncio.gather(*fetchers, fetching, return_exceptions=True)
+            # Nothing puts any more. The processor, if still running, ends after its current
+            # batch (a thread cannot be interrupted, and the job must not be finished while it
+            # still writes): wake it with the end marker.
+            while not pages.empty():
+                pages.get_nowait()
+            pages.put_nowait(None)
+            await asyncio.gather(processing, return_exceptions=True)
             raise
 
-    async def _run_unit(self, client: KlaviyoClient, job: Job, unit: Unit) -> None:
-        if unit.metric_id == CATALOG:
-            try:
-                items = await fetch_catalog(client)
-                await asyncio.to_thread(self.runtime.catalog.upsert, job.tenant, ESP, items)
-                self.store.page_done(unit, 0, None, finished=True)
-            except KlaviyoError as exc:
-                self.store.unit_failed(unit, f"catalogue: {exc}")
-            self._report(job.id)
-            return
+    async def _run_catalog(self, client: KlaviyoClient, job: Job, unit: Unit) -> None:
+        try:
+            items = await fetch_catalog(client)
+            await asyncio.to_thread(self.runtime.catalog.upsert, job.tenant, ESP, items)
+            self.store.page_done(unit, 0, None, finished=True)
+        except KlaviyoError as exc:
+            self.store.unit_failed(unit, f"catalogue: {exc}")
+        self._report(job.id)
+
+    async def _fetch_unit(
+        self,
+        client: KlaviyoClient,
+        job: Job,
+        unit: Unit,
+        pages: asyncio.Queue[_Fetched | None],
+    ) -> None:
+        """Read one unit's pages in cursor order into `pages` (a failure goes there too, so
+        it is recorded after the pages fetched before it)."""
         start, end = day_range(unit.day, job.range_start, job.range_end)
         url = unit.next_url
         while True:
@@ -241,52 +301,93 @@ class BackfillRunner:
                     page_size=self.options.page_size,
                 )
             except KlaviyoError as exc:
-                self.store.unit_failed(unit, str(exc))
-                self._report(job.id)
+                await pages.put(_Fetched(unit, None, str(exc)))
                 return
-            stored = await self._store_page(job.tenant, unit, page)
-            finished = page.next_url is None
-            self.store.page_done(unit, stored, page.next_url, finished=finished)
-            self._report(job.id)
-            if finished:
+            await pages.put(_Fetched(unit, page, None))
+            if page.next_url is None:
                 return
             url = page.next_url
 
-    async def _store_page(self, tenant: str, unit: Unit, page: EventsPage) -> int:
-        """Normalise and store one page; what cannot be normalised becomes a dead letter
-        naming the field and the reason (the rest of the page is kept)."""
-        events, bad = normalize_page(
-            page,
-            {unit.metric_id: unit.metric_name},
-            tenant=tenant,
-            hash_key=self.runtime.hash_key,
-            metric_id=unit.metric_id,
-        )
-        rejected = [
-            DeadLetter(
-                source=SOURCE,
-                payload=orjson.dumps(raw, default=str).decode(),
-                reason=str(exc),
+    async def _process(
+        self, job: Job, pages: asyncio.Queue[_Fetched | None], stop: asyncio.Event
+    ) -> None:
+        """Drain the queue in batches of up to `batch_events` events until the end marker."""
+        limit = max(1, self.options.batch_events)
+        ended = False
+        while not ended:
+            first = await pages.get()
+            if first is None or stop.is_set():
+                return
+            batch = [first]
+            size = len(first.page.events) if first.page is not None else 0
+            while size < limit:
+                try:
+                    item = pages.get_nowait()
+                except asyncio.QueueEmpty:
+                    break
+                if item is None:
+                    ended = True
+                    break
+                batch.append(item)
+                size += len(item.page.events) if item.page is not None else 0
+            counts = await asyncio.to_thread(self._store_batch, job.tenant, batch)
+            for item, stored in zip(batch, counts, strict=True):
+                await asyncio.to_thread(self._checkpoint, item, stored)
+                self._report(job.id)
+
+    def _store_batch(self, tenant: str, batch: list[_Fetched]) -> list[int]:
+        """Normalise and store a batch of pages; the events stored from each page.
+
+        Stored (durable) before any checkpoint moves (`_checkpoint`, page by page in order,
+        after this returns): a crash in between re-fetches those pages, whose events have
+        deterministic ids and replace themselves. What cannot be normalised becomes a dead
+        letter naming the field and the reason (the rest of the page is kept)."""
+        events: list[CanonicalEvent] = []
+        rejected: list[DeadLetter] = []
+        payloads: list[str] = []
+        contexts: list[str] = []
+        counts: list[int] = []
+        for item in batch:
+            if item.page is None:
+                counts.append(0)
+                continue
+            unit, page = item.unit, item.page
+            good, bad = normalize_page(
+                page,
+                {unit.metric_id: unit.metric_name},
                 tenant=tenant,
-            )
-            for raw, exc in bad
-        ]
-        async with self._write_lock:
-            if rejected:
-                await asyncio.to_thread(self.runtime.metadata.add_dead_letters, rejected)
-                observe_ingest(SOURCE, dead_lettered=len(rejected))
-            if not events:
-                return 0
-            # The raw archive (issue 7): the page's accepted resources, durable before storing.
-            payloads, contexts = backfill_rows(
-                page.events,
-                page.profiles,
-                [raw for raw, _ in bad],
+                hash_key=self.runtime.hash_key,
                 metric_id=unit.metric_id,
-                metric_name=unit.metric_name,
+                cache=self._identifiers,
             )
-            await asyncio.to_thread(
-                keep_accepted,
+            rejected.extend(
+                DeadLetter(
+                    source=SOURCE,
+                    payload=orjson.dumps(raw, default=str).decode(),
+                    reason=str(exc),
+                    tenant=tenant,
+                )
+                for raw, exc in bad
+            )
+            if good:
+                # The raw archive (issue 7): the page's accepted resources.
+                rows, ctx = backfill_rows(
+                    page.events,
+                    page.profiles,
+                    [raw for raw, _ in bad],
+                    metric_id=unit.metric_id,
+                    metric_name=unit.metric_name,
+                )
+                payloads.extend(rows)
+                contexts.extend(ctx)
+            events.extend(good)
+            counts.append(len(good))
+        if rejected:
+            self.runtime.metadata.add_dead_letters(rejected)
+            observe_ingest(SOURCE, dead_lettered=len(rejected))
+        if events:
+            # Durable in the archive before storing, as every ingest path.
+            keep_accepted(
                 self.runtime,
                 tenant=tenant,
                 esp=ESP,
@@ -296,8 +397,15 @@ class BackfillRunner:
                 event_ids=[e.event_id for e in events],
                 contexts=contexts,
             )
-            result = await asyncio.to_thread(self.runtime.bus.publish, events, source=SOURCE)
-        return int(result.stored)
+            self.runtime.bus.publish(events, source=SOURCE)
+        return counts
+
+    def _checkpoint(self, item: _Fetched, stored: int) -> None:
+        if item.page is None:
+            self.store.unit_failed(item.unit, item.error or "failed")
+        else:
+            finished = item.page.next_url is None
+            self.store.page_done(item.unit, stored, item.page.next_url, finished=finished)
 
     def _advance_checkpoints(self, job: Job) -> None:
         metric_ids = {u.metric_id for u in self.store.units(job.id) if u.metric_id != CATALOG}

@@ -33,7 +33,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Any, Final, Protocol
+from typing import Any, Final, Protocol, TypeGuard
 
 from sendflowr.connectors.klaviyo.constants import ESP, METRIC_ALIASES, METRIC_EVENT_TYPES
 from sendflowr.events import CanonicalEvent, EventType, EventValidationError, parse_event
@@ -109,14 +109,24 @@ def event_type_for(metric_name: str) -> EventType:
     )
 
 
+def _is_map(value: object) -> TypeGuard[Mapping[str, Any]]:
+    # JSON decodes to dicts: the exact type check first (an ABC isinstance costs ~1 µs).
+    return type(value) is dict or isinstance(value, Mapping)
+
+
 def _mapping(value: Any, loc: Loc, what: str) -> Mapping[str, Any]:
-    if not isinstance(value, Mapping):
+    if not _is_map(value):
         raise NormalizationError(loc, f"{what} must be an object, got {type(value).__name__}")
     return value
 
 
 def _text(value: Any) -> str | None:
     """A usable id-like string: non-empty str (or an integer, as Klaviyo sometimes sends)."""
+    if value is None:
+        return None
+    if type(value) is str:  # the common case first
+        text = value.strip()
+        return text if text and len(text) <= _MAX_ID_LEN and text.isprintable() else None
     if isinstance(value, bool):
         return None
     if isinstance(value, int) and not -(2**63) <= value < 2**64:
@@ -169,24 +179,61 @@ def _occurred_at(attributes: Mapping[str, Any]) -> datetime:
 
 def _profile_id(resource: Mapping[str, Any], profile: Mapping[str, Any] | None) -> str | None:
     rels = resource.get("relationships")
-    rel = rels.get("profile") if isinstance(rels, Mapping) else None
-    data = rel.get("data") if isinstance(rel, Mapping) else None
-    from_rel = _text(data.get("id")) if isinstance(data, Mapping) else None
+    rel = rels.get("profile") if _is_map(rels) else None
+    data = rel.get("data") if _is_map(rel) else None
+    from_rel = _text(data.get("id")) if _is_map(data) else None
     if from_rel is not None:
         return from_rel
     return _text(profile.get("id")) if profile is not None else None
 
 
-def _identifiers(
-    profile_id: str | None,
-    profile: Mapping[str, Any] | None,
-    event_properties: Mapping[str, Any],
-    hash_key: bytes,
-) -> dict[str, Any]:
+_ProfileKey = tuple[Any, ...]
+
+
+class IdentifierCache:
+    """What a profile's attributes give (hashed email, E.164 phone, ids), remembered per
+    profile id and those attributes' values, so a profile seen on many events is hashed and
+    parsed once. Bounded: cleared when it holds `max_entries`. Pure (no I/O)."""
+
+    __slots__ = ("_entries", "max_entries")
+
+    def __init__(self, max_entries: int = 200_000) -> None:
+        self.max_entries = max_entries
+        self._entries: dict[_ProfileKey, tuple[dict[str, Any], bool]] = {}
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(
+        self,
+        profile_id: str | None,
+        attrs: Mapping[str, Any],
+        hash_key: bytes,
+    ) -> tuple[dict[str, Any], bool]:
+        key = (
+            profile_id,
+            hash_key,
+            attrs.get("email"),
+            attrs.get("phone_number"),
+            attrs.get("external_id"),
+            *(attrs.get(k) for k in ANONYMOUS_ID_KEYS),
+        )
+        try:
+            found = self._entries.get(key)
+        except TypeError:  # an unhashable attribute value: nothing to remember
+            return _profile_identifiers(profile_id, attrs, hash_key)
+        if found is None:
+            if len(self._entries) >= self.max_entries:
+                self._entries.clear()
+            found = self._entries[key] = _profile_identifiers(profile_id, attrs, hash_key)
+        return found
+
+
+def _profile_identifiers(
+    profile_id: str | None, attrs: Mapping[str, Any], hash_key: bytes
+) -> tuple[dict[str, Any], bool]:
+    """The identifiers a profile gives, and whether they include an anonymous id."""
     ids: dict[str, Any] = {}
-    attrs = profile.get("attributes") if profile is not None else None
-    if not isinstance(attrs, Mapping):
-        attrs = {}
     email = attrs.get("email")
     if isinstance(email, str) and email.strip():
         # Not an address: dropped; the other identifiers still place the person.
@@ -201,12 +248,40 @@ def _identifiers(
     external = _text(attrs.get("external_id"))
     if external is not None:
         ids["external_ids"] = {EXTERNAL_ID_NAMESPACE: external}
-    for source in (attrs, event_properties):
-        for key in ANONYMOUS_ID_KEYS:
-            anon = _text(source.get(key))
+    anon = _anonymous_id(attrs)
+    if anon is not None:
+        ids["anonymous_id"] = anon
+    return ids, anon is not None
+
+
+def _anonymous_id(source: Mapping[str, Any]) -> str | None:
+    for key in ANONYMOUS_ID_KEYS:
+        if key in source:
+            anon = _text(source[key])
             if anon is not None:
-                ids["anonymous_id"] = anon
-                return ids
+                return anon
+    return None
+
+
+def _identifiers(
+    profile_id: str | None,
+    profile: Mapping[str, Any] | None,
+    event_properties: Mapping[str, Any],
+    hash_key: bytes,
+    cache: IdentifierCache | None = None,
+) -> dict[str, Any]:
+    attrs = profile.get("attributes") if profile is not None else None
+    if not _is_map(attrs):
+        attrs = {}
+    if cache is None:
+        base, has_anon = _profile_identifiers(profile_id, attrs, hash_key)
+    else:
+        base, has_anon = cache.get(profile_id, attrs, hash_key)
+    ids = {k: (dict(v) if isinstance(v, dict) else v) for k, v in base.items()}
+    if not has_anon:
+        anon = _anonymous_id(event_properties)
+        if anon is not None:
+            ids["anonymous_id"] = anon
     return ids
 
 
@@ -232,8 +307,10 @@ def normalize_event(
     profile: Mapping[str, Any] | None,
     tenant: str,
     hash_key: bytes,
+    cache: IdentifierCache | None = None,
 ) -> CanonicalEvent:
-    """One Klaviyo event resource (and its profile, when known) as a canonical event."""
+    """One Klaviyo event resource (and its profile, when known) as a canonical event;
+    `cache` remembers what each profile's identifiers are (see `IdentifierCache`)."""
     resource = _mapping(resource, (), "an event resource")
     event_type = event_type_for(metric_name)
     event_id = _text(resource.get("id"))
@@ -247,9 +324,9 @@ def normalize_event(
         else _mapping(props_raw, ("attributes", "event_properties"), "event_properties")
     )
     occurred_at = _occurred_at(attributes)
-    if profile is not None and not isinstance(profile, Mapping):
+    if profile is not None and not _is_map(profile):
         raise NormalizationError(("profile",), "the profile must be an object")
-    identifiers = _identifiers(_profile_id(resource, profile), profile, props, hash_key)
+    identifiers = _identifiers(_profile_id(resource, profile), profile, props, hash_key, cache)
     if not identifiers:
         raise NormalizationError(
             ("relationships", "profile"),
@@ -284,9 +361,9 @@ def normalize_event(
 
 def _metric_id(resource: Mapping[str, Any]) -> str | None:
     rels = resource.get("relationships")
-    rel = rels.get("metric") if isinstance(rels, Mapping) else None
-    data = rel.get("data") if isinstance(rel, Mapping) else None
-    return _text(data.get("id")) if isinstance(data, Mapping) else None
+    rel = rels.get("metric") if _is_map(rels) else None
+    data = rel.get("data") if _is_map(rel) else None
+    return _text(data.get("id")) if _is_map(data) else None
 
 
 def normalize_page(
@@ -296,6 +373,7 @@ def normalize_page(
     tenant: str,
     hash_key: bytes,
     metric_id: str | None = None,
+    cache: IdentifierCache | None = None,
 ) -> tuple[list[CanonicalEvent], list[tuple[Any, NormalizationError]]]:
     """A page of events: the good ones, and each bad one with its error (never raises for one).
 
@@ -319,7 +397,12 @@ def normalize_page(
             profile = page.profiles.get(pid) if pid is not None else None
             good.append(
                 normalize_event(
-                    resource, metric_name=name, profile=profile, tenant=tenant, hash_key=hash_key
+                    resource,
+                    metric_name=name,
+                    profile=profile,
+                    tenant=tenant,
+                    hash_key=hash_key,
+                    cache=cache,
                 )
             )
         except NormalizationError as exc:
@@ -339,7 +422,7 @@ def normalize_webhook_item(
         included = included_raw if isinstance(included_raw, list) else []
         by_type: dict[tuple[str, str], Mapping[str, Any]] = {}
         for res in included:
-            if isinstance(res, Mapping):
+            if _is_map(res):
                 rtype, rid = _text(res.get("type")), _text(res.get("id"))
                 if rtype is not None and rid is not None:
                     by_type[(rtype, rid)] = res
@@ -351,7 +434,7 @@ def normalize_webhook_item(
         if metric is None:
             raise NormalizationError(("included",), "no metric resource for the event")
         mattrs = metric.get("attributes")
-        name = mattrs.get("name") if isinstance(mattrs, Mapping) else None
+        name = mattrs.get("name") if _is_map(mattrs) else None
         if not isinstance(name, str):
             raise NormalizationError(("included",), "the metric has no name")
         pid = _profile_id(event, None)
@@ -374,6 +457,7 @@ __all__ = [
     "ESP",
     "EXTERNAL_ID_NAMESPACE",
     "MACHINE_OPEN_FLAGS",
+    "IdentifierCache",
     "NormalizationError",
     "PageLike",
     "UnknownMetricError",

@@ -1,9 +1,17 @@
 """Client-side rate limiting per Klaviyo operation, plus the server's own feedback.
 
 Klaviyo publishes two limits per operation (method + path template): a burst per second and a
-steady rate per minute (`constants.RATE_LIMITS`, checked against the spec). Each operation gets
-two `aiolimiter.AsyncLimiter`s and a request waits for both. An operation we have no published
-limit for gets `DEFAULT_LIMIT` (1/s, 15/m: Klaviyo's lowest tier).
+steady rate per minute (`constants.RATE_LIMITS`, checked against the spec), counted over sliding
+windows. Each operation keeps the times of its recent requests and a request waits until both
+windows have room, so the client sends exactly what the limits allow: a full burst at the start,
+then as fast as requests leave the window (over a long run, the steady rate). A leaky bucket
+(aiolimiter) does not fit here: its bucket of a minute's requests refills while it is spent, so
+its first sliding minute admits up to twice the steady limit and the server answers 429 at each
+window's edge. Each window is kept a little longer than the server's (`WINDOW_MARGIN`): a
+request is counted from when it leaves the client, the server counts it from when it arrives,
+and varying latency must not let a request slip into a window the server still sees as full.
+An operation we have no published limit for gets `DEFAULT_LIMIT` (1/s, 15/m: Klaviyo's lowest
+tier).
 
 The server has the last word:
 - a 429 with `Retry-After` pauses the whole operation until then: every caller of that
@@ -24,11 +32,10 @@ import email.utils
 import math
 import re
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Final
-
-from aiolimiter import AsyncLimiter
 
 from sendflowr.connectors.klaviyo.constants import MAX_PAGE_SIZE, RATE_LIMITS, RateLimit
 
@@ -38,6 +45,12 @@ DEFAULT_LIMIT: Final = RateLimit(burst_per_second=1, steady_per_minute=15)
 MAX_PAUSE_SECONDS: Final = 600.0
 # A 429 without Retry-After still pauses the operation briefly.
 DEFAULT_429_PAUSE_SECONDS: Final = 1.0
+# The server's windows (seconds) and how much longer the client keeps each (a share of it):
+# 1 s longer a minute (the steady rate at 98.4% of the limit), 100 ms longer a second.
+BURST_WINDOW_SECONDS: Final = 1.0
+STEADY_WINDOW_SECONDS: Final = 60.0
+BURST_MARGIN: Final = 0.1
+STEADY_MARGIN: Final = 1 / 60
 
 Clock = Callable[[], float]
 Sleep = Callable[[float], Awaitable[None]]
@@ -105,11 +118,32 @@ def _first_number(value: str | None) -> float | None:
     return number if math.isfinite(number) else None
 
 
+class SlidingWindow:
+    """At most `limit` requests in any `seconds`: the send times of the recent ones."""
+
+    __slots__ = ("_sent", "limit", "seconds")
+
+    def __init__(self, limit: int, seconds: float) -> None:
+        self.limit = max(1, limit)
+        self.seconds = seconds
+        self._sent: deque[float] = deque()
+
+    def wait_for(self, now: float) -> float:
+        """Seconds until a request may be sent (0: now)."""
+        sent = self._sent
+        while sent and sent[0] <= now - self.seconds:
+            sent.popleft()
+        return 0.0 if len(sent) < self.limit else sent[0] + self.seconds - now
+
+    def record(self, now: float) -> None:
+        self._sent.append(now)
+
+
 @dataclass(slots=True)
 class _Operation:
     limit: RateLimit
-    burst: AsyncLimiter
-    steady: AsyncLimiter
+    burst: SlidingWindow
+    steady: SlidingWindow
     paused_until: float = field(default=-math.inf)
 
 
@@ -148,8 +182,14 @@ class RateLimiter:
             limit = self._limits.get(key, self._default)
             op = _Operation(
                 limit,
-                AsyncLimiter(limit.burst_per_second, 1.0 / self._scale),
-                AsyncLimiter(limit.steady_per_minute, 60.0 / self._scale),
+                SlidingWindow(
+                    limit.burst_per_second,
+                    BURST_WINDOW_SECONDS * (1 + BURST_MARGIN) / self._scale,
+                ),
+                SlidingWindow(
+                    limit.steady_per_minute,
+                    STEADY_WINDOW_SECONDS * (1 + STEADY_MARGIN) / self._scale,
+                ),
             )
             self._operations[key] = op
         return op
@@ -165,18 +205,18 @@ class RateLimiter:
         op = self._op(method, path)
         op.paused_until = max(op.paused_until, self._clock() + seconds)
 
-    async def _wait_pause(self, op: _Operation) -> None:
-        while (delay := op.paused_until - self._clock()) > 0:
-            await self._sleep(delay)
-
     async def acquire(self, method: str, path: str) -> None:
         """Wait until the operation may send one request."""
         op = self._op(method, path)
-        await self._wait_pause(op)
-        await op.steady.acquire()
-        await op.burst.acquire()
-        # A 429 may have paused the operation while this caller queued in the limiters.
-        await self._wait_pause(op)
+        while True:
+            now = self._clock()
+            delay = max(op.paused_until - now, op.steady.wait_for(now), op.burst.wait_for(now))
+            if delay <= 0:
+                # Both windows count it at once: no await between the check and the record.
+                op.steady.record(now)
+                op.burst.record(now)
+                return
+            await self._sleep(delay)
 
     def observe(
         self, method: str, path: str, status: int, headers: Mapping[str, str]

@@ -114,3 +114,31 @@ def test_breaker_events_are_kept_until_one_is_written_or_any_deleted(
     assert store.events_by_person("acme", kinds) is got
     store.erase_people("acme", ["sf_a"])
     assert store.events_by_person("acme", kinds) == {}
+
+
+def test_rows_being_written_still_count_as_pending() -> None:
+    """`pending()` is 0 only once rows are written: a row the writer has taken but not yet
+    stored still counts (a wait on pending() == 0 once raced the background write)."""
+    import threading
+
+    from sendflowr.storage.events.explanation_buffer import ExplanationBuffer
+
+    started, release = threading.Event(), threading.Event()
+    written: list[str] = []
+
+    def write(rows: object) -> None:
+        started.set()
+        assert release.wait(10)
+        written.extend(r.explanation_ref for r in rows)  # type: ignore[attr-defined]
+
+    buffer = ExplanationBuffer(write, max_delay_s=0.0)
+    buffer.add([_row("exp_a")])
+    assert started.wait(10)
+    assert buffer.pending() == 1  # taken by the writer, not yet written
+    release.set()
+    deadline = time.monotonic() + 10
+    while buffer.pending() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert buffer.pending() == 0
+    assert written == ["exp_a"]
+    buffer.close()

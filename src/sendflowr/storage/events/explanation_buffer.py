@@ -40,6 +40,7 @@ class ExplanationBuffer:
         self.max_delay_s = max_delay_s
         self.max_rows = max_rows
         self._pending: list[Explanation] = []
+        self._writing = 0  # rows taken by a flush and not yet written
         self._first_at = 0.0
         self._cond = threading.Condition()
         self._flush_lock = threading.Lock()  # one write at a time, in order
@@ -65,14 +66,16 @@ class ExplanationBuffer:
                 self._cond.notify()  # the writer waits for a first row, then for the delay
 
     def pending(self) -> int:
+        """Rows not yet written: waiting, or in a write that has not finished."""
         with self._cond:
-            return len(self._pending)
+            return len(self._pending) + self._writing
 
     def flush(self) -> int:
         """Write every pending row now (the caller's thread); returns how many."""
         with self._flush_lock:
             with self._cond:
                 rows, self._pending = self._pending, []
+                self._writing = len(rows)
             if not rows:
                 return 0
             try:
@@ -80,8 +83,11 @@ class ExplanationBuffer:
             except BaseException:
                 with self._cond:  # kept, in order, for the next attempt
                     self._pending[:0] = rows
+                    self._writing = 0
                     self._first_at = time.monotonic()
                 raise
+            with self._cond:
+                self._writing = 0
             return len(rows)
 
     def _run(self) -> None:

@@ -33,20 +33,12 @@ from sendflowr.identity.hashing import hash_email
 from sendflowr.runtime import Runtime
 from sendflowr.settings import Settings
 from sendflowr.storage.metadata.store import Tenant
-from tests.conftest import HASH_KEY, POSTGRES_URL
+from tests.conftest import ADMIN_HEADERS, HASH_KEY, POSTGRES_URL
 
 KEY = HASH_KEY.encode()
 ANN = "ann@faults.test"
 BOB = "bob@faults.test"
 PREFIX = "sf:faults:"
-
-
-def _headers(settings: Settings) -> dict[str, str]:
-    key = getattr(settings, "admin_api_key", None)
-    if key is None:
-        return {}
-    raw = key.get_secret_value() if hasattr(key, "get_secret_value") else str(key)
-    return {"Authorization": f"Bearer {raw}"}
 
 
 def _wait(check: Callable[[], bool], seconds: float, what: str) -> None:
@@ -169,7 +161,7 @@ def _on_redis(settings: Settings, server: RedisServer, *, rate_limits_in_redis: 
         "feature_cache_prefix": PREFIX,
         "feature_cache_retry_seconds": 0.2,
     }
-    if not rate_limits_in_redis and "rate_limit_storage_url" in Settings.model_fields:
+    if not rate_limits_in_redis:
         # Rate-limit counters default to the feature cache's Redis; this test is about the
         # feature cache (see test_a_redis_outage_never_fails_authenticated_requests).
         update["rate_limit_storage_url"] = "memory://"
@@ -186,7 +178,7 @@ def test_redis_stopped_and_restarted(settings: Settings, private_redis: RedisSer
     rt.metadata.ensure_tenant(Tenant("acme", "Acme", "UTC"))
     raw = redis.Redis(port=private_redis.port, socket_timeout=1)
     try:
-        with TestClient(create_app(settings, runtime=rt), headers=_headers(settings)) as api:
+        with TestClient(create_app(settings, runtime=rt), headers=ADMIN_HEADERS) as api:
             r = api.post("/api/events", json=_events(0, 3, "opened", hours_ago=48))
             assert r.status_code < 300, r.text
             r = api.post("/api/events", json=_events(10, 2, "opened", 40, email=BOB))
@@ -275,7 +267,7 @@ def test_postgres_connections_dropped(settings: Settings, postgres_url: str) -> 
     rt.metadata.ensure_tenant(Tenant("acme", "Acme", "UTC"))
     admin = _admin()
     try:
-        with TestClient(create_app(settings, runtime=rt), headers=_headers(settings)) as api:
+        with TestClient(create_app(settings, runtime=rt), headers=ADMIN_HEADERS) as api:
             assert api.post("/api/events", json=_events(0, 3, "opened", 48)).status_code < 300
             assert _decide(api)["evidence"]["engagements"] == 3
             assert api.get("/api/tenants/acme").status_code == 200
@@ -321,7 +313,7 @@ def test_a_redis_outage_never_fails_authenticated_requests(
     try:
         with TestClient(
             create_app(settings, runtime=rt),
-            headers=_headers(settings),
+            headers=ADMIN_HEADERS,
             raise_server_exceptions=False,
         ) as api:
             assert api.post("/api/events", json=_events(0, 3, "opened", 48)).status_code < 300

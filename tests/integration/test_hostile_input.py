@@ -33,6 +33,7 @@ from sendflowr.runtime import Runtime
 from sendflowr.secrets import generate_key
 from sendflowr.settings import Settings
 from sendflowr.storage.metadata.store import Tenant
+from tests.conftest import ADMIN_HEADERS
 from tests.factories import email_hash
 
 SECRET = "whsec_hostile_0123456789abcdef"
@@ -57,14 +58,6 @@ INJECTIONS = [
 ]
 
 
-def auth_headers(settings: Settings) -> dict[str, str]:
-    key: Any = getattr(settings, "admin_api_key", None)
-    if key is None:
-        return {}
-    value = key.get_secret_value() if isinstance(key, SecretStr) else str(key)
-    return {"Authorization": f"Bearer {value}"} if value else {}
-
-
 @pytest.fixture
 def hostile(settings: Settings) -> Iterator[tuple[TestClient, Runtime]]:
     from sendflowr.api import create_app
@@ -86,7 +79,7 @@ def hostile(settings: Settings) -> Iterator[tuple[TestClient, Runtime]]:
         rt.accounts.connect("other", "klaviyo", "api_key", {"api_key": "pk_other"})
         rt.accounts.set_webhook_secret("other", "klaviyo", OTHER_SECRET)
         app = create_app(keyed, runtime=rt)
-        with TestClient(app, headers=auth_headers(keyed)) as client:
+        with TestClient(app, headers=ADMIN_HEADERS) as client:
             yield client, rt
     finally:
         drop = getattr(rt.events, "drop_database", None)

@@ -29,7 +29,7 @@ from sendflowr.identity.hashing import hash_email
 from sendflowr.runtime import Runtime
 from sendflowr.settings import Settings
 from sendflowr.storage.metadata.store import Tenant
-from tests.conftest import HASH_KEY
+from tests.conftest import ADMIN_HEADERS, HASH_KEY
 from tests.factories import make_event
 from tests.kafka import KAFKA_SESSION_TIMEOUT_MS, kafka_overrides
 
@@ -132,13 +132,11 @@ def test_webhook_and_events_api_to_kafka_to_consumer_to_decision(
 
     settings = kafka_settings.model_copy(update={"secret_key": SecretStr(generate_key())})
     krt = Runtime.open(settings)
-    admin = getattr(settings, "admin_api_key", None)
-    headers = {"Authorization": f"Bearer {admin.get_secret_value()}"} if admin else {}
     stop = threading.Event()
     consumer: EventConsumer | None = None
     thread: threading.Thread | None = None
     try:
-        with TestClient(create_app(settings, runtime=krt), headers=headers) as client:
+        with TestClient(create_app(settings, runtime=krt), headers=ADMIN_HEADERS) as client:
             r = client.post(
                 "/api/tenants", json={"id": "acme", "name": "Acme", "timezone": "Europe/Warsaw"}
             )

@@ -24,6 +24,7 @@ from sendflowr.runtime import Runtime
 from sendflowr.secrets import generate_key
 from sendflowr.settings import Settings
 from sendflowr.storage.metadata.store import Tenant
+from tests.conftest import ADMIN_HEADERS
 
 MAX_EXAMPLES = 15  # per operation: about 2-3 minutes for the whole document here
 TENANT = "acme"
@@ -37,15 +38,6 @@ MAX_GENERATED = 500
 EXCLUDED_PATHS: tuple[str, ...] = ()
 
 pytestmark = [pytest.mark.slow]
-
-
-def auth_headers(settings: Settings) -> dict[str, str]:
-    """The operator key when the app requires one (settings.admin_api_key), else nothing."""
-    key: Any = getattr(settings, "admin_api_key", None)
-    if key is None:
-        return {}
-    value = key.get_secret_value() if isinstance(key, SecretStr) else str(key)
-    return {"Authorization": f"Bearer {value}"} if value else {}
 
 
 @pytest.fixture
@@ -123,4 +115,4 @@ def _aim_at_tenant(case: Any) -> None:
 )
 def test_api_conforms_to_its_schema(case: Any, st_runtime: Runtime, st_app: Any) -> None:
     _aim_at_tenant(case)
-    case.call_and_validate(app=st_app, headers=auth_headers(st_runtime.settings), checks=CHECKS)
+    case.call_and_validate(app=st_app, headers=ADMIN_HEADERS, checks=CHECKS)

@@ -44,8 +44,6 @@ from sendflowr.storage.metadata.store import DeadLetter
 
 router = APIRouter(prefix="/api/webhook", tags=["webhooks"])
 
-MAX_BODY = 5 * 1024 * 1024
-
 
 class WebhookUnauthorizedError(SendFlowrError):
     status = 401
@@ -55,11 +53,6 @@ class WebhookUnauthorizedError(SendFlowrError):
 class WebhookReplayedError(SendFlowrError):
     status = 409
     code = "replayed"
-
-
-class BodyTooLargeError(SendFlowrError):
-    status = 413
-    code = "too_large"
 
 
 class BadBodyError(InvalidInputError):
@@ -73,20 +66,6 @@ class WebhookOut(BaseModel):
     dead_lettered: int
 
 
-async def _body(request: Request) -> bytes:
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > MAX_BODY:
-        raise BodyTooLargeError(f"the body exceeds {MAX_BODY // (1024 * 1024)} MB")
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > MAX_BODY:
-            raise BodyTooLargeError(f"the body exceeds {MAX_BODY // (1024 * 1024)} MB")
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
 @router.post("/klaviyo/{tenant}", response_model=WebhookOut)
 async def klaviyo_webhook(
     tenant: str,
@@ -97,7 +76,7 @@ async def klaviyo_webhook(
     klaviyo_webhook_id: Annotated[str | None, Header()] = None,
 ) -> WebhookOut:
     """Receive a signed Klaviyo webhook delivery (`data[]` items become canonical events)."""
-    body = await _body(request)
+    body = await request.body()  # capped at 5 MiB while streaming (api/limits.py)
     return await run_in_threadpool(
         _accept_delivery, runtime, tenant, body, klaviyo_timestamp, klaviyo_signature,
         klaviyo_webhook_id,
@@ -208,7 +187,7 @@ async def klaviyo_flow_action(
     ] = None,
 ) -> WebhookOut:
     """Receive a Klaviyo flow webhook action, authenticated by the tenant's flow secret."""
-    body = await _body(request)
+    body = await request.body()  # capped at 5 MiB while streaming (api/limits.py)
     return await run_in_threadpool(
         _accept_flow_action, runtime, tenant, body, x_sendflowr_flow_secret
     )

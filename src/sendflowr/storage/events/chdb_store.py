@@ -127,6 +127,8 @@ class ChdbEventStore(EventStore):
         with _lock:
             key = (self.path, self.database)
             _generation[key] = _generation.get(key, 0) + 1
+            for stale in [k for k in _by_person if k[:2] == key]:  # never served again
+                del _by_person[stale]
 
     def events_by_person(
         self, tenant: str, types: Sequence[str]

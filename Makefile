@@ -32,6 +32,7 @@ typecheck: $(STAMP)
 
 services:
 	@bash scripts/ensure-services.sh
+	@bash scripts/ensure-browser.sh
 
 pytest: $(STAMP) services
 	$(VENV)/bin/pytest

@@ -23,7 +23,7 @@ from fastapi.testclient import TestClient
 from sendflowr.runtime import Runtime
 from sendflowr.settings import Settings
 
-SERVER_MARKERS = ("postgres", "redis", "kafka", "clickhouse", "network")
+SERVER_MARKERS = ("postgres", "redis", "kafka", "clickhouse", "network", "browser")
 POSTGRES_URL = os.environ.get(
     "SENDFLOWR_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
 )

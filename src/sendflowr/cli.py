@@ -123,20 +123,27 @@ def run(
         )
     elif admin_key_file is not None:
         console.print(f"Operator API key: in {admin_key_file}", highlight=False)
+    simulator = None
+    if demo and settings.demo_profiles > 0:
+        from sendflowr.demo_klaviyo import start_demo_simulator, with_demo_oauth
+
+        simulator = start_demo_simulator(settings)
+        settings = with_demo_oauth(settings, simulator)
     # The embedded demo may generate its own development encryption key under data_dir.
     try:
         from sendflowr.runtime import Runtime
 
         rt = Runtime.open(settings, create_secret_key=demo)
     except (NotImplementedError, RuntimeError, OSError) as exc:
+        if simulator is not None:
+            simulator.stop()
         _fail(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
-    stop_sim = None
+    stop_sim = simulator.stop if simulator is not None else None
     try:
-        if demo and settings.demo_profiles > 0:
+        if simulator is not None:
             from sendflowr.demo_klaviyo import start_demo_klaviyo
 
-            sim = start_demo_klaviyo(rt)
-            stop_sim = sim.stop
+            sim = start_demo_klaviyo(rt, simulator=simulator)
             console.print(f"Klaviyo simulator for tenant '{sim.tenant}' on {sim.url}")
             if sim.backfill_job is not None:
                 console.print(
@@ -144,7 +151,8 @@ def run(
                     f"/api/connector/backfill/status/{sim.tenant}"
                 )
         console.print(
-            f"SendFlowr on http://{bind_host}:{bind_port}  (API docs: /docs, health: /health)"
+            f"SendFlowr on http://{bind_host}:{bind_port}  (dashboard: /ui/, API docs: /docs, "
+            "health: /health)"
         )
         uvicorn.run(
             create_app(settings, runtime=rt),

@@ -13,6 +13,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
+from pydantic import SecretStr
+
 from sendflowr.connectors.klaviyo.constants import ESP
 from sendflowr.connectors.klaviyo.factory import open_client
 from sendflowr.connectors.klaviyo.registration import register_webhook
@@ -20,6 +22,7 @@ from sendflowr.klaviyo_sim import SimServerConfig
 from sendflowr.klaviyo_sim.command import run_in_thread
 from sendflowr.klaviyo_sim.config import new_api_key
 from sendflowr.runtime import Runtime
+from sendflowr.settings import Settings
 from sendflowr.storage.metadata.store import Tenant
 
 log = logging.getLogger("sendflowr.demo")
@@ -33,20 +36,54 @@ class DemoKlaviyo:
     stop: Callable[[], None]
 
 
-def start_demo_klaviyo(runtime: Runtime, live_per_minute: float = 60.0) -> DemoKlaviyo:
-    """Start the simulator, connect the demo tenant to it, register the webhook and queue a
-    backfill when the tenant has no events yet."""
-    settings = runtime.settings
-    tenant = settings.demo_tenant
+@dataclass(frozen=True, slots=True)
+class DemoSimulator:
+    url: str
+    api_key: str
+    config: SimServerConfig
+    stop: Callable[[], None]
+
+
+def start_demo_simulator(settings: Settings, live_per_minute: float = 60.0) -> DemoSimulator:
+    """Start the simulated Klaviyo account of the demo brand (in a thread, on a free port)."""
     key = new_api_key()
     config = SimServerConfig(
-        tenant=tenant,
+        tenant=settings.demo_tenant,
         profiles=max(1, settings.demo_profiles),
         days=settings.demo_days,
         api_keys=(key,),
         live_events_per_minute=live_per_minute,
     )
     url, stop = run_in_thread(config)
+    return DemoSimulator(url=url, api_key=key, config=config, stop=stop)
+
+
+def with_demo_oauth(settings: Settings, simulator: DemoSimulator) -> Settings:
+    """The settings with the simulator as the deployment's Klaviyo, OAuth app included, unless
+    they name a Klaviyo of their own: the dashboard's "Connect with Klaviyo" then works in the
+    demo (the simulator consents at once and issues real tokens for its account)."""
+    if settings.klaviyo_client_id or "klaviyo_api_url" in settings.model_fields_set:
+        return settings
+    return settings.model_copy(
+        update={
+            "klaviyo_api_url": simulator.url,
+            "klaviyo_authorize_url": simulator.url + "/oauth/authorize",
+            "klaviyo_client_id": simulator.config.oauth_client_id,
+            "klaviyo_client_secret": SecretStr(simulator.config.oauth_client_secret),
+        }
+    )
+
+
+def start_demo_klaviyo(
+    runtime: Runtime, live_per_minute: float = 60.0, simulator: DemoSimulator | None = None
+) -> DemoKlaviyo:
+    """Start the simulator (unless given), connect the demo tenant to it, register the webhook
+    and queue a backfill when the tenant has no events yet."""
+    settings = runtime.settings
+    tenant = settings.demo_tenant
+    owned = simulator is None
+    sim = simulator or start_demo_simulator(settings, live_per_minute)
+    url, stop, key, config = sim.url, sim.stop, sim.api_key, sim.config
     try:
         brand_tz = config.sim_config().brand_tz
         runtime.metadata.ensure_tenant(Tenant(tenant, "Demo brand (simulated Klaviyo)", brand_tz))
@@ -69,6 +106,7 @@ def start_demo_klaviyo(runtime: Runtime, live_per_minute: float = 60.0) -> DemoK
             span = timedelta(days=settings.demo_days + 8)
             job_id = runtime.backfills.create_job(tenant, ESP, "backfill", now - span, now).id
     except BaseException:
-        stop()
+        if owned:  # a simulator the caller gave is the caller's to stop
+            stop()
         raise
     return DemoKlaviyo(url=url, tenant=tenant, backfill_job=job_id, stop=stop)

@@ -195,6 +195,15 @@ def test_every_route_but_the_open_ones_needs_a_key(app_client: TestClient) -> No
         "/api/webhook/klaviyo/{tenant}",
         "/api/webhook/klaviyo/{tenant}/flow",
         "/api/connector/oauth/callback",
+        # the dashboard: sign-in, and page shells that redirect to it without a session
+        # (tests/integration/test_dashboard_auth.py); their data comes from the routes here
+        "/",
+        "/favicon.ico",
+        "/ui",
+        "/ui/",
+        "/ui/login",
+        "/ui/logout",
+        "/ui/{slug}",
     }
     checked = 0
     for context in iter_route_contexts(c.app.routes):  # type: ignore[attr-defined]

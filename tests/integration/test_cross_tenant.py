@@ -29,6 +29,7 @@ from sendflowr.events import CanonicalEvent, EventType, Identifiers
 from sendflowr.identity.hashing import hash_email
 from sendflowr.runtime import Runtime
 from sendflowr.settings import Settings
+from sendflowr.storage.metadata.catalog import CatalogItem
 from tests.conftest import ADMIN_HEADERS, HASH_KEY
 
 B_NAME = "Bravo Secret Brand"
@@ -36,9 +37,13 @@ B_INTENT_NAME = "bravo secret intent"
 B_HOOK = "https://bravo-hooks.example.com/in"
 B_BREAKER = "bravo secret breaker reason"
 B_EMAIL = "bravo.person@bravo.test"
+B_CAMPAIGN = "bravo secret campaign"
 
 # Routes no key guards (docs/security.md): their answers are still checked for B's data.
 OPEN = {"/health", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"}
+# The dashboard's page shells and sign-in: HTML without data (the pages fetch it through the
+# API routes tested here), so open to anyone or a redirect to the sign-in form.
+OPEN |= {"/", "/favicon.ico", "/ui", "/ui/", "/ui/login", "/ui/logout", "/ui/{slug}"}
 OPEN_PREFIXES = ("/api/webhook/klaviyo/", "/api/connector/oauth/callback")
 
 
@@ -80,6 +85,8 @@ def _seed(api: TestClient, rt: Runtime, tenant: str, name: str) -> dict[str, str
     its explanation, policies, a tripped breaker and a key; returns the ids."""
     assert api.post("/api/tenants", json={"id": tenant, "name": name}).status_code == 201
     rt.pipeline.process(_events(tenant, 0))
+    campaign = B_CAMPAIGN if tenant == "b" else "alpha campaign"
+    rt.catalog.upsert(tenant, "klaviyo", [CatalogItem("campaign", f"C-{tenant}", campaign)])
     hook = B_HOOK if tenant == "b" else "https://alpha-hooks.example.com/in"
     r = api.put(f"/api/tenants/{tenant}/accounts/webhook", json={"url": hook})
     assert r.status_code == 200, r.text
@@ -151,6 +158,7 @@ def _path(template: str, tenant: str, b: dict[str, str]) -> str:
         "universal_id": b["uid"],
         "merge_id": b["merge_id"],
         "key_id": b["key_id"],
+        "slug": "data",  # a dashboard page
     }
 
     def sub(m: re.Match[str]) -> str:
@@ -188,7 +196,7 @@ def _body(method: str, template: str, tenant: str, b: dict[str, str]) -> Any:
             ]
         },
         ("POST", "/api/identity/merges/{merge_id}/split"): {"operator": "evil"},
-        ("POST", "/timing/decide"): {"tenant": tenant, "identifier": uid},
+        ("POST", "/timing/decide"): {"tenant": tenant, "identifier": uid, "include_curve": True},
         ("POST", "/timing-decision"): {"tenant": tenant, "klaviyo_id": "K-b"},
         ("POST", "/timing/decide/batch"): {"tenant": tenant, "recipients": [uid]},
         ("POST", "/api/intents/{intent_id}/schedule"): {
@@ -220,6 +228,7 @@ def _body(method: str, template: str, tenant: str, b: dict[str, str]) -> Any:
 # Query parameters a route needs besides `tenant` (aimed at B's objects).
 QUERY: dict[str, dict[str, str]] = {
     "/api/identity/resolve": {"type": "universal_id", "value": "{uid}"},
+    "/api/tenants/{tenant}/catalog": {"kind": "campaign"},
 }
 # Routes whose only input is the caller's own tenant list (no tenant, no id): 2xx is fine.
 UNTARGETED = {
@@ -243,6 +252,7 @@ def _markers(operator: TestClient, b: dict[str, str]) -> list[str]:
         B_INTENT_NAME,
         "bravo-hooks.example.com",
         B_BREAKER,
+        B_CAMPAIGN,
         b["uid"],
         b["ref"],
         b["decision_id"],
@@ -267,7 +277,11 @@ def test_no_route_lets_a_tenant_key_reach_another_tenant(
             has_tenant_query = isinstance(route, APIRoute) and any(
                 p.name == "tenant" for p in route.dependant.query_params
             )
-            has_body = isinstance(route, APIRoute) and route.body_field is not None
+            has_body = (
+                isinstance(route, APIRoute)
+                and route.body_field is not None
+                and not template.startswith("/ui/")  # the sign-in forms take form fields
+            )
             open_route = template in OPEN or template.startswith(OPEN_PREFIXES)
             variants = ["b"]
             ids = [p for p in params if p != "tenant"]
@@ -322,3 +336,24 @@ def test_untargeted_lists_show_only_the_callers_tenant(
     bob = {"Authorization": f"Bearer {b['key']}"}
     assert alice.get("/api/tenants/b/policy", headers=bob).status_code == 200
     assert alice.get("/api/tenants/a/policy", headers=bob).status_code == 403
+
+
+def test_data_views_and_exports_show_only_the_tenants_own_rows(
+    world: tuple[TestClient, TestClient, dict[str, str]],
+) -> None:
+    operator, alice, b = world
+    markers = _markers(operator, b)
+    # B's decision is there to leak: the operator finds it under B
+    assert b["ref"] in operator.get("/api/tenants/b/decisions.csv").text
+    assert b["ref"] in operator.get("/api/tenants/b/decisions").text
+    for path in (
+        "/api/tenants/a/decisions",
+        "/api/tenants/a/decisions.csv",
+        "/api/connector/backfill/data/a/top",
+        "/api/connector/backfill/data/a/orders.csv",
+    ):
+        r = alice.get(path)
+        assert r.status_code == 200, f"{path} -> {r.status_code} {r.text[:300]}"
+        for marker in markers:
+            assert marker not in r.text, f"B's data leaked: {marker!r} in {path}"
+    assert alice.get("/api/tenants/a/decisions").json()["total"] >= 1  # the seed decided

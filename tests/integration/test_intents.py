@@ -177,7 +177,7 @@ def test_intent_crud_with_history_and_versions(api: TestClient) -> None:
          ["body", "binding", "esp"], "has not connected ESP 'webhook'"),
         ({"binding": {"esp": "mailchimp"}}, ["body", "binding", "esp"], "unknown ESP"),
         ({"binding": {"esp": "klaviyo"}}, ["body", "binding", "metric_name"], "metric"),
-        ({"intent_id": "Bad Id!"}, ["path", "intent_id"], "lower-case"),
+        ({"intent_id": "Bad Id!"}, ["body", "intent_id"], "lower-case"),
         ({"hot_path_signals": [{"event_type": "teleported"}]},
          ["body", "hot_path_signals", 0, "event_type"], "one of"),
         ({"suppression_sources": ["moon_phase"]}, ["body", "suppression_sources"], "unknown"),
@@ -191,6 +191,26 @@ def test_bad_intents_are_refused_naming_the_field(
     assert resp.status_code == 422, resp.text
     errors = resp.json()["detail"]
     assert any(e["loc"] == loc and words in e["msg"] for e in errors), errors
+
+
+def test_every_bad_field_is_reported_at_once(api: TestClient) -> None:
+    """A form shows all its mistakes together: the id, a hot path, the suppressions and the
+    binding's shape in one answer (the account is not asked while anything else is wrong)."""
+    body = _intent(
+        intent_id="Bad Id!",
+        hot_path_signals=[{"event_type": "teleported", "within_seconds": 60}],
+        suppression_sources=["moon_phase"],
+        binding={"esp": "klaviyo", "metric_name": "No Such Metric", "campaign_id": "bad id"},
+    )
+    resp = api.post(f"/api/tenants/{TENANT}/intents", json=body)
+    assert resp.status_code == 422, resp.text
+    locs = [e["loc"] for e in resp.json()["detail"]]
+    assert locs == [
+        ["body", "intent_id"],
+        ["body", "hot_path_signals", 0, "event_type"],
+        ["body", "suppression_sources"],
+        ["body", "binding", "campaign_id"],
+    ]
 
 
 def test_unknown_tenant_is_404(api: TestClient) -> None:

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi.staticfiles import StaticFiles
 
 from sendflowr import __version__
 from sendflowr.api.auth import Authenticated
@@ -16,6 +17,9 @@ from sendflowr.api.limits import BodyLimitMiddleware
 from sendflowr.api.routes import (
     accounts,
     backfill,
+    catalog,
+    data,
+    decisions,
     events,
     health,
     identity,
@@ -106,6 +110,13 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     # own routes (an operator key unless metrics_public; the callback is single-use state).
     for module in (health, metrics, oauth, webhooks):
         app.include_router(module.router)
+    # The operator dashboard: its pages check the session themselves (dashboard/routes.py);
+    # its scripts and styles are public files.
+    from sendflowr.dashboard.routes import STATIC_DIR
+    from sendflowr.dashboard.routes import router as dashboard_router
+
+    app.include_router(dashboard_router)
+    app.mount("/ui/static", StaticFiles(directory=STATIC_DIR), name="ui-static")
     # Everything else needs an API key (api/auth.py; docs/security.md has the scope table).
     for module in (
         tenants,
@@ -116,10 +127,13 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
         timing,
         mock,
         backfill,
+        data,
+        decisions,
         webhook_esp,
         intents,
         schedules,
         policies,
+        catalog,
     ):
         app.include_router(module.router, dependencies=[Authenticated])
     return app

@@ -15,6 +15,10 @@ Every route but `/health`, the signed webhook receivers and the OAuth callback d
 
 The operator (every tenant) is the `admin_api_key` from settings or a key created with
 `sendflowr keys create --all-tenants`.
+
+A browser signed in to the dashboard sends no key header: its session cookie (api/session.py)
+names a key, which is checked again on every request, and requests that change anything must
+carry the session's CSRF token in `X-CSRF-Token`.
 """
 
 from __future__ import annotations
@@ -41,6 +45,14 @@ from limits.strategies import MovingWindowRateLimiter
 from pydantic import SecretStr
 
 from sendflowr.api.deps import get_runtime
+from sendflowr.api.session import (
+    COOKIE_NAME,
+    CSRF_HEADER,
+    SessionCodec,
+    SessionData,
+    csrf_matches,
+    fingerprint,
+)
 from sendflowr.errors import SendFlowrError
 from sendflowr.runtime import Runtime
 from sendflowr.settings import Settings
@@ -189,6 +201,7 @@ class _AuthState:
         self.admin_key = admin.get_secret_value().encode() if admin is not None else None
         self.touched: dict[str, float] = {}
         self.lock = threading.Lock()
+        self.sessions = SessionCodec(runtime.hash_key)
 
 
 _STATE_LOCK = threading.Lock()
@@ -221,6 +234,53 @@ def _identify(state: _AuthState, token: str) -> Principal | None:
     return Principal(key.id, key.tenant, key.scope, key.name)
 
 
+def key_fingerprint(state: _AuthState, principal: Principal) -> str:
+    """What a session of `principal` is bound to (see api/session.py)."""
+    if principal.key_id == SETTINGS_KEY_ID and state.admin_key is not None:
+        return fingerprint(state.admin_key)
+    key = state.keys.get(principal.key_id)
+    return fingerprint(f"{principal.key_id}:{key.created_at.isoformat() if key else ''}".encode())
+
+
+def session_principal(state: _AuthState, session: SessionData) -> Principal | None:
+    """The principal a dashboard session names, or None once its key is revoked or replaced."""
+    if session.key_id == SETTINGS_KEY_ID:
+        if state.admin_key is None or session.fingerprint != fingerprint(state.admin_key):
+            return None
+        return Principal(SETTINGS_KEY_ID, None, "admin", "admin_api_key (settings)")
+    key = state.keys.get(session.key_id)
+    if key is None or key.revoked:
+        return None
+    principal = Principal(key.id, key.tenant, key.scope, key.name)
+    if not hmac.compare_digest(session.fingerprint, key_fingerprint(state, principal)):
+        return None
+    return principal
+
+
+def identify_key(request: Request, runtime: Runtime, token: str) -> Principal | None:
+    """The principal of a pasted API key (the dashboard's sign-in), or None."""
+    return _identify(auth_state(request, runtime), token)
+
+
+def _from_cookie(request: Request, state: _AuthState) -> Principal:
+    session = state.sessions.read(request.cookies.get(COOKIE_NAME))
+    if session is None:
+        raise UnauthorizedError(
+            "an API key is required: send 'Authorization: Bearer <key>' or 'X-API-Key: <key>'"
+        )
+    principal = session_principal(state, session)
+    if principal is None:
+        raise UnauthorizedError("the dashboard session has ended (its API key was revoked)")
+    if request.method not in READ_METHODS and not csrf_matches(
+        session, request.headers.get(CSRF_HEADER)
+    ):
+        raise ForbiddenError(
+            f"a signed-in browser must send the page's CSRF token in {CSRF_HEADER}",
+            field=CSRF_HEADER,
+        )
+    return principal
+
+
 def authenticate(
     request: Request,
     runtime: Annotated[Runtime, Depends(get_runtime)],
@@ -229,14 +289,14 @@ def authenticate(
 ) -> Principal:
     """The caller, after the key, rate-limit, method-scope and path/query tenant checks."""
     token = _token(bearer, api_key)
-    if token is None:
-        raise UnauthorizedError(
-            "an API key is required: send 'Authorization: Bearer <key>' or 'X-API-Key: <key>'"
-        )
     state = auth_state(request, runtime)
-    principal = _identify(state, token)
-    if principal is None:
-        raise UnauthorizedError("the API key is not valid (unknown, malformed or revoked)")
+    if token is None:
+        principal = _from_cookie(request, state)
+    else:
+        identified = _identify(state, token)
+        if identified is None:
+            raise UnauthorizedError("the API key is not valid (unknown, malformed or revoked)")
+        principal = identified
     state.limits.hit(principal)
     need = "read" if request.method in READ_METHODS else "write"
     require_scope(principal, need)

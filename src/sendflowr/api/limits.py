@@ -13,10 +13,12 @@ Caps are sized from what each route accepts:
 | POST /timing/decide/batch | 100,000 recipients x 256 B = 25.6 MB | the schema's recipient limit |
 | POST /api/intents/{id}/schedule | 2,000,000 recipients x 80 B = 160 MB | the audience limit |
 | POST /api/events | 10,000 events x 2 KiB = 20 MiB | the batch limit |
+| /ui/* (the dashboard's sign-in and sign-out forms) | 16 KiB | a form with one key |
 | everything else | 1 MiB | small JSON documents |
 
 A body sent with a Content-Type other than JSON (or none; the webhook receivers accept none)
-is 422 naming the body, like any other unusable body.
+is 422 naming the body, like any other unusable body; only the dashboard's own forms under
+/ui/ may also send application/x-www-form-urlencoded.
 """
 
 from __future__ import annotations
@@ -36,10 +38,13 @@ BATCH_DECIDE_MAX_BODY: Final = 100_000 * 256
 SCHEDULE_MAX_BODY: Final = 2_000_000 * 80
 EVENTS_MAX_BODY: Final = 10_000 * 2048
 DEFAULT_MAX_BODY: Final = 1 * MIB
+FORM_PREFIX: Final = "/ui/"
+FORM_MAX_BODY: Final = 16 * 1024
 
 # (method or None for any, path pattern, cap); the first match wins.
 CAPS: Final[tuple[tuple[str | None, re.Pattern[str], int], ...]] = (
     (None, re.compile("^" + WEBHOOK_PREFIX), WEBHOOK_MAX_BODY),
+    (None, re.compile("^" + FORM_PREFIX), FORM_MAX_BODY),
     ("POST", re.compile(r"^/timing/decide/batch/?$"), BATCH_DECIDE_MAX_BODY),
     ("POST", re.compile(r"^/api/intents/[^/]+/schedule/?$"), SCHEDULE_MAX_BODY),
     ("POST", re.compile(r"^/api/events/?$"), EVENTS_MAX_BODY),
@@ -104,6 +109,12 @@ def _check_headers(
     content_type = raw_type.decode("latin-1") if raw_type is not None else None
     if content_type is None and path.startswith(WEBHOOK_PREFIX):
         return None  # the receivers read raw bytes (the signature covers them), JSON or not
+    if (
+        content_type is not None
+        and path.startswith(FORM_PREFIX)
+        and content_type.split(";", 1)[0].strip().lower() == "application/x-www-form-urlencoded"
+    ):
+        return None
     if content_type is None or not _is_json(content_type):
         given = "no Content-Type" if content_type is None else f"Content-Type {content_type!r}"
         # 422 like any other unusable body (the API's contract: a 422 naming the field).

@@ -38,6 +38,7 @@ h1 {{ font-size: 1.5rem; }}
 <div class="{kind}"{role}>
 <h1>{title}</h1>
 {paragraphs}
+{link}
 </div>
 </main>
 </body>
@@ -45,21 +46,29 @@ h1 {{ font-size: 1.5rem; }}
 """
 
 
-def page(title: str, *paragraphs: str, status_code: int = 200) -> HTMLResponse:
-    """A page with a heading and paragraphs of plain text (escaped here)."""
+def page(
+    title: str, *paragraphs: str, status_code: int = 200, link: tuple[str, str] | None = None
+) -> HTMLResponse:
+    """A page with a heading, paragraphs of plain text and an optional link (a local path and
+    its text), all escaped here."""
     ok = status_code < 400
     body = _TEMPLATE.format(
         title=escape(title),
         kind="ok" if ok else "error",
         role="" if ok else ' role="alert"',
         paragraphs="\n".join(f"<p>{escape(p)}</p>" for p in paragraphs),
+        link=""
+        if link is None or not link[0].startswith("/")
+        else f'<p><a href="{escape(link[0])}">{escape(link[1])}</a></p>',
     )
     return HTMLResponse(body, status_code=status_code, headers=dict(PAGE_HEADERS))
 
 
-def success_page(title: str, *paragraphs: str) -> HTMLResponse:
-    return page(title, *paragraphs, status_code=200)
+def success_page(title: str, *paragraphs: str, link: tuple[str, str] | None = None) -> HTMLResponse:
+    return page(title, *paragraphs, status_code=200, link=link)
 
 
-def error_page(title: str, *paragraphs: str, status_code: int = 400) -> HTMLResponse:
-    return page(title, *paragraphs, status_code=status_code)
+def error_page(
+    title: str, *paragraphs: str, status_code: int = 400, link: tuple[str, str] | None = None
+) -> HTMLResponse:
+    return page(title, *paragraphs, status_code=status_code, link=link)

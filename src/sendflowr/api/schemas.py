@@ -241,6 +241,11 @@ class DecideIn(BaseModel):
     )
     intent_id: str = Field("", pattern=OPTIONAL_INTENT_ID_PATTERN)
     channel: Literal["email", "sms", "push"] = "email"
+    include_curve: bool = Field(
+        False,
+        description="also return the scored curve the minute was chosen from (`curve`); "
+        "the decision is made and recorded (explanation row) either way",
+    )
 
     _window = field_validator("send_after", "send_before")(check_instant)
 
@@ -279,6 +284,20 @@ class SuppressionOut(BaseModel):
     reason: str
 
 
+class CurvePointOut(BaseModel):
+    minute_utc: datetime = Field(description="a candidate target (delivery) minute")
+    score: float = Field(description="P(engagement within the horizon) if delivered then")
+    allowed: bool = Field(description="false where a send policy refuses the minute")
+
+
+class DecisionCurveOut(BaseModel):
+    """The engine's scores over the window (timing/curve.py): every quarter hour, the window's
+    ends and policy boundaries; linear between points."""
+
+    horizon_seconds: int = Field(description="a score is P(engagement within this long)")
+    points: list[CurvePointOut]
+
+
 class DecisionOut(BaseModel):
     decision_id: str
     tenant: str
@@ -298,6 +317,9 @@ class DecisionOut(BaseModel):
     exploration: bool = Field(False, description="placed by the randomised exploration rule")
     model_version: str
     explanation_ref: str
+    curve: DecisionCurveOut | None = Field(
+        None, description="with include_curve: the scores the minute was chosen from"
+    )
 
 
 class ExplanationOut(BaseModel):

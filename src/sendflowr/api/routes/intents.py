@@ -26,6 +26,7 @@ from sendflowr.connectors.klaviyo.oauth import KlaviyoUnavailableError
 from sendflowr.errors import InvalidInputError
 from sendflowr.execution.registry import ESPS
 from sendflowr.intents import (
+    HotPathSignal,
     Intent,
     check_intent_id,
     validate_hot_paths,
@@ -44,10 +45,10 @@ def _bad(loc: tuple[str | int, ...], msg: str) -> InvalidInputError:
 
 
 async def check_binding(
-    runtime: Runtime, tenant: str, raw: dict[str, Any]
+    runtime: Runtime, tenant: str, raw: dict[str, Any], *, remote: bool = True
 ) -> tuple[str, dict[str, Any]]:
-    """(esp, binding) after checking its shape, the tenant's account and, for Klaviyo, that
-    the metric and campaign exist."""
+    """(esp, binding) after checking its shape, the tenant's account and, for Klaviyo (unless
+    `remote` is false), that the metric and campaign exist."""
     esp = str(raw.pop("esp"))
     kind = ESPS.get(esp)
     if kind is None:
@@ -66,7 +67,7 @@ async def check_binding(
             f"tenant {tenant!r} {state} ESP {esp!r}: connect it at "
             f"/api/tenants/{tenant}/accounts/{esp} first",
         )
-    if esp == KLAVIYO:
+    if esp == KLAVIYO and remote:
         await _check_klaviyo(runtime, tenant, binding)
     return esp, binding
 
@@ -99,11 +100,36 @@ async def _check_klaviyo(runtime: Runtime, tenant: str, binding: dict[str, Any])
         )
 
 
-async def _intent(runtime: Runtime, tenant: str, intent_id: str, body: IntentIn) -> Intent:
+async def _intent(
+    runtime: Runtime, tenant: str, intent_id: str, body: IntentIn, *, new_id: bool = False
+) -> Intent:
+    """The checked intent; every bad field is reported at once (a form shows them together),
+    the binding checked against the account only when everything else is valid."""
     runtime.metadata.get_tenant(tenant)
-    hot = validate_hot_paths([h.model_dump() for h in body.hot_path_signals])
-    suppressions = validate_suppressions(body.suppression_sources)
-    esp, binding = await check_binding(runtime, tenant, body.binding.model_dump())
+    errors: list[dict[str, Any]] = []
+    hot: tuple[HotPathSignal, ...] = ()
+    suppressions: tuple[str, ...] = ()
+    if new_id:
+        try:
+            check_intent_id(intent_id)
+        except InvalidInputError as exc:  # on create the id is a body field
+            errors += [{**e, "loc": ["body", "intent_id"]} for e in exc.errors]
+    try:
+        hot = validate_hot_paths([h.model_dump() for h in body.hot_path_signals])
+    except InvalidInputError as exc:
+        errors += exc.errors
+    try:
+        suppressions = validate_suppressions(body.suppression_sources)
+    except InvalidInputError as exc:
+        errors += exc.errors
+    try:
+        esp, binding = await check_binding(
+            runtime, tenant, body.binding.model_dump(), remote=not errors
+        )
+    except InvalidInputError as exc:
+        raise InvalidInputError(errors + exc.errors) from None
+    if errors:
+        raise InvalidInputError(errors)
     return Intent(
         tenant=tenant,
         intent_id=intent_id,
@@ -146,8 +172,7 @@ async def create_intent(
     actor: ActorHeader = "api",
 ) -> IntentOut:
     """Create an intent bound to a connected ESP (409 if the id exists)."""
-    check_intent_id(body.intent_id)
-    intent = await _intent(runtime, tenant, body.intent_id, body)
+    intent = await _intent(runtime, tenant, body.intent_id, body, new_id=True)
     return intent_out(runtime.intents.create(intent, actor))
 
 

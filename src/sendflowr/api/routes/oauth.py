@@ -15,9 +15,10 @@ from __future__ import annotations
 import logging
 import re
 from typing import Annotated
+from urllib.parse import quote
 
-from fastapi import APIRouter, Query
-from fastapi.responses import HTMLResponse, RedirectResponse
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from sendflowr.api.auth import AdminOnly, Authenticated
@@ -54,13 +55,27 @@ START_AGAIN = "Start the connection again from SendFlowr."
     dependencies=[Authenticated, AdminOnly],
 )
 def authorize(
+    request: Request,
     runtime: RuntimeDep,
     tenant: Annotated[str, Query(pattern=TENANT_PATTERN, description="the brand to connect")],
-) -> RedirectResponse:
+) -> Response:
     """Send the browser to Klaviyo to consent to SendFlowr reading the brand's account.
-    404 for an unknown tenant; 409 when the deployment has no OAuth app configured."""
+    404 for an unknown tenant; 409 when the deployment has no OAuth app configured (an HTML
+    page when a browser asked, as the dashboard's link does)."""
     runtime.metadata.get_tenant(tenant)
-    oauth = KlaviyoOAuth(OAuthConfig.from_settings(runtime.settings))
+    try:
+        config = OAuthConfig.from_settings(runtime.settings)
+    except OAuthNotConfiguredError as exc:
+        if "text/html" not in request.headers.get("accept", ""):
+            raise
+        return error_page(
+            "Klaviyo OAuth is not configured",
+            f"This SendFlowr deployment has no Klaviyo OAuth app: {exc.message}.",
+            "Connect the brand with a private API key instead.",
+            status_code=409,
+            link=("/ui/tenants", "Back to the SendFlowr dashboard"),
+        )
+    oauth = KlaviyoOAuth(config)
     verifier = new_code_verifier()
     state = runtime.accounts.create_oauth_state(tenant, ESP, verifier, oauth.config.redirect_uri)
     log.info("tenant %s: sent to Klaviyo for OAuth consent", tenant)
@@ -145,7 +160,10 @@ async def callback(
         "Klaviyo connected",
         f"Brand {account.tenant} is now connected to its Klaviyo account. SendFlowr stored "
         "the access it was granted, encrypted.",
-        "You can close this page.",
+        link=(
+            f"/ui/backfill?tenant={quote(account.tenant)}",
+            "Back to the SendFlowr dashboard to start its backfill",
+        ),
     )
 
 

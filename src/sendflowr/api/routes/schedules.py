@@ -3,6 +3,7 @@ triggers, cancel and reschedule (the whole campaign or one person)."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Query
@@ -19,6 +20,12 @@ from sendflowr.api.intent_schemas import (
     ScheduleOut,
     TriggerOut,
 )
+from sendflowr.api.schedule_views import (
+    BucketName,
+    ScheduleTimelineOut,
+    bucket_seconds,
+    timeline_out,
+)
 from sendflowr.connectors.klaviyo.client import KlaviyoError, KlaviyoNotFound
 from sendflowr.connectors.klaviyo.constants import ESP as KLAVIYO
 from sendflowr.connectors.klaviyo.oauth import KlaviyoUnavailableError
@@ -27,6 +34,7 @@ from sendflowr.runtime import Runtime
 from sendflowr.scheduling.audience import Recipient
 from sendflowr.scheduling.moves import reschedule_person
 from sendflowr.scheduling.service import ScheduleRequest, schedule
+from sendflowr.storage.metadata.schedule_timeline import counts_by_schedule, timeline
 from sendflowr.storage.metadata.triggers import Schedule, Trigger
 
 router = APIRouter(tags=["schedules"])
@@ -91,9 +99,15 @@ async def _klaviyo_audience(runtime: Runtime, tenant: str, a: AudienceIn) -> lis
     return out
 
 
-def schedule_out(s: Schedule, runtime: Runtime, *, lateness: bool = True) -> ScheduleOut:
-    """The campaign with its trigger counts; `lateness` reads every sent trigger, so lists
-    leave it out."""
+def schedule_out(
+    s: Schedule,
+    runtime: Runtime,
+    *,
+    lateness: bool = True,
+    counts: dict[str, int] | None = None,
+) -> ScheduleOut:
+    """The campaign with its trigger counts (read here unless given); `lateness` reads every
+    sent trigger, so lists leave it out."""
     return ScheduleOut(
         schedule_id=s.id,
         tenant=s.tenant,
@@ -106,7 +120,7 @@ def schedule_out(s: Schedule, runtime: Runtime, *, lateness: bool = True) -> Sch
         capacity_per_minute=s.capacity_per_minute,
         summary=s.summary,
         created_at=s.created_at,
-        triggers=runtime.triggers.counts(s.id),
+        triggers=runtime.triggers.counts(s.id) if counts is None else counts,
         lateness=runtime.triggers.lateness(s.id) if lateness else {},
     )
 
@@ -159,10 +173,9 @@ def list_schedules(
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
 ) -> list[ScheduleOut]:
     runtime.metadata.get_tenant(tenant)
-    return [
-        schedule_out(s, runtime, lateness=False)
-        for s in runtime.triggers.list_schedules(tenant, intent_id, limit)
-    ]
+    found = runtime.triggers.list_schedules(tenant, intent_id, limit)
+    counts = counts_by_schedule(runtime.metadata, [s.id for s in found])
+    return [schedule_out(s, runtime, lateness=False, counts=counts[s.id]) for s in found]
 
 
 @router.get("/api/schedules/{schedule_id}", response_model=ScheduleOut)
@@ -188,6 +201,26 @@ def list_triggers(
 ) -> list[TriggerOut]:
     runtime.triggers.get_schedule(schedule_id, tenant)
     return [trigger_out(t) for t in runtime.triggers.page(schedule_id, status, limit, offset)]
+
+
+@router.get("/api/schedules/{schedule_id}/timeline", response_model=ScheduleTimelineOut)
+def schedule_timeline(
+    schedule_id: str,
+    runtime: RuntimeDep,
+    tenant: Annotated[str, Query(min_length=1, max_length=63)],
+    bucket: BucketName = "auto",
+    late_after_seconds: Annotated[int, Query(ge=0, le=86_400)] = 60,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+) -> ScheduleTimelineOut:
+    """The campaign's triggers per time bucket and status against the capacity the planner
+    booked (and what the tenant's other campaigns hold on the same ESP), its counts per
+    status, and its late triggers (due more than `late_after_seconds` ago and unsent, or
+    sent that much after their trigger time) and failed ones, with the reasons in words."""
+    s = runtime.triggers.get_schedule(schedule_id, tenant)
+    seconds = bucket_seconds(s, bucket)
+    now = datetime.now(UTC)
+    tl = timeline(runtime.metadata, s, seconds, now, late_after_seconds, limit)
+    return timeline_out(s, tl, bucket, now, late_after_seconds, trigger_out)
 
 
 @router.post("/api/schedules/{schedule_id}/cancel", response_model=CancelOut)

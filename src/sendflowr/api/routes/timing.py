@@ -2,21 +2,29 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-from zoneinfo import ZoneInfo
+from datetime import UTC, datetime, timedelta
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from fastapi import APIRouter, Path, Query
 
 from sendflowr.api.auth import PrincipalDep
 from sendflowr.api.deps import RuntimeDep
+from sendflowr.api.engagement_schemas import (
+    EngagementHistoryOut,
+    EngagementOut,
+    EngagementTotalsOut,
+)
 from sendflowr.api.routes.identity import resolve_identifier
 from sendflowr.api.schemas import (
     TENANT_PATTERN,
+    UID_PATTERN,
     AlternativeOut,
     BatchDecideIn,
     BatchDecisionOut,
     BatchItemOut,
+    CurvePointOut,
     DecideIn,
+    DecisionCurveOut,
     DecisionOut,
     ExplanationOut,
     LegacyDecideIn,
@@ -33,7 +41,9 @@ from sendflowr.identity.identifiers import Identifier, IdentifierError, parse_lo
 from sendflowr.policy_facts import PolicyContext, gather
 from sendflowr.runtime import Runtime
 from sendflowr.storage.metadata.store import Tenant
+from sendflowr.timing.curve import decision_curve
 from sendflowr.timing.engine import MODEL_VERSION
+from sendflowr.timing.heatmap import DAYS, DELIVERY, GRID_TYPES, HOURS, engagement_grid
 from sendflowr.timing.policy import Suppression
 from sendflowr.timing.window import Window, WindowError, check_window
 
@@ -82,6 +92,7 @@ def _decide(
     intent_id: str,
     channel: str,
     loc: tuple[str, ...],
+    include_curve: bool = False,
 ) -> DecisionOut:
     t = runtime.metadata.get_tenant(tenant)
     latency, window = _latency_and_window(t, latency, send_after, send_before)
@@ -98,8 +109,28 @@ def _decide(
     )  # fmt: skip
     out = _out(tenant, uid, intent_id, record)
     if runtime.bus.publishes_decisions:  # timing-decisions topic (issue 7); async, never fails
-        runtime.bus.publish_decisions(tenant, [out.model_dump(mode="json")])
+        runtime.bus.publish_decisions(tenant, [out.model_dump(mode="json", exclude={"curve"})])
+    if include_curve:
+        out.curve = _curve(record, runtime.timing.params.horizon_s)
     return out
+
+
+def _curve(record: DecisionRecord, horizon_s: int) -> DecisionCurveOut:
+    """The scores the decision was chosen from, as the policies saw them (`_decide` always
+    passes the policies, so `applied` is set)."""
+    scored = record.applied
+    assert scored is not None, "decisions made here always run the policies"
+    return DecisionCurveOut(
+        horizon_seconds=horizon_s,
+        points=[
+            CurvePointOut(
+                minute_utc=datetime.fromtimestamp(p.minute_utc, UTC),
+                score=p.score,
+                allowed=p.allowed,
+            )
+            for p in decision_curve(scored)
+        ],
+    )
 
 
 def _policy(
@@ -166,6 +197,7 @@ def decide(body: DecideIn, runtime: RuntimeDep, principal: PrincipalDep) -> Deci
         body.intent_id,
         body.channel,
         ("identifier",),
+        include_curve=body.include_curve,
     )
 
 
@@ -347,4 +379,71 @@ def explanation(
         evidence=e.evidence,
         details=e.details,
         summary=explain_in_words(e),
+    )
+
+
+ENGAGEMENT_READ_LIMIT = 100_000  # events read for one person's grid
+ZONE_PATTERN = r"^[A-Za-z0-9_+\-]+(/[A-Za-z0-9_+\-]+)*$"
+
+
+def _zone(tz: str | None, tenant_zone: str) -> ZoneInfo:
+    """`tz` when given (422 naming it if no such IANA zone), else the tenant's zone."""
+    if tz is None:
+        return ZoneInfo(tenant_zone)
+    try:
+        return ZoneInfo(tz)
+    except (ZoneInfoNotFoundError, ValueError, OSError):
+        raise InvalidInputError.at(
+            ("query", "tz"), f"unknown IANA time zone {tz!r} (e.g. Europe/Paris)"
+        ) from None
+
+
+@router.get("/timing/engagement/{universal_id}", response_model=EngagementOut)
+def engagement(
+    runtime: RuntimeDep,
+    universal_id: str = Path(pattern=UID_PATTERN),
+    tenant: str = Query(pattern=TENANT_PATTERN),
+    tz: str | None = Query(
+        None, max_length=64, pattern=ZONE_PATTERN, description="IANA zone; default the tenant's"
+    ),
+    days: int = Query(180, ge=1, le=730, description="history read: this many days to now"),
+) -> EngagementOut:
+    """A person's human clicks and opens (under every id merged into them) as a 7 x 24 grid of
+    counts by local day and hour, Monday first; machine engagements are counted apart."""
+    t = runtime.metadata.get_tenant(tenant)
+    zone = _zone(tz, t.timezone)
+    uid = resolve_identifier(runtime, tenant, "universal_id", universal_id)
+    now = datetime.now(UTC)
+    since = now - timedelta(days=days)
+    _, utc, types, machine = runtime.events.engagement_history(
+        tenant,
+        (*GRID_TYPES, DELIVERY),
+        since,
+        limit=ENGAGEMENT_READ_LIMIT,
+        universal_ids=runtime.identity.aliases(tenant, uid),
+    )
+    g = engagement_grid(utc, types, machine, zone, runtime.timing.params.activity.machine_open_s)
+    return EngagementOut(
+        tenant=tenant,
+        universal_id=uid,
+        zone=zone.key,
+        days=list(DAYS),
+        hours=list(range(HOURS)),
+        grid=g.counts,
+        totals=EngagementTotalsOut(
+            engagements=g.total,
+            clicked=g.by_type["clicked"],
+            opened=g.by_type["opened"],
+            machine=g.machine,
+            deliveries=g.deliveries,
+        ),
+        history=EngagementHistoryOut(
+            since=since,
+            until=now,
+            first_engagement=None
+            if g.first_utc is None
+            else datetime.fromtimestamp(g.first_utc, UTC),
+            last_engagement=None if g.last_utc is None else datetime.fromtimestamp(g.last_utc, UTC),
+            truncated=len(utc) >= ENGAGEMENT_READ_LIMIT,
+        ),
     )

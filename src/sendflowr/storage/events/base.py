@@ -15,6 +15,7 @@ import numpy.typing as npt
 import orjson
 import pyarrow as pa
 
+from sendflowr.storage.events.data_views import DataViews
 from sendflowr.storage.events.explanation_buffer import ExplanationBuffer
 from sendflowr.storage.events.migrations import MIGRATIONS, STATUS_TABLE, Migration
 from sendflowr.storage.events.rows import explanations_to_arrow
@@ -97,7 +98,7 @@ class AppliedMigration:
     applied_at: datetime
 
 
-class EventStore(abc.ABC):
+class EventStore(DataViews):
     """Canonical events and timing explanations, in ClickHouse SQL.
 
     Backends implement the three primitives (`_rows`, `_command`, `_insert_arrow`); every query

@@ -1,0 +1,1 @@
+"""The operator dashboard: server-rendered page shells over the public API."""

@@ -196,7 +196,7 @@ def _float(value: Any) -> float | None:
         return None
 
 
-def _order(row: dict[str, Any]) -> OrderOut:
+def order_out(row: dict[str, Any]) -> OrderOut:
     props: dict[str, Any] = row["properties"] if isinstance(row["properties"], dict) else {}
     items = props.get("Items")
     return OrderOut(
@@ -245,5 +245,5 @@ def orders(
         limit=limit,
         offset=offset,
         next_offset=offset + limit if offset + limit < total else None,
-        orders=[_order(r) for r in rows],
+        orders=[order_out(r) for r in rows],
     )

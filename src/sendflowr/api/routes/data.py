@@ -14,7 +14,7 @@ from fastapi.responses import StreamingResponse
 from sendflowr.api.csv_export import CSV_RESPONSES, csv_lines, csv_response
 from sendflowr.api.data_schemas import SourceRevenueOut, TopSourceOut, TopSourcesOut
 from sendflowr.api.deps import RuntimeDep
-from sendflowr.api.routes.backfill import _order
+from sendflowr.api.routes.backfill import order_out
 from sendflowr.errors import InvalidInputError
 from sendflowr.runtime import Runtime
 from sendflowr.storage.events.data_views import SourceKind, order_cursor
@@ -95,7 +95,7 @@ def _order_lines(
     a 503), then page after page while the download streams."""
     while True:
         for row in rows:
-            o = _order(row)
+            o = order_out(row)
             yield [
                 o.occurred_at,
                 o.esp_event_id,

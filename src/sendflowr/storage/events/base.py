@@ -7,7 +7,7 @@ import logging
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, timedelta
+from datetime import date, datetime
 from typing import Any
 
 import numpy as np
@@ -18,6 +18,7 @@ import pyarrow as pa
 from sendflowr.storage.events.data_views import DataViews
 from sendflowr.storage.events.explanation_buffer import ExplanationBuffer
 from sendflowr.storage.events.migrations import MIGRATIONS, STATUS_TABLE, Migration
+from sendflowr.storage.events.millis import from_ms, to_ms
 from sendflowr.storage.events.rows import explanations_to_arrow
 from sendflowr.storage.health import BackendHealth
 from sendflowr.timing.explanation import Explanation
@@ -159,7 +160,7 @@ class EventStore(DataViews):
             )
         except EventStoreError:
             return []
-        return [AppliedMigration(r[0], _from_ms(r[1])) for r in rows]
+        return [AppliedMigration(r[0], from_ms(r[1])) for r in rows]
 
     def pending_migrations(self) -> list[str]:
         done = {m.id for m in self.applied_migrations()}
@@ -203,10 +204,10 @@ class EventStore(DataViews):
         cond = ""
         if since is not None:
             cond += " AND occurred_at >= fromUnixTimestamp64Milli({since:Int64}, 'UTC')"
-            params["since"] = _to_ms(since)
+            params["since"] = to_ms(since)
         if until is not None:
             cond += " AND occurred_at < fromUnixTimestamp64Milli({until:Int64}, 'UTC')"
-            params["until"] = _to_ms(until)
+            params["until"] = to_ms(until)
         rows = self._rows(
             "SELECT toString(event_id), universal_id, event_type, "
             "toUnixTimestamp64Milli(occurred_at), esp, esp_event_id, campaign_id, flow_id, "
@@ -222,7 +223,7 @@ class EventStore(DataViews):
                 event_id=r[0],
                 universal_id=r[1],
                 event_type=r[2],
-                occurred_at=_from_ms(r[3]),
+                occurred_at=from_ms(r[3]),
                 esp=r[4],
                 esp_event_id=r[5],
                 campaign_id=r[6],
@@ -278,7 +279,7 @@ class EventStore(DataViews):
         params: dict[str, Any] = {
             "tenant": tenant,
             "types": list(types),
-            "since": _to_ms(since),
+            "since": to_ms(since),
             "limit": limit,
         }
         cond = ""
@@ -312,7 +313,7 @@ class EventStore(DataViews):
             params["types"] = list(types)
         if since is not None:
             cond += " AND occurred_at >= fromUnixTimestamp64Milli({since:Int64}, 'UTC')"
-            params["since"] = _to_ms(since)
+            params["since"] = to_ms(since)
         # Copies of an event share its key (and so its month partition): FINAL need not merge
         # across partitions, which lets it work partition by partition in parallel. The ids
         # come as plain strings and are dictionary-encoded by Arrow: toLowCardinality() in the
@@ -397,10 +398,10 @@ class EventStore(DataViews):
             decision_id=r[2],
             universal_id=r[3],
             intent_id=r[4],
-            created_at=_from_ms(r[5]),
+            created_at=from_ms(r[5]),
             model_version=r[6],
-            target_minute_utc=_from_ms(r[7]),
-            trigger_timestamp_utc=_from_ms(r[8]),
+            target_minute_utc=from_ms(r[7]),
+            trigger_timestamp_utc=from_ms(r[8]),
             confidence_score=float(r[9]),
             fallback_level=r[10],
             weight_personal=float(r[11]),
@@ -468,7 +469,7 @@ class EventStore(DataViews):
         out = [
             {
                 "esp_event_id": str(r[0]),
-                "occurred_at": _from_ms(r[1]),
+                "occurred_at": from_ms(r[1]),
                 "universal_id": str(r[2]),
                 "campaign_id": str(r[3]) or None,
                 "flow_id": str(r[4]) or None,
@@ -519,7 +520,7 @@ class EventStore(DataViews):
             where = "tenant = {tenant:String} AND universal_id IN {uids:Array(String)}"
             if ingested_before is not None:
                 where += f" AND {stamp} < fromUnixTimestamp64Milli({{before:Int64}}, 'UTC')"
-                params["before"] = _to_ms(ingested_before)
+                params["before"] = to_ms(ingested_before)
             found = self._rows(
                 f"SELECT count() FROM `{self.database}`.{table} FINAL WHERE {where}", params
             )
@@ -528,19 +529,6 @@ class EventStore(DataViews):
                 self._command(f"DELETE FROM `{self.database}`.{table} WHERE {where}", params)
             out[key] = n
         return out
-
-
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-
-
-def _to_ms(at: datetime) -> int:
-    if at.tzinfo is None:
-        raise ValueError("datetimes passed to the event store must be timezone-aware")
-    return (at - _EPOCH) // timedelta(milliseconds=1)
-
-
-def _from_ms(ms: int | str) -> datetime:
-    return datetime.fromtimestamp(int(ms) / 1000, tz=UTC)
 
 
 def _short(exc: BaseException) -> str:

@@ -10,10 +10,12 @@ from __future__ import annotations
 import abc
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, timedelta
+from datetime import date, datetime
 from typing import Any, Literal
 
 import orjson
+
+from sendflowr.storage.events.millis import from_ms, to_ms
 
 SourceKind = Literal["campaign", "flow"]
 _SOURCE_COLUMN: dict[str, str] = {"campaign": "campaign_id", "flow": "flow_id"}
@@ -59,25 +61,12 @@ class DecisionRow:
 
     @property
     def cursor(self) -> Cursor:
-        return _ms(self.created_at), self.explanation_ref
-
-
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-
-
-def _ms(at: datetime) -> int:
-    if at.tzinfo is None:
-        raise ValueError("datetimes passed to the event store must be timezone-aware")
-    return (at - _EPOCH) // timedelta(milliseconds=1)
-
-
-def _at(ms: int | str) -> datetime:
-    return datetime.fromtimestamp(int(ms) / 1000, tz=UTC)
+        return to_ms(self.created_at), self.explanation_ref
 
 
 def order_cursor(row: Mapping[str, Any]) -> Cursor:
     """The cursor of an `order_row` (for `orders_page(after=...)`)."""
-    return _ms(row["occurred_at"]), str(row["esp_event_id"])
+    return to_ms(row["occurred_at"]), str(row["esp_event_id"])
 
 
 def order_row(r: list[Any]) -> dict[str, Any]:
@@ -85,7 +74,7 @@ def order_row(r: list[Any]) -> dict[str, Any]:
     dict `EventStore.orders` returns."""
     return {
         "esp_event_id": str(r[0]),
-        "occurred_at": _at(r[1]),
+        "occurred_at": from_ms(r[1]),
         "universal_id": str(r[2]),
         "campaign_id": str(r[3]) or None,
         "flow_id": str(r[4]) or None,
@@ -168,7 +157,7 @@ class DataViews(abc.ABC):
         params: dict[str, Any] = {"tenant": tenant}
         if since is not None:
             where += " AND created_at >= fromUnixTimestamp64Milli({since:Int64}, 'UTC')"
-            params["since"] = _ms(since)
+            params["since"] = to_ms(since)
         return where, params
 
     def count_decisions(self, tenant: str, since: datetime | None = None) -> int:
@@ -219,10 +208,10 @@ class DataViews(abc.ABC):
                 decision_id=str(r[1]),
                 universal_id=str(r[2]),
                 intent_id=str(r[3]),
-                created_at=_at(r[4]),
+                created_at=from_ms(r[4]),
                 model_version=str(r[5]),
-                target_minute_utc=_at(r[6]),
-                trigger_timestamp_utc=_at(r[7]),
+                target_minute_utc=from_ms(r[6]),
+                trigger_timestamp_utc=from_ms(r[7]),
                 confidence_score=float(r[8]),
                 fallback_level=str(r[9]),
                 machine_opens_excluded=int(r[10]),

@@ -25,8 +25,8 @@ from sendflowr.storage.metadata.triggers import (
     Schedule,
     Trigger,
     TriggerStatus,
-    _trigger,
     minute_of,
+    trigger_of_row,
 )
 
 STATUSES: tuple[TriggerStatus, ...] = ("scheduled", "sending", "sent", "failed", "cancelled")
@@ -175,7 +175,7 @@ def timeline(
         buckets=[buckets[k] for k in sorted(buckets)],
         counts=counts,
         late_count=late_count,
-        late=[_trigger(r._mapping) for r in late_rows],
-        failed=[_trigger(r._mapping) for r in failed_rows],
+        late=[trigger_of_row(r._mapping) for r in late_rows],
+        failed=[trigger_of_row(r._mapping) for r in failed_rows],
         failure_reasons=[(e or "no reason recorded", int(n)) for e, n in reasons],
     )

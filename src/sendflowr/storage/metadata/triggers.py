@@ -233,7 +233,7 @@ class TriggerStore:
         )
         with self.metadata._guard(), self.engine.begin() as conn:
             rows = conn.execute(stmt).all()
-        out = [_trigger(r._mapping) for r in rows]
+        out = [trigger_of_row(r._mapping) for r in rows]
         out.sort(key=lambda t: t.trigger_at)
         return out
 
@@ -307,7 +307,7 @@ class TriggerStore:
                         triggers.c.status.in_(list(statuses)),
                     )
                 ).all()
-                out.extend(_trigger(r._mapping) for r in rows)
+                out.extend(trigger_of_row(r._mapping) for r in rows)
         return out
 
     def take_scheduled(self, schedule_id: str, reason: str) -> list[Trigger]:
@@ -320,7 +320,7 @@ class TriggerStore:
                 .values(status="cancelled", error=reason)
                 .returning(*triggers.c)
             ).all()
-        return [_trigger(r._mapping) for r in rows]
+        return [trigger_of_row(r._mapping) for r in rows]
 
     def restore(self, decision_ids: Sequence[str]) -> int:
         """Undo `take_scheduled` (the new plan failed): cancelled -> scheduled."""
@@ -388,7 +388,7 @@ class TriggerStore:
             row = conn.execute(query).first()
         if row is None:
             raise NotFoundError(f"no trigger {decision_id!r}", field="decision_id")
-        return _trigger(row._mapping)
+        return trigger_of_row(row._mapping)
 
     def page(
         self,
@@ -403,7 +403,7 @@ class TriggerStore:
         query = query.order_by(triggers.c.trigger_at, triggers.c.decision_id)
         with self.metadata._guard(), self.engine.connect() as conn:
             rows = conn.execute(query.limit(limit).offset(offset)).all()
-        return [_trigger(r._mapping) for r in rows]
+        return [trigger_of_row(r._mapping) for r in rows]
 
     # -- data-subject erasure ------------------------------------------------------------------
     def erase_people(self, tenant: str, universal_ids: Sequence[str]) -> dict[str, int]:
@@ -510,7 +510,7 @@ def _schedule(r: Any) -> Schedule:
     )
 
 
-def _trigger(r: Any) -> Trigger:
+def trigger_of_row(r: Any) -> Trigger:
     return Trigger(
         decision_id=r["decision_id"],
         tenant=r["tenant"],

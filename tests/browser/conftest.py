@@ -157,7 +157,10 @@ def api(server: Server) -> Iterator[httpx.Client]:
         yield client
 
 
-@pytest.fixture(scope="session")
+# Module scope, not session: while Playwright's sync API is open, its event loop counts as
+# running in this thread, and every later test's asyncio.run() would fail. Each browser module
+# opens and closes its own (Chromium starts in about a second); the server stays up.
+@pytest.fixture(scope="module")
 def playwright_() -> Iterator[Playwright]:
     if not Path(CHROMIUM).exists():
         pytest.fail(f"{CHROMIUM} is missing: `apt-get install chromium` (make test does it)")
@@ -165,7 +168,7 @@ def playwright_() -> Iterator[Playwright]:
         yield p
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser(playwright_: Playwright) -> Iterator[Browser]:
     b = playwright_.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
     try:

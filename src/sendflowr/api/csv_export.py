@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import csv
 import io
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from fastapi.responses import StreamingResponse
 
+T = TypeVar("T")
+
+EXPORT_PAGE = 1_000  # rows per event-store query while a CSV streams
 CSV_MEDIA_TYPE = "text/csv; charset=utf-8"
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 # The OpenAPI entry of a CSV route's 200 answer (there is no JSON body to describe).
@@ -36,6 +39,18 @@ def cell(value: Any) -> str | int | float:
         return value
     text = value.isoformat() if isinstance(value, datetime) else str(value)
     return "'" + text if text.startswith(_FORMULA_START) else text
+
+
+def paged(first: list[T], after: Callable[[T], list[T]], page_size: int) -> Iterator[T]:
+    """The rows of `first` (read before the answer starts, so a store fault is still a 503),
+    then of each next page, asked for with the last row seen, until a page of fewer than
+    `page_size` rows."""
+    rows = first
+    while True:
+        yield from rows
+        if len(rows) < page_size:
+            return
+        rows = after(rows[-1])
 
 
 def csv_lines(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> Iterator[bytes]:

@@ -196,6 +196,12 @@ def _float(value: Any) -> float | None:
         return None
 
 
+def check_day(day: date | None) -> None:
+    """A `date` query value within the years the store holds (422 otherwise)."""
+    if day is not None and not (date(2000, 1, 1) <= day < date(2100, 1, 1)):
+        raise InvalidInputError.at(["query", "date"], "must be in [2000-01-01, 2100-01-01)")
+
+
 def order_out(row: dict[str, Any]) -> OrderOut:
     props: dict[str, Any] = row["properties"] if isinstance(row["properties"], dict) else {}
     items = props.get("Items")
@@ -227,16 +233,7 @@ def orders(
 ) -> OrdersOut:
     """The tenant's orders, newest first, with value, currency, items, discount and UTM."""
     runtime.metadata.get_tenant(tenant)
-    if date_ is not None and not (date(2000, 1, 1) <= date_ < date(2100, 1, 1)):
-        raise InvalidInputError(
-            [
-                {
-                    "loc": ["query", "date"],
-                    "msg": "must be in [2000-01-01, 2100-01-01)",
-                    "type": "value_error",
-                }
-            ]
-        )
+    check_day(date_)
     total, rows = runtime.events.orders(tenant, date_, limit, offset)
     return OrdersOut(
         tenant=tenant,

@@ -3,7 +3,6 @@ flows, and the orders as a CSV download."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import date
 from typing import Annotated, Any
 
@@ -11,17 +10,15 @@ import orjson
 from fastapi import APIRouter, Query
 from fastapi.responses import StreamingResponse
 
-from sendflowr.api.csv_export import CSV_RESPONSES, csv_lines, csv_response
+from sendflowr.api.csv_export import CSV_RESPONSES, EXPORT_PAGE, csv_lines, csv_response, paged
 from sendflowr.api.data_schemas import SourceRevenueOut, TopSourceOut, TopSourcesOut
 from sendflowr.api.deps import RuntimeDep
-from sendflowr.api.routes.backfill import order_out
-from sendflowr.errors import InvalidInputError
+from sendflowr.api.routes.backfill import check_day, order_out
 from sendflowr.runtime import Runtime
 from sendflowr.storage.events.data_views import SourceKind, order_cursor
 
 router = APIRouter(prefix="/api/connector", tags=["connector"])
 
-EXPORT_PAGE = 1_000  # rows per event-store query while a CSV streams
 CATALOG_MAX = 20_000  # campaigns read to name the top ones
 ORDER_COLUMNS = (
     "occurred_at", "esp_event_id", "order_id", "universal_id", "value", "currency",
@@ -79,41 +76,27 @@ def top(
     )
 
 
-def check_day(day: date | None) -> None:
-    if day is not None and not (date(2000, 1, 1) <= day < date(2100, 1, 1)):
-        raise InvalidInputError.at(["query", "date"], "must be in [2000-01-01, 2100-01-01)")
-
-
 def _json(value: Any) -> str:
     return orjson.dumps(value, option=orjson.OPT_SORT_KEYS).decode() if value else ""
 
 
-def _order_lines(
-    runtime: Runtime, tenant: str, day: date | None, rows: list[dict[str, Any]]
-) -> Iterator[list[Any]]:
-    """CSV rows from the first page (read before the answer starts, so a store fault is still
-    a 503), then page after page while the download streams."""
-    while True:
-        for row in rows:
-            o = order_out(row)
-            yield [
-                o.occurred_at,
-                o.esp_event_id,
-                o.order_id,
-                o.universal_id,
-                o.value,
-                o.currency,
-                len(o.items),
-                _json(o.items),
-                o.discount_code,
-                _json(o.utm),
-                o.campaign_id,
-                o.flow_id,
-                o.message_id,
-            ]
-        if len(rows) < EXPORT_PAGE:
-            return
-        rows = runtime.events.orders_page(tenant, day, EXPORT_PAGE, order_cursor(rows[-1]))
+def _order_line(row: dict[str, Any]) -> list[Any]:
+    o = order_out(row)
+    return [
+        o.occurred_at,
+        o.esp_event_id,
+        o.order_id,
+        o.universal_id,
+        o.value,
+        o.currency,
+        len(o.items),
+        _json(o.items),
+        o.discount_code,
+        _json(o.utm),
+        o.campaign_id,
+        o.flow_id,
+        o.message_id,
+    ]
 
 
 @router.get(
@@ -134,6 +117,10 @@ def orders_csv(
     runtime.metadata.get_tenant(tenant)
     check_day(date_)
     first = runtime.events.orders_page(tenant, date_, EXPORT_PAGE)
+    rows = paged(
+        first,
+        lambda last: runtime.events.orders_page(tenant, date_, EXPORT_PAGE, order_cursor(last)),
+        EXPORT_PAGE,
+    )
     name = f"{tenant}-orders{'-' + date_.isoformat() if date_ else ''}.csv"
-    lines = _order_lines(runtime, tenant, date_, first)
-    return csv_response(name, csv_lines(ORDER_COLUMNS, lines))
+    return csv_response(name, csv_lines(ORDER_COLUMNS, map(_order_line, rows)))

@@ -4,7 +4,6 @@ download. One decision in full, with its evidence and the words, is
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
@@ -12,16 +11,14 @@ from fastapi import APIRouter, Query
 from fastapi.responses import StreamingResponse
 from pydantic import AwareDatetime
 
-from sendflowr.api.csv_export import CSV_RESPONSES, csv_lines, csv_response
+from sendflowr.api.csv_export import CSV_RESPONSES, EXPORT_PAGE, csv_lines, csv_response, paged
 from sendflowr.api.data_schemas import DecisionOut, DecisionsOut
 from sendflowr.api.deps import RuntimeDep
 from sendflowr.errors import InvalidInputError
-from sendflowr.runtime import Runtime
 from sendflowr.storage.events.data_views import DecisionRow
 
 router = APIRouter(prefix="/api/tenants", tags=["decisions"])
 
-EXPORT_PAGE = 1_000  # rows per event-store query while a CSV streams
 DECISION_COLUMNS = (
     "created_at", "explanation_ref", "decision_id", "universal_id", "intent_id",
     "target_minute_utc", "trigger_timestamp_utc", "confidence_score", "fallback_level",
@@ -92,35 +89,26 @@ def decisions(
     )
 
 
-def _decision_lines(
-    runtime: Runtime, tenant: str, since: datetime | None, rows: list[DecisionRow]
-) -> Iterator[list[Any]]:
-    """CSV rows from the first page (read before the answer starts, so a store fault is still
-    a 503), then page after page while the download streams."""
-    while True:
-        for row in rows:
-            d = _out(row)
-            yield [
-                d.created_at,
-                d.explanation_ref,
-                d.decision_id,
-                d.universal_id,
-                d.intent_id,
-                d.target_minute_utc,
-                d.trigger_timestamp_utc,
-                d.confidence_score,
-                d.fallback_level,
-                d.model_version,
-                d.exploration,
-                d.machine_opens_excluded,
-                d.suppressed,
-                d.suppression_policy,
-                d.suppression_reason,
-                ";".join(d.policies),
-            ]
-        if len(rows) < EXPORT_PAGE:
-            return
-        rows = runtime.events.decisions(tenant, EXPORT_PAGE, since=since, after=rows[-1].cursor)
+def _decision_line(row: DecisionRow) -> list[Any]:
+    d = _out(row)
+    return [
+        d.created_at,
+        d.explanation_ref,
+        d.decision_id,
+        d.universal_id,
+        d.intent_id,
+        d.target_minute_utc,
+        d.trigger_timestamp_utc,
+        d.confidence_score,
+        d.fallback_level,
+        d.model_version,
+        d.exploration,
+        d.machine_opens_excluded,
+        d.suppressed,
+        d.suppression_policy,
+        d.suppression_reason,
+        ";".join(d.policies),
+    ]
 
 
 @router.get("/{tenant}/decisions.csv", response_class=StreamingResponse, responses=CSV_RESPONSES)
@@ -130,5 +118,10 @@ def decisions_csv(tenant: str, runtime: RuntimeDep, since: Since = None) -> Stre
     runtime.metadata.get_tenant(tenant)
     _check_since(since)
     first = runtime.events.decisions(tenant, EXPORT_PAGE, since=since)
-    lines = _decision_lines(runtime, tenant, since, first)
+    rows = paged(
+        first,
+        lambda last: runtime.events.decisions(tenant, EXPORT_PAGE, since=since, after=last.cursor),
+        EXPORT_PAGE,
+    )
+    lines = map(_decision_line, rows)
     return csv_response(f"{tenant}-decisions.csv", csv_lines(DECISION_COLUMNS, lines))

@@ -15,7 +15,7 @@ import numpy.typing as npt
 import orjson
 import pyarrow as pa
 
-from sendflowr.storage.events.data_views import DataViews
+from sendflowr.storage.events.data_views import ORDER_COLUMNS, DataViews, order_row
 from sendflowr.storage.events.explanation_buffer import ExplanationBuffer
 from sendflowr.storage.events.migrations import MIGRATIONS, STATUS_TABLE, Migration
 from sendflowr.storage.events.millis import from_ms, to_ms
@@ -460,24 +460,11 @@ class EventStore(DataViews):
             f"SELECT count() FROM `{self.database}`.email_events FINAL WHERE {where}", params
         )
         rows = self._rows(
-            "SELECT esp_event_id, toUnixTimestamp64Milli(occurred_at), universal_id, "
-            "campaign_id, flow_id, message_id, properties "
-            f"FROM `{self.database}`.email_events FINAL WHERE {where} "
+            f"SELECT {ORDER_COLUMNS} FROM `{self.database}`.email_events FINAL WHERE {where} "
             "ORDER BY occurred_at DESC, esp_event_id LIMIT {limit:UInt32} OFFSET {offset:UInt64}",
             params,
         )
-        out = [
-            {
-                "esp_event_id": str(r[0]),
-                "occurred_at": from_ms(r[1]),
-                "universal_id": str(r[2]),
-                "campaign_id": str(r[3]) or None,
-                "flow_id": str(r[4]) or None,
-                "message_id": str(r[5]) or None,
-                "properties": orjson.loads(r[6]) if r[6] else {},
-            }
-            for r in rows
-        ]
+        out = [order_row(r) for r in rows]
         return int(total[0][0]) if total else 0, out
 
     def tenants(self) -> list[str]:

@@ -69,6 +69,13 @@ def order_cursor(row: Mapping[str, Any]) -> Cursor:
     return to_ms(row["occurred_at"]), str(row["esp_event_id"])
 
 
+# The columns `order_row` reads, in its order.
+ORDER_COLUMNS = (
+    "esp_event_id, toUnixTimestamp64Milli(occurred_at), universal_id, "
+    "campaign_id, flow_id, message_id, properties"
+)
+
+
 def order_row(r: list[Any]) -> dict[str, Any]:
     """(esp_event_id, ms, universal_id, campaign_id, flow_id, message_id, properties) as the
     dict `EventStore.orders` returns."""
@@ -143,9 +150,7 @@ class DataViews(abc.ABC):
             )
             params["after_ms"], params["after_id"] = after
         rows = self._rows(
-            "SELECT esp_event_id, toUnixTimestamp64Milli(occurred_at), universal_id, "
-            "campaign_id, flow_id, message_id, properties "
-            f"FROM `{self.database}`.email_events FINAL WHERE {where} "
+            f"SELECT {ORDER_COLUMNS} FROM `{self.database}`.email_events FINAL WHERE {where} "
             "ORDER BY occurred_at DESC, esp_event_id DESC LIMIT {limit:UInt32}",
             params,
         )

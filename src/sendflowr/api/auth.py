@@ -56,7 +56,7 @@ from sendflowr.api.session import (
 from sendflowr.errors import SendFlowrError
 from sendflowr.runtime import Runtime
 from sendflowr.settings import Settings
-from sendflowr.storage.metadata.keys import KEY_PREFIX, KeyStore, Scope, scope_allows
+from sendflowr.storage.metadata.keys import KEY_PREFIX, ApiKey, KeyStore, Scope, scope_allows
 
 log = logging.getLogger("sendflowr.api.auth")
 
@@ -234,12 +234,16 @@ def _identify(state: _AuthState, token: str) -> Principal | None:
     return Principal(key.id, key.tenant, key.scope, key.name)
 
 
+def _stored_key_fingerprint(key: ApiKey) -> str:
+    return fingerprint(f"{key.id}:{key.created_at.isoformat()}".encode())
+
+
 def key_fingerprint(state: _AuthState, principal: Principal) -> str:
     """What a session of `principal` is bound to (see api/session.py)."""
     if principal.key_id == SETTINGS_KEY_ID and state.admin_key is not None:
         return fingerprint(state.admin_key)
     key = state.keys.get(principal.key_id)
-    return fingerprint(f"{principal.key_id}:{key.created_at.isoformat() if key else ''}".encode())
+    return _stored_key_fingerprint(key) if key is not None else fingerprint(b"")
 
 
 def session_principal(state: _AuthState, session: SessionData) -> Principal | None:
@@ -251,10 +255,9 @@ def session_principal(state: _AuthState, session: SessionData) -> Principal | No
     key = state.keys.get(session.key_id)
     if key is None or key.revoked:
         return None
-    principal = Principal(key.id, key.tenant, key.scope, key.name)
-    if not hmac.compare_digest(session.fingerprint, key_fingerprint(state, principal)):
+    if not hmac.compare_digest(session.fingerprint, _stored_key_fingerprint(key)):
         return None
-    return principal
+    return Principal(key.id, key.tenant, key.scope, key.name)
 
 
 def identify_key(request: Request, runtime: Runtime, token: str) -> Principal | None:

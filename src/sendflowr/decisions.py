@@ -6,6 +6,11 @@ audience profile is rebuilt from the store at most every few minutes, and every 
 writes its explanation to `timing_explanations`: a batch before it is returned (one columnar
 insert), a single decision through the store's explanation buffer (a background write within
 tens of milliseconds; reading it back, erasure and shutdown write it first).
+
+An erasure reaches the cached audience curve: the process that ran it drops the tenant's curve
+at once (`TimingService.forget_audience`), and every process re-reads the tenant's latest
+erasure audit id (shared metadata) at most every ERASURE_CHECK_S and drops a curve built before
+it. The check is per tenant and time-based, never per decision.
 """
 
 from __future__ import annotations
@@ -59,6 +64,7 @@ if TYPE_CHECKING:
     from sendflowr.policy_facts import PolicyContext
 
 AUDIENCE_TTL_S: Final = 300.0
+ERASURE_CHECK_S: Final = 5.0  # how often a cached audience looks for a newer erasure
 AUDIENCE_DAYS: Final = 180  # history that shapes the audience curve
 
 
@@ -112,6 +118,14 @@ def fold_history(
     )
 
 
+@dataclass(slots=True)
+class _CachedAudience:
+    table: ActivityTable
+    built: float  # monotonic seconds
+    erasure_id: int  # the tenant's latest erasure audit id, read before the history
+    checked: float  # when erasure_id was last compared with the audit table
+
+
 class TimingService:
     def __init__(
         self,
@@ -120,6 +134,9 @@ class TimingService:
         params: EngineParams | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         features: FeatureCache | None = None,
+        *,
+        erasure_check_s: float = ERASURE_CHECK_S,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.events = events
         self.identity = identity
@@ -128,17 +145,68 @@ class TimingService:
         self.params = params or EngineParams()
         self.clock = clock
         self._prior = global_prior()
-        self._audiences: dict[str, tuple[float, ActivityTable]] = {}
+        self.erasure_check_s = erasure_check_s
+        self._monotonic = monotonic
+        self._audiences: dict[str, _CachedAudience] = {}
+        self._forgotten: dict[str, int] = {}  # per tenant: forget_audience calls so far
+        self._builders: dict[str, threading.Lock] = {}  # per tenant: held while building
         self._lock = threading.Lock()
+
+    def forget_audience(self, tenant: str) -> None:
+        """Drop the tenant's cached audience curve: the next decision rebuilds it from the
+        store. Called after an erasure in this process (other processes notice it through the
+        erasure audit within ERASURE_CHECK_S)."""
+        with self._lock:
+            self._audiences.pop(tenant, None)
+            # a rebuild already reading the history must not store its (older) curve
+            self._forgotten[tenant] = self._forgotten.get(tenant, 0) + 1
 
     def audience(self, tenant: str, zone: ZoneInfo, now: int) -> ActivityTable:
         """The tenant's aggregate curve: every person's recent history, read in one query and
         folded through the same per-person update (deliveries included), then summed. Cached
-        for a few minutes."""
+        for AUDIENCE_TTL_S; dropped sooner when the tenant's latest erasure audit id (read at
+        most every `erasure_check_s`, by one caller while the others keep the cached curve)
+        differs from the one it was built under."""
+        stale: ActivityTable | None = None  # an expired curve (not an erased one)
         with self._lock:
             cached = self._audiences.get(tenant)
-            if cached is not None and time.monotonic() - cached[0] < AUDIENCE_TTL_S:
-                return cached[1]
+            mono = self._monotonic()
+            if cached is not None and mono - cached.built < AUDIENCE_TTL_S:
+                if mono - cached.checked < self.erasure_check_s:
+                    return cached.table
+                cached.checked = mono  # this caller checks; concurrent ones use the curve
+            elif cached is not None:
+                stale, cached = cached.table, None
+            builder = self._builders.setdefault(tenant, threading.Lock())
+        if cached is not None:
+            if self.identity.latest_erasure_id(tenant) == cached.erasure_id:
+                return cached.table
+            with self._lock:
+                if self._audiences.get(tenant) is cached:
+                    del self._audiences[tenant]
+        # One build per tenant at a time: while it runs, callers with an expired curve keep
+        # it and the others wait for the new one (no stampede of identical builds).
+        if not builder.acquire(blocking=stale is None):
+            assert stale is not None
+            return stale
+        try:
+            with self._lock:
+                built = self._audiences.get(tenant)
+                forgotten = self._forgotten.get(tenant, 0)
+                if built is not None and self._monotonic() - built.built < AUDIENCE_TTL_S:
+                    return built.table  # built while this caller waited
+            # read before the history: an erasure committed later shows as newer
+            erasure_id = self.identity.latest_erasure_id(tenant)
+            audience = self._build_audience(tenant, zone, now)
+            with self._lock:
+                if self._forgotten.get(tenant, 0) == forgotten:
+                    mono = self._monotonic()
+                    self._audiences[tenant] = _CachedAudience(audience, mono, erasure_id, mono)
+            return audience
+        finally:
+            builder.release()
+
+    def _build_audience(self, tenant: str, zone: ZoneInfo, now: int) -> ActivityTable:
         since = datetime.fromtimestamp(now - AUDIENCE_DAYS * 86_400, UTC)
         uids, utc, types, machine = self.events.engagement_history(tenant, HISTORY_TYPES, since)
         audience = ActivityTable.empty(1)
@@ -157,8 +225,6 @@ class TimingService:
             )
             audience = summed(people, now, self.params.activity.half_life_s)
             audience.archetypes = audience_archetypes(people, zone, now, self.params)
-        with self._lock:
-            self._audiences[tenant] = (time.monotonic(), audience)
         return audience
 
     def person_profile(

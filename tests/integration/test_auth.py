@@ -206,6 +206,7 @@ def test_every_route_but_the_open_ones_needs_a_key(app_client: TestClient) -> No
         "/ui/{slug}",
     }
     checked = 0
+    guarded: set[str] = set()
     for context in iter_route_contexts(c.app.routes):  # type: ignore[attr-defined]
         template = str(context.path)
         path = re.sub(r"\{[^}]+\}", "x", template)
@@ -216,8 +217,14 @@ def test_every_route_but_the_open_ones_needs_a_key(app_client: TestClient) -> No
                 continue
             assert r.status_code == 401, (method, template, r.status_code)
             assert r.headers["WWW-Authenticate"].startswith("Bearer")
+            # A body that is not JSON is no way around it: 401 before the body is read.
+            json_type = {"Content-Type": "application/json"}
+            bad = c.request(method, path, content=b"{", headers=json_type)
+            assert bad.status_code == 401, (method, template, bad.status_code, bad.text[:200])
             checked += 1
+            guarded.add(template)
     assert checked > 50
+    assert {"/api/operator-keys", "/api/operator-keys/{key_id}"} <= guarded
     assert c.get("/health").status_code == 200
     # The webhook receiver answers by its signature check, not by an API key.
     hook = c.post("/api/webhook/klaviyo/acme", content=b"{}")

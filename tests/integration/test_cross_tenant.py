@@ -5,8 +5,9 @@ The routes are enumerated from `app.routes`, so a route added without tenant sco
 here (and a route with a request body fails until it has a sample body below). For each route:
 
 - with tenant "b" wherever a tenant goes (path, query, body): 403 for an authenticated route
-  (never 2xx; the exact 403 also proves the sample body was valid, since a body-tenant check
-  runs after validation);
+  (never 2xx; for a tenant in the body the exact 403 also proves the sample body was valid,
+  since a body-tenant check runs after validation; a path or query tenant is checked before the
+  body is read, tests/integration/test_auth_before_body.py);
 - with A's own tenant but B's object ids: 404 (an id of another tenant is unknown);
 - in every answer: none of B's data (markers that appear nowhere in the request).
 """
@@ -177,6 +178,7 @@ def _body(method: str, template: str, tenant: str, b: dict[str, str]) -> Any:
         ("POST", "/api/tenants"): {"id": tenant, "name": "x"},
         ("PATCH", "/api/tenants/{tenant}"): {"name": "renamed"},
         ("POST", "/api/tenants/{tenant}/keys"): {"name": "x", "scopes": ["admin"]},
+        ("POST", "/api/operator-keys"): {"name": "x", "scopes": ["admin"]},
         ("PUT", "/api/tenants/{tenant}/accounts/klaviyo"): {"api_key": "pk_" + "a" * 34},
         ("POST", "/api/tenants/{tenant}/accounts/klaviyo/webhook-secret"): {"secret": "s" * 32},
         ("POST", "/api/tenants/{tenant}/accounts/klaviyo/flow-webhook-secret"): {
@@ -236,6 +238,13 @@ UNTARGETED = {
     ("GET", "/api/connector/backfill/status"),
     ("POST", "/api/connector/backfill/start-all"),
 }
+# Operator-only routes (no tenant anywhere): a tenant's key is 403 whatever it names, B's key
+# id included (an operator key cannot be reached by id from a tenant key, not even as a 404).
+OPERATOR_ONLY = {
+    ("GET", "/api/operator-keys"),
+    ("POST", "/api/operator-keys"),
+    ("DELETE", "/api/operator-keys/{key_id}"),
+}
 # Body routes where B's objects can be named under A's own tenant.
 BODY_IDS = {
     ("POST", "/timing/decide"),
@@ -269,6 +278,7 @@ def test_no_route_lets_a_tenant_key_reach_another_tenant(
     operator, alice, b = world
     markers = _markers(operator, b)
     tried = 0
+    seen: set[tuple[str, str]] = set()
     for context in iter_route_contexts(alice.app.routes):  # type: ignore[attr-defined]
         route = context.original_route
         for method in sorted((context.methods or set()) - {"HEAD", "OPTIONS"}):
@@ -297,6 +307,7 @@ def test_no_route_lets_a_tenant_key_reach_another_tenant(
                 body = _body(method, template, tenant, b) if has_body else None
                 r = alice.request(method, path, params=query, json=body)
                 tried += 1
+                seen.add((method, template))
                 what = f"{method} {path} {query} {body} -> {r.status_code} {r.text[:300]}"
                 request_text = f"{path} {query} {body}"
                 for marker in markers:
@@ -310,10 +321,13 @@ def test_no_route_lets_a_tenant_key_reach_another_tenant(
                 if (method, template) in UNTARGETED:
                     assert r.status_code < 300, what  # lists only A's tenants
                     continue
-                expected = 403 if tenant == "b" else 404
+                expected = 403 if tenant == "b" or (method, template) in OPERATOR_ONLY else 404
                 assert r.status_code == expected, what
     assert tried > 60
-    # B's data is all still there after A's attempts.
+    assert seen >= OPERATOR_ONLY
+    # B's data is all still there after A's attempts, B's key included.
+    bob = {"Authorization": f"Bearer {b['key']}"}
+    assert alice.get("/api/tenants/b", headers=bob).status_code == 200
     assert operator.get("/api/tenants/b").json()["name"] == B_NAME
     assert operator.get(f"/api/tenants/b/intents/{b['intent_id']}").status_code == 200
     sched = operator.get(f"/api/schedules/{b['schedule_id']}", params={"tenant": "b"})

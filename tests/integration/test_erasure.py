@@ -171,6 +171,8 @@ def test_erasure_removes_the_person_from_every_store(rt: Runtime, api: TestClien
         "triggers": 2,  # one sent, one scheduled
         "features": 1,
         "dead_letters": 2,
+        "archive_rows": 0,  # nothing of hers was archived (the pipeline directly)
+        "archive_files": 0,
     }
 
     # Nothing of ann is left in acme ...

@@ -11,7 +11,7 @@ from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
 from sendflowr import __version__
-from sendflowr.api.auth import Authenticated
+from sendflowr.api.auth import Authenticated, AuthFirstMiddleware
 from sendflowr.api.errors import document_errors, install_error_handlers
 from sendflowr.api.limits import BodyLimitMiddleware
 from sendflowr.api.routes import (
@@ -28,6 +28,7 @@ from sendflowr.api.routes import (
     metrics,
     mock,
     oauth,
+    operator_keys,
     policies,
     schedules,
     tenants,
@@ -104,8 +105,12 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
         app.state.runtime = runtime
     install_error_handlers(app)
     document_errors(app)  # every 4xx/503 a route can answer, in the OpenAPI document
-    app.add_middleware(DecisionLatencyMiddleware)  # sendflowr_decision_latency_seconds
+    # Each add wraps the ones before: a request passes DecisionLatency, AuthFirst, BodyLimit,
+    # then the routes. The key is checked before anything looks at the body (size, type, JSON),
+    # so a caller without a valid one gets 401 whatever it sends.
     app.add_middleware(BodyLimitMiddleware)  # body caps (413) and JSON only (422)
+    app.add_middleware(AuthFirstMiddleware)  # api/auth.py: 401/403/429 before the body is read
+    app.add_middleware(DecisionLatencyMiddleware)  # sendflowr_decision_latency_seconds
     # Open: /health, the signed webhook receivers; /metrics and the OAuth router guard their
     # own routes (an operator key unless metrics_public; the callback is single-use state).
     for module in (health, metrics, oauth, webhooks):
@@ -121,6 +126,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     for module in (
         tenants,
         keys,
+        operator_keys,
         accounts,
         events,
         identity,

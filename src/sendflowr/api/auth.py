@@ -1,7 +1,10 @@
 """Who is calling: API keys, scopes, tenant scoping and per-key rate limits.
 
 Every route but `/health`, the signed webhook receivers and the OAuth callback depends on
-`authenticate` (the app adds it to each router; see app.py). It
+`authenticate` (the app adds it to each router; see app.py). `AuthFirstMiddleware` runs the
+same checks for those routes *before the body is read*: FastAPI parses a JSON body before it
+resolves any dependency, so without it a malformed body would be a 422 to a caller with no key.
+In order, the check
 
 1. reads the key from `Authorization: Bearer <key>` (or `X-API-Key`): none or a bad one is 401
    with `WWW-Authenticate: Bearer`;
@@ -11,7 +14,11 @@ Every route but `/health`, the signed webhook receivers and the OAuth callback d
 4. checks every `tenant` in the path and query against the key's tenant (403), so a route that
    names its tenant there is scoped without code of its own. Routes that take the tenant in the
    body call `Principal.check_tenant` themselves; objects addressed by id are then read with the
-   (checked) tenant, so another tenant's id is a 404.
+   (checked) tenant, so another tenant's id is a 404;
+5. (the middleware) runs the route's `AdminOnly`, `OperatorOnly` or `OperatorRead` too.
+
+Keys are not cached: each request reads its key's row (one primary-key look-up), so a revoked
+key is refused on its next request in every process at once.
 
 The operator (every tenant) is the `admin_api_key` from settings or a key created with
 `sendflowr keys create --all-tenants`.
@@ -24,25 +31,32 @@ carry the session's CSRF token in `X-CSRF-Token`.
 from __future__ import annotations
 
 import hmac
+import inspect
 import logging
 import math
 import os
 import secrets
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, cast
+from typing import Annotated, Any, cast
 
 from fastapi import Depends, Request
+from fastapi.routing import RouteContext, iter_route_contexts
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.security.utils import get_authorization_scheme_param
 from limits import RateLimitItem, parse
 from limits.errors import ConfigurationError
 from limits.storage import Storage, storage_from_string
 from limits.strategies import MovingWindowRateLimiter
 from pydantic import SecretStr
+from starlette.concurrency import run_in_threadpool
+from starlette.routing import Match
+from starlette.types import ASGIApp, Receive, Send
+from starlette.types import Scope as AsgiScope
 
 from sendflowr.api.deps import get_runtime
 from sendflowr.api.session import (
@@ -284,6 +298,11 @@ def _from_cookie(request: Request, state: _AuthState) -> Principal:
     return principal
 
 
+# Where AuthFirstMiddleware leaves the principal it checked, for `authenticate` to reuse (an
+# ASGI scope key: nothing a client sends can set it).
+_SCOPE_PRINCIPAL = "sendflowr.principal"
+
+
 def authenticate(
     request: Request,
     runtime: Annotated[Runtime, Depends(get_runtime)],
@@ -291,7 +310,13 @@ def authenticate(
     api_key: ApiKeyDep,
 ) -> Principal:
     """The caller, after the key, rate-limit, method-scope and path/query tenant checks."""
-    token = _token(bearer, api_key)
+    checked = request.scope.get(_SCOPE_PRINCIPAL)
+    if isinstance(checked, Principal):
+        return checked  # AuthFirstMiddleware ran these checks before the body was read
+    return _check_request(request, runtime, _token(bearer, api_key))
+
+
+def _check_request(request: Request, runtime: Runtime, token: str | None) -> Principal:
     state = auth_state(request, runtime)
     if token is None:
         principal = _from_cookie(request, state)
@@ -361,6 +386,115 @@ def metrics_guard(
     if runtime.settings.metrics_public:
         return None
     return _operator_read(authenticate(request, runtime, bearer, api_key))
+
+
+# The route dependencies that only look at the principal, so the middleware can run them early.
+_PRINCIPAL_GUARDS: dict[Callable[..., Any], Callable[[Principal], Principal]] = {
+    _admin: _admin,
+    _operator: _operator,
+    _operator_read: _operator_read,
+}
+
+
+def _request_token(request: Request) -> str | None:
+    """The key as `HTTPBearer` and `APIKeyHeader` read it (see `_bearer`, `_api_key`)."""
+    authorization = request.headers.get("Authorization")
+    scheme, credentials = get_authorization_scheme_param(authorization)
+    bearer = None
+    if authorization and scheme.lower() == "bearer" and credentials:
+        bearer = HTTPAuthorizationCredentials(scheme=scheme, credentials=credentials)
+    return _token(bearer, request.headers.get("X-API-Key"))
+
+
+@dataclass(frozen=True, slots=True)
+class _Guarded:
+    route: RouteContext
+    guards: tuple[Callable[[Principal], Principal], ...]  # run after `authenticate`
+
+
+def _route_table(app: Any) -> list[tuple[RouteContext, _Guarded | None]]:
+    table: list[tuple[RouteContext, _Guarded | None]] = []
+    for context in iter_route_contexts(app.routes):
+        deps = [getattr(d, "dependency", None) for d in getattr(context, "dependencies", ())]
+        guarded = None
+        if authenticate in deps:
+            guards = tuple(_PRINCIPAL_GUARDS[d] for d in deps if d in _PRINCIPAL_GUARDS)
+            guarded = _Guarded(context, guards)
+        table.append((context, guarded))
+    return table
+
+
+class AuthFirstMiddleware:
+    """Authenticate before the body is read, on every route that depends on `authenticate`.
+
+    FastAPI reads and parses a JSON body before it resolves a route's dependencies, so a body
+    that is not JSON would be answered 422 to anyone, key or not. This pure ASGI middleware
+    finds the route the router will pick (the same `matches` the router calls, in the same
+    order), and when that route depends on `authenticate` it runs the checks first: the key
+    (401), the rate limit (429), the method's scope, the path and query tenant and the route's
+    AdminOnly/OperatorOnly/OperatorRead (403). A refusal is answered through the app's own
+    exception handlers (api/errors.py), so it is the same response the dependency gives. The
+    principal is left in the scope, where `authenticate` finds it (one check, one rate-limit
+    hit). Routes without `authenticate` (health, webhooks, the OAuth callback, the dashboard's
+    pages, /metrics) pass through untouched.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+        self._table: list[tuple[RouteContext, _Guarded | None]] | None = None
+
+    def _match(self, scope: AsgiScope) -> tuple[_Guarded, dict[str, Any]] | None:
+        if self._table is None:  # the app's routes are all in place by its first request
+            self._table = _route_table(scope["app"])
+        for context, guarded in self._table:
+            match, child = context.matches(scope)
+            if match == Match.FULL:
+                if guarded is None:
+                    return None
+                return guarded, dict(child.get("path_params", {}))
+        return None  # 404, 405 or a redirect: the router answers
+
+    async def __call__(self, scope: AsgiScope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or "app" not in scope:
+            await self.app(scope, receive, send)
+            return
+        found = self._match(scope)
+        if found is None:
+            await self.app(scope, receive, send)
+            return
+        guarded, path_params = found
+        scope.setdefault("state", {})
+        # A view of the request with the route's path parameters (the router sets them on the
+        # real scope later); it shares `state` with the real one.
+        request = Request({**scope, "path_params": path_params})
+        try:
+            runtime = get_runtime(request)
+            principal = await run_in_threadpool(
+                _check_request, request, runtime, _request_token(request)
+            )
+            for guard in guarded.guards:
+                guard(principal)
+        except Exception as exc:  # answered as the route's own dependency would be
+            response = await _handled(request, exc)
+            if response is None:
+                raise
+            scope["route"] = guarded.route.original_route  # labels (DecisionLatencyMiddleware)
+            await response(scope, receive, send)
+            return
+        scope[_SCOPE_PRINCIPAL] = principal
+        await self.app(scope, receive, send)
+
+
+async def _handled(request: Request, exc: Exception) -> Any:
+    """The app's exception handler's response for `exc` (errors.py), or None."""
+    handlers: dict[Any, Any] = request.app.exception_handlers
+    for cls in type(exc).__mro__:
+        handler = handlers.get(cls)
+        if handler is not None:
+            if inspect.iscoroutinefunction(handler):
+                return await handler(request, exc)
+            return await run_in_threadpool(handler, request, exc)
+    return None
 
 
 ADMIN_KEY_FILE = "admin.key"

@@ -10,20 +10,33 @@ webhook delivery, a backfill page, an events API request), and `write` returns o
 file is durable: fsynced and renamed into place on a local disk, or fully uploaded (the
 object store acknowledged the close) for an fsspec URL. The API answers 2xx after that, so
 nothing it accepted is missing from the archive.
+
+Data-subject erasure (`RawArchive.erase_rows`) rewrites the tenant's files without the rows
+that name the person: same schema, zstd; on a local disk through a temporary file, fsynced and
+renamed over the old one; on an fsspec URL the new part (same time prefix, new random suffix)
+is uploaded before the old one is removed. A file left with no rows is deleted; files without
+such rows are not touched. Erasures of one tenant take turns (a lock per tenant in the
+process, and an flock on a local disk for other processes); new parts a webhook writes
+meanwhile are never touched by a pass that did not list them (see `erase_rows`).
 """
 
 from __future__ import annotations
 
+import fcntl
 import os
 import re
+import threading
 import uuid
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Collection, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import fsspec
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -48,6 +61,12 @@ ARCHIVE_SCHEMA = pa.schema(
 )
 
 _PART = re.compile(r"tenant=([^/]+)/date=(\d{4}-\d{2}-\d{2})/[^/]+\.parquet$")
+_STAMP = re.compile(r"/date=(\d{4}-\d{2}-\d{2})/part-(\d{12})-[^/]*\.parquet$")
+_SEARCHED = ["payload", "context", "event_id"]
+_SEARCHED_SCHEMA = pa.schema([ARCHIVE_SCHEMA.field(name) for name in _SEARCHED])
+_SEARCH_BATCH_ROWS = 50_000
+_READERS = min(8, os.cpu_count() or 1)
+_READ_CHUNK = 256
 
 
 class ArchiveUnavailableError(UnavailableError):
@@ -63,6 +82,25 @@ class ArchiveFile:
     day: date
 
 
+class RowMatcher(Protocol):
+    """Who is being erased (`sendflowr.identity.matching.PersonMatcher`)."""
+
+    def candidates(self, column: pa.Array | pa.ChunkedArray) -> pa.Array | pa.ChunkedArray:
+        """A cheap boolean over-approximation of `names` for a whole column."""
+        ...
+
+    def names(self, payload: str | None) -> bool: ...
+
+
+@dataclass(frozen=True, slots=True)
+class ArchiveErasure:
+    files_rewritten: int = 0
+    files_deleted: int = 0
+    rows_removed: int = 0
+    # Every file this pass listed or wrote: a later pass skips them (`erase_rows(skip=...)`).
+    seen: frozenset[str] = field(default_factory=frozenset)
+
+
 class RawArchive:
     """Writes and lists archive files on a local directory or any fsspec filesystem."""
 
@@ -72,6 +110,8 @@ class RawArchive:
         self.fs: fsspec.AbstractFileSystem = fs
         self.root = str(root).rstrip("/")
         self._local = isinstance(fs, LocalFileSystem)
+        self._locks: dict[str, threading.Lock] = {}
+        self._locks_guard = threading.Lock()
 
     # -- writing ----------------------------------------------------------------------------
     def write(
@@ -163,6 +203,185 @@ class RawArchive:
         for f in files:
             yield from self.read(f).to_pylist()
 
+    # -- data-subject erasure -------------------------------------------------------------------
+    def erase_rows(
+        self,
+        tenant: str,
+        matcher: RowMatcher,
+        *,
+        event_ids: Collection[str] = (),
+        skip: Collection[str] = (),
+        received_before: datetime | None = None,
+    ) -> ArchiveErasure:
+        """Rewrite the tenant's files without the rows whose payload or context the matcher
+        names, or whose `event_id` is one of `event_ids`.
+
+        Only the files listed at the start are read, so a part a webhook writes meanwhile is
+        never lost (nor searched: call again with `skip=` the first pass's `seen` and
+        `received_before=` a cut-off to search the files that appeared since, received before
+        it - a name's time prefix is when its payloads were received). Raises
+        `ArchiveUnavailableError` when a file cannot be read or rewritten; what was done stays
+        done and a retry finishes it."""
+        if "/" in tenant or tenant in ("", ".", ".."):
+            raise ValueError(f"tenant {tenant!r} cannot name an archive directory")
+        ids = pa.array(sorted(set(event_ids)), pa.string())
+        skip = frozenset(skip)
+        with self._erasing(tenant):
+            try:
+                listed = [
+                    f.path
+                    for f in self.files(tenant=tenant)
+                    if f.path not in skip and _received_before(f.path, received_before)
+                ]
+            except FileNotFoundError:
+                listed = []
+            seen = set(listed)
+            rewritten = deleted = removed = 0
+            for path in self._naming(listed, matcher, ids):
+                try:
+                    table = self.read(path)
+                    keep = table.filter(pc.invert(_doomed(table, matcher, ids)))
+                    if keep.num_rows:
+                        seen.add(self._replace(path, keep))
+                        rewritten += 1
+                    else:
+                        self._remove(path)
+                        deleted += 1
+                    removed += table.num_rows - keep.num_rows
+                except FileNotFoundError:  # removed by another hand since the listing
+                    continue
+                except Exception as exc:
+                    name = path.removeprefix(self.root + "/")
+                    raise ArchiveUnavailableError(
+                        f"the raw archive could not be rewritten ({name}: "
+                        f"{type(exc).__name__}: {exc})"
+                    ) from exc
+            return ArchiveErasure(rewritten, deleted, removed, frozenset(seen))
+
+    def _naming(self, paths: Sequence[str], matcher: RowMatcher, ids: pa.Array) -> list[str]:
+        """The files with a row to erase: the searched columns of many files at once (one pass
+        of the vectorised matcher per ~50,000 rows, not per file)."""
+        out: list[str] = []
+        batch: list[tuple[str, pa.Table]] = []
+        rows = 0
+
+        def flush() -> None:
+            nonlocal rows
+            if not batch:
+                return
+            table = pa.concat_tables([t for _, t in batch])
+            owner = pa.array(np.repeat(np.arange(len(batch)), [t.num_rows for _, t in batch]))
+            hit = pc.unique(pc.filter(owner, _doomed(table, matcher, ids))).to_pylist()
+            out.extend(batch[i][0] for i in sorted(hit))
+            batch.clear()
+            rows = 0
+
+        def load(path: str) -> pa.Table | None:
+            try:
+                with self.fs.open(path, "rb") as fh:
+                    table = pq.ParquetFile(fh).read(columns=_SEARCHED, use_threads=False)
+            except FileNotFoundError:  # removed by another hand since the listing
+                return None
+            except Exception as exc:
+                name = path.removeprefix(self.root + "/")
+                raise ArchiveUnavailableError(
+                    f"the raw archive could not be read ({name}: {type(exc).__name__}: {exc})"
+                ) from exc
+            return table.select(_SEARCHED).cast(_SEARCHED_SCHEMA)
+
+        # Small files are read a few at a time (pyarrow releases the GIL), a chunk at a time
+        # so memory holds one batch, not the archive.
+        with ThreadPoolExecutor(_READERS) as pool:
+            for start in range(0, len(paths), _READ_CHUNK):
+                chunk = paths[start : start + _READ_CHUNK]
+                for path, searched in zip(chunk, pool.map(load, chunk), strict=True):
+                    if searched is None:
+                        continue
+                    batch.append((path, searched))
+                    rows += searched.num_rows
+                    if rows >= _SEARCH_BATCH_ROWS:
+                        flush()
+        flush()
+        return out
+
+    def _replace(self, path: str, table: pa.Table) -> str:
+        """`table` in place of the file at `path`; returns where it now is."""
+        if self._local:
+            _write_local(Path(path), table)
+            return path
+        head, name = path.rsplit("/", 1)
+        stamp = name[: len("part-HHMMSSffffff")] if name.startswith("part-") else "part-erased"
+        new = f"{head}/{stamp}-{uuid.uuid4().hex[:12]}.parquet"
+        with self.fs.open(new, "wb") as fh:
+            pq.write_table(table, fh, compression="zstd")
+        self.fs.rm(path)
+        return new
+
+    def _remove(self, path: str) -> None:
+        if self._local:
+            os.remove(path)
+            _fsync_dir(Path(path).parent)
+        else:
+            self.fs.rm(path)
+
+    @contextmanager
+    def _erasing(self, tenant: str) -> Iterator[None]:
+        """One erasure at a time per tenant: two rewriting one file would each put back the
+        other's rows. In this process a lock; across processes on a local disk an flock."""
+        with self._locks_guard:
+            lock = self._locks.setdefault(tenant, threading.Lock())
+        with lock:
+            if not self._local:
+                yield
+                return
+            directory = Path(self.root) / f"tenant={tenant}"
+            if not directory.is_dir():
+                yield  # nothing archived for the tenant (a later pass locks again)
+                return
+            fd = os.open(directory / ".erasure.lock", os.O_RDWR | os.O_CREAT, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                yield
+            finally:
+                os.close(fd)  # releases the flock
+
+
+def _doomed(table: pa.Table, matcher: RowMatcher, event_ids: pa.Array) -> pa.Array:
+    """A boolean per row: it names the person. Vectorised candidates, then `names` on those
+    only."""
+    n = table.num_rows
+    if not n:
+        return pa.array([], pa.bool_())
+    payload, context = table.column("payload"), table.column("context")
+    maybe = pc.or_(matcher.candidates(payload), matcher.candidates(context))
+    by_id = pc.fill_null(pc.is_in(table.column("event_id"), value_set=event_ids), False)
+    maybe = pc.or_(maybe, by_id)
+    out = [False] * n
+    hit = by_id.to_pylist()
+    rows = pc.indices_nonzero(maybe)
+    if not len(rows):
+        return pa.array(out, pa.bool_())
+    payloads = pc.take(payload, rows).to_pylist()
+    contexts = pc.take(context, rows).to_pylist()
+    for i, p, c in zip(rows.to_pylist(), payloads, contexts, strict=True):
+        out[i] = bool(hit[i]) or matcher.names(p) or matcher.names(c)
+    return pa.array(out, pa.bool_())
+
+
+def _received_before(path: str, cutoff: datetime | None) -> bool:
+    """A file received before the cut-off (by its name; a name without the time prefix, such
+    as a compacted file, counts as received before)."""
+    if cutoff is None:
+        return True
+    m = _STAMP.search(path)
+    if m is None:
+        return True
+    try:
+        at = datetime.strptime(m.group(1) + m.group(2), "%Y-%m-%d%H%M%S%f").replace(tzinfo=UTC)
+    except ValueError:
+        return True
+    return at < cutoff
+
 
 def _write_local(path: Path, table: pa.Table) -> None:
     """Write, fsync, then rename into place and fsync the directory: a crash leaves either no
@@ -177,11 +396,15 @@ def _write_local(path: Path, table: pa.Table) -> None:
     os.replace(tmp, path)
     # A new date (or tenant) directory must itself be recorded in its parent to survive.
     for directory in (path.parent, *(path.parents[1:3] if created else ())):
-        fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        _fsync_dir(directory)
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def archive_url(raw: str | None, data_dir: Path) -> str | None:

@@ -1,31 +1,42 @@
 """Data-subject erasure: one person out of every store.
 
 Order matters for a retry. The stores that hang off the identity graph go first (triggers,
-events and explanations, dead letters, cached features), the graph itself last, in one
-transaction with the audit row. A failure part-way leaves the person resolvable, so calling
-the erasure again finishes it; once the graph row is gone the id is unknown (404). Events a
-webhook stored for the person while the erasure ran are swept afterwards (only those written
-before the graph transaction committed, so a person re-created since is not touched).
+the raw archive, events and explanations, dead letters, cached features), the graph itself
+last, in one transaction with the audit row. A failure part-way leaves the person resolvable,
+so calling the erasure again finishes it; once the graph row is gone the id is unknown (404).
+Events a webhook stored for the person while the erasure ran are swept afterwards (only those
+written before the graph transaction committed, so a person re-created since is not touched);
+so are raw archive files written meanwhile (only those received before the commit).
+
+Dead letters and the raw archive are searched by content (`identity.matching`): a payload
+names the person when it holds an address hashing to one of their email hashes, a string
+equal to one of their identifiers (an email hash included) or one of their phones however
+formatted; archive rows also go when their `event_id` is one of the person's stored events
+(looked up before the events are erased). A raw row naming two people (a webhook item whose
+identifiers were refused a merge) goes with either's erasure, so a replay no longer brings
+that event back for the other.
 
 What an erasure cannot reach: an ESP call a worker had already claimed may still go out, and
-the tenant's audience curve (an aggregate over everyone, no per-person row) keeps the person's
-weight until its cache expires (decisions.AUDIENCE_TTL_S).
+copies of the raw archive made outside SendFlowr (a compaction job's output, a bucket's
+object versions or backups) are the operator's to erase.
+
+The tenant's audience curve (an aggregate over everyone, no per-person row) is rebuilt without
+the person: at once in the process that erased (the route calls TimingService.forget_audience);
+in every other process, decisions made more than decisions.ERASURE_CHECK_S after the erasure
+use a rebuilt curve (each process watches the tenant's latest erasure audit id).
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
 
-import orjson
 import sqlalchemy as sa
 
+from sendflowr.archive.store import ArchiveErasure, RawArchive
 from sendflowr.errors import NotFoundError
-from sendflowr.identity.hashing import hash_email
-from sendflowr.identity.identifiers import EMAIL
+from sendflowr.identity.matching import PersonMatcher
 from sendflowr.identity.store import ErasedPerson, ErasureSubject, IdentityGraphStore
 from sendflowr.storage.events.base import EventStore
 from sendflowr.storage.features.base import FeatureCache
@@ -33,8 +44,10 @@ from sendflowr.storage.metadata.store import MetadataStore
 from sendflowr.storage.metadata.tables import dead_letters
 from sendflowr.storage.metadata.triggers import TriggerStore
 
-_EMAILISH = re.compile(r"[^\s\"'<>()\[\]{},;:@\\]+@[^\s\"'<>()\[\]{},;:@\\]+")
 _PAGE = 1_000
+# Event ids looked up to find the person's archive rows by `event_id` (their identifiers find
+# the rest, however many events they have).
+MAX_EVENT_IDS = 100_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +71,7 @@ def erase_person(
     triggers: TriggerStore,
     metadata: MetadataStore,
     hash_key: bytes,
+    archive: RawArchive | None = None,
 ) -> Erasure:
     """Remove the person (or the person an id was merged into) from every store; see the
     module docstring. NotFoundError for an id the tenant does not know (also after an
@@ -68,7 +82,14 @@ def erase_person(
             f"no person {universal_id!r} in tenant {tenant!r}", field="universal_id"
         )
     ids = [*subject.aliases, *subject.stranger_ids]
+    matcher = PersonMatcher(subject.identifiers, hash_key)
     per_schedule = triggers.erase_people(tenant, ids)
+    event_ids: list[str] = []
+    raw = ArchiveErasure()
+    if archive is not None:
+        # Before the events go (also on a retry): the archive's event_id column names them.
+        event_ids = [e.event_id for e in events.profile_events(tenant, ids, limit=MAX_EVENT_IDS)]
+        raw = archive.erase_rows(tenant, matcher, event_ids=event_ids)
     stored = events.erase_people(tenant, ids)
     letters = erase_dead_letters(metadata, tenant, subject, hash_key)
     cached = len(features.get_many(tenant, ids))
@@ -79,6 +100,8 @@ def erase_person(
         "triggers": sum(per_schedule.values()),
         "features": cached,
         "dead_letters": letters,
+        "archive_rows": raw.rows_removed,
+        "archive_files": raw.files_rewritten + raw.files_deleted,
     }
     done: ErasedPerson = identity.erase(tenant, subject, actor, removed)
     committed = datetime.now(UTC)
@@ -87,6 +110,13 @@ def erase_person(
     out = dict(done.removed)
     out["events"] += late["events"]
     out["explanations"] += late["explanations"]
+    if archive is not None:
+        # Files a webhook wrote while the erasure ran, received before the graph commit.
+        again = archive.erase_rows(
+            tenant, matcher, event_ids=event_ids, skip=raw.seen, received_before=committed
+        )
+        out["archive_rows"] += again.rows_removed
+        out["archive_files"] += again.files_rewritten + again.files_deleted
     return Erasure(
         tenant, done.universal_id, len(done.aliases) - 1, out, len(per_schedule), done.audit_id
     )
@@ -95,14 +125,13 @@ def erase_person(
 def erase_dead_letters(
     metadata: MetadataStore, tenant: str, subject: ErasureSubject, hash_key: bytes
 ) -> int:
-    """Delete the tenant's dead letters whose payload names the person: an address that
-    hashes to one of their email hashes, or any string value equal to another identifier of
-    theirs (ESP profile id, phone, external or anonymous id)."""
-    emails = {i.value for i in subject.identifiers if i.kind == EMAIL}
-    others = {i.value for i in subject.identifiers if i.kind != EMAIL}
+    """Delete the tenant's dead letters whose payload names the person (`PersonMatcher`: an
+    address that hashes to one of their email hashes, any string value equal to one of their
+    identifiers, or one of their phones however formatted)."""
+    matcher = PersonMatcher(subject.identifiers, hash_key)
     doomed: list[int] = []
     for letter_id, payload in _letters(metadata, tenant):
-        if _names(payload, emails, others, hash_key):
+        if matcher.names(payload):
             doomed.append(letter_id)
     if not doomed:
         return 0
@@ -129,31 +158,3 @@ def _letters(metadata: MetadataStore, tenant: str) -> Iterator[tuple[int, str]]:
         if len(rows) < _PAGE:
             return
         after = int(rows[-1][0])
-
-
-def _names(payload: str, emails: set[str], others: set[str], key: bytes) -> bool:
-    if emails:
-        for candidate in _EMAILISH.findall(payload):
-            try:
-                if hash_email(key, candidate) in emails:
-                    return True
-            except ValueError:
-                continue
-    if not others:
-        return False
-    try:
-        parsed = orjson.loads(payload)
-    except orjson.JSONDecodeError:
-        return any(v in payload for v in others)
-    return any(s.strip() in others for s in _strings(parsed))
-
-
-def _strings(value: Any) -> Iterator[str]:
-    if isinstance(value, str):
-        yield value
-    elif isinstance(value, dict):
-        for v in value.values():
-            yield from _strings(v)
-    elif isinstance(value, list):
-        for v in value:
-            yield from _strings(v)

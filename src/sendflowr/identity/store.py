@@ -15,7 +15,7 @@ import threading
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Final
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
@@ -103,6 +103,35 @@ class BatchResolution:
     universal_ids: list[str]
     merged: dict[str, list[str]] = field(default_factory=dict)  # survivor -> absorbed
     refused: int = 0
+
+
+# The decision path's two identity reads, built once: building a select per call (its clauses
+# and its cache key) cost SQLAlchemy about twice what running it does.
+_OWNER_ROOT: Final = (
+    sa.select(ids_t.c.universal_id, profiles_t.c.merged_into)
+    .select_from(
+        ids_t.outerjoin(
+            profiles_t,
+            sa.and_(
+                profiles_t.c.tenant == ids_t.c.tenant,
+                profiles_t.c.universal_id == ids_t.c.universal_id,
+            ),
+        )
+    )
+    .where(
+        ids_t.c.tenant == sa.bindparam("tenant"),
+        ids_t.c.kind == sa.bindparam("kind"),
+        ids_t.c.value == sa.bindparam("value"),
+    )
+)
+_ALIASES: Final = (
+    sa.select(profiles_t.c.universal_id)
+    .where(
+        profiles_t.c.tenant == sa.bindparam("tenant"),
+        profiles_t.c.merged_into == sa.bindparam("root"),
+    )
+    .order_by(profiles_t.c.seq)
+)
 
 
 class IdentityGraphStore:
@@ -428,6 +457,17 @@ class IdentityGraphStore:
             ).scalar_one_or_none()
         return uid
 
+    def owner_root(self, tenant: str, identifier: Identifier) -> str | None:
+        """root(owner(identifier)) in one query: the person an identifier names now (None:
+        nobody). The decision path's lookup (a prepared statement: see _OWNER_ROOT)."""
+        with self.metadata._guard(), self.engine.connect() as conn:
+            row = conn.execute(
+                _OWNER_ROOT, {"tenant": tenant, "kind": identifier.kind, "value": identifier.value}
+            ).first()
+        if row is None:
+            return None
+        return str(row.merged_into or row.universal_id)
+
     def owners(self, tenant: str, identifiers: Sequence[Identifier]) -> dict[Identifier, str]:
         """Root universal ids of many identifiers at once (absent: unknown)."""
         by_kind: dict[str, list[str]] = {}
@@ -462,11 +502,7 @@ class IdentityGraphStore:
     def aliases(self, tenant: str, universal_id: str) -> list[str]:
         """The universal ids whose stored events are this person's (itself first)."""
         with self.metadata._guard(), self.engine.connect() as conn:
-            rows = conn.execute(
-                sa.select(profiles_t.c.universal_id)
-                .where(profiles_t.c.tenant == tenant, profiles_t.c.merged_into == universal_id)
-                .order_by(profiles_t.c.seq)
-            ).scalars()
+            rows = conn.execute(_ALIASES, {"tenant": tenant, "root": universal_id}).scalars()
             return [universal_id, *rows]
 
     def profile(self, tenant: str, universal_id: str, recent_merges: int = 20) -> Profile:
@@ -729,6 +765,17 @@ class IdentityGraphStore:
                 .limit(limit)
             ).all()
         return [{**r._mapping, "erased_at": _aware(r._mapping["erased_at"])} for r in rows]
+
+    def latest_erasure_id(self, tenant: str) -> int:
+        """The tenant's newest erasure audit id (0: none yet), from the audit table every
+        process of a deployment shares: one probe of ix_identity_erasures_tenant_id. Caches
+        built from the tenant's people (the audience curve) compare it to notice an erasure
+        another process ran."""
+        with self.metadata._guard(), self.engine.connect() as conn:
+            latest = conn.execute(
+                sa.select(sa.func.max(erasures_t.c.id)).where(erasures_t.c.tenant == tenant)
+            ).scalar()
+        return int(latest or 0)
 
     def forget_cache(self, tenant: str | None = None) -> None:
         with self._lock:

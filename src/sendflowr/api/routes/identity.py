@@ -157,6 +157,8 @@ class ErasedCountsOut(BaseModel):
     triggers: int = Field(description="scheduled, sent or cancelled sends (with addresses)")
     features: int = Field(description="cached feature rows")
     dead_letters: int = Field(description="rejected payloads that named the person")
+    archive_rows: int = Field(description="raw archive rows that named the person")
+    archive_files: int = Field(description="raw archive files rewritten or, left empty, deleted")
 
 
 class ErasureOut(BaseModel):
@@ -176,10 +178,11 @@ def erase(
     actor: Annotated[str, Header(alias="X-SendFlowr-Actor", max_length=200)] = "api",
 ) -> ErasureOut:
     """Data-subject erasure: the person's identifiers, merge records, events, timing
-    explanations, triggers (with their addresses), cached features and dead letters naming
-    them, from every store. An id merged into someone erases that someone. Not idempotent in
-    its answer: once erased the id is unknown, so a second call is 404 (the audit row shows
-    the first). Events of the same address arriving later make a new, history-less person."""
+    explanations, triggers (with their addresses), cached features, and the dead letters and
+    raw archive rows naming them, from every store. An id merged into someone erases that
+    someone. Not idempotent in its answer: once erased the id is unknown, so a second call is
+    404 (the audit row shows the first). Events of the same address arriving later make a
+    new, history-less person."""
     runtime.metadata.get_tenant(tenant)
     done = erase_person(
         tenant,
@@ -191,7 +194,9 @@ def erase(
         triggers=runtime.triggers,
         metadata=runtime.metadata,
         hash_key=runtime.hash_key,
+        archive=runtime.archive,
     )
+    runtime.timing.forget_audience(tenant)  # other processes: within decisions.ERASURE_CHECK_S
     return ErasureOut(
         tenant=tenant,
         universal_id=done.universal_id,

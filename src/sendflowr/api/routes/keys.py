@@ -1,7 +1,7 @@
 """A tenant's API keys: create (the key is shown once), list, revoke. Admin keys only.
 
-Operator keys (valid on every tenant) are made with the CLI: `sendflowr keys create
---all-tenants`.
+Operator keys (valid on every tenant) have their own routes, /api/operator-keys
+(routes/operator_keys.py), and the CLI: `sendflowr keys create --all-tenants`.
 """
 
 from __future__ import annotations

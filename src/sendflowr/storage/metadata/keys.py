@@ -22,7 +22,7 @@ from typing import Any, Literal, cast
 import sqlalchemy as sa
 from sqlalchemy.engine import RowMapping
 
-from sendflowr.errors import InvalidInputError, NotFoundError
+from sendflowr.errors import ConflictError, InvalidInputError, NotFoundError
 from sendflowr.storage.metadata.store import MetadataStore, aware, aware_or_none
 from sendflowr.storage.metadata.tables import api_keys
 
@@ -138,6 +138,56 @@ class KeyStore:
                 api_keys.update()
                 .where(api_keys.c.id == key_id, api_keys.c.revoked_at.is_(None))
                 .values(revoked_at=now)
+            )
+        return ApiKey(
+            key.id, key.tenant, key.name, key.scope, key.created_at, key.last_used_at, now
+        )
+
+    def revoke_operator(self, key_id: str, *, caller: str, outside_admins: int = 0) -> ApiKey:
+        """Revoke an operator key (404 for a tenant's key or an unknown id), unless `caller` (the
+        id of the key making the request) is that key and it is the last active admin operator
+        key: ConflictError, so nobody locks themselves out. `outside_admins` counts admin
+        operator keys that are not stored here (the settings key). The check and the update are
+        one statement, with the active admin operator rows locked first on PostgreSQL, so two
+        such keys revoking themselves at once cannot both succeed."""
+        key = self.get(key_id)
+        if key is None or key.tenant is not None:
+            raise NotFoundError(f"no operator API key {key_id!r}", field="key_id")
+        if key.revoked_at is not None:
+            return key
+        guarded = key_id == caller and key.scope == "admin" and outside_admins <= 0
+        now = datetime.now(UTC)
+        admins = sa.select(api_keys.c.id).where(
+            api_keys.c.tenant.is_(None),
+            api_keys.c.scope == "admin",
+            api_keys.c.revoked_at.is_(None),
+        )
+        update = api_keys.update().where(api_keys.c.id == key_id, api_keys.c.revoked_at.is_(None))
+        if guarded:
+            other = api_keys.alias("other")  # an alias: not correlated with the updated row
+            update = update.where(
+                sa.select(other.c.id)
+                .where(
+                    other.c.tenant.is_(None),
+                    other.c.scope == "admin",
+                    other.c.revoked_at.is_(None),
+                    other.c.id != key_id,
+                )
+                .exists()
+            )
+        with self.metadata._guard(), self.metadata.engine.begin() as conn:
+            if guarded:  # lock them all, in one order: rival self-revocations queue up here
+                conn.execute(admins.order_by(api_keys.c.id).with_for_update()).all()
+            done = conn.execute(update.values(revoked_at=now)).rowcount
+        if not done:
+            current = self.get(key_id)
+            if current is not None and current.revoked_at is not None:
+                return current  # revoked meanwhile by someone else
+            raise ConflictError(
+                "this is the last active admin operator key and the one making this request: "
+                "revoking it would leave no key that can manage operator keys; create another "
+                "admin operator key first",
+                field="key_id",
             )
         return ApiKey(
             key.id, key.tenant, key.name, key.scope, key.created_at, key.last_used_at, now

@@ -324,6 +324,7 @@ identity_erasures = Table(
     Column("erased_at", DateTime(timezone=True), nullable=False),
     Column("removed", JSON, nullable=False),  # per-store counts, no personal data
     Index("ix_identity_erasures_tenant_subject", "tenant", "subject_hash"),
+    Index("ix_identity_erasures_tenant_id", "tenant", "id"),  # latest per tenant (0008)
 )
 
 # -- tenant policies and breakers (migration 0005) -------------------------------------------

@@ -79,8 +79,7 @@ def esp_breaker(
 ) -> Suppression | None:
     """Tripped while the share of failed calls among the ESP's recent ones (triggers due in the
     look-back) exceeds the threshold over enough calls; `esp` None: any of the tenant's."""
-    since = now - timedelta(seconds=cfg.esp_error_window_seconds)
-    for c in store.esp_calls(tenant, since, now):
+    for c in store.hot_esp_calls(tenant, cfg.esp_error_window_seconds, now):
         if esp is not None and c.esp != esp:
             continue
         if c.sent + c.failed >= cfg.esp_error_min_calls and c.error_rate > cfg.esp_error_rate:
@@ -109,7 +108,7 @@ def gather(
 ) -> PolicyContext:
     """The policy facts of a batch: `universal_ids` are the people's root ids (rows)."""
     store = PolicyStore(metadata)
-    policy = store.get(tenant)
+    policy = store.hot(tenant)  # with the ESP call counts: at most HOT_TTL_S old
     cfg = effective_config(policy, intent)
     facts = Facts(len(universal_ids))
     if policy.breaker is not None:  # the operator's switch: every intent

@@ -63,10 +63,10 @@ def _person(runtime: Runtime, tenant: str, id_type: str, value: str) -> tuple[st
         raise InvalidInputError(
             [{"loc": ["query", exc.field], "msg": exc.reason, "type": "value_error"}]
         ) from None
-    uid = runtime.identity.owner(tenant, ident)
+    uid = runtime.identity.owner_root(tenant, ident)
     if uid is None:
         return unknown_person_id(runtime.identity, tenant, ident), False
-    return runtime.identity.root(tenant, uid) or uid, True
+    return uid, True
 
 
 def _latency_and_window(
@@ -94,7 +94,7 @@ def _decide(
     loc: tuple[str, ...],
     include_curve: bool = False,
 ) -> DecisionOut:
-    t = runtime.metadata.get_tenant(tenant)
+    t = runtime.metadata.hot_tenant(tenant)
     latency, window = _latency_and_window(t, latency, send_after, send_before)
     try:
         uid, known = _person(runtime, tenant, id_type, value)
@@ -237,7 +237,7 @@ def decide_batch(
     """Up to 100,000 recipients over one window: one history read, the engine's batch form,
     one explanation row each. Any bad identifier rejects the request (each one is listed)."""
     principal.check_tenant(body.tenant)
-    t = runtime.metadata.get_tenant(body.tenant)
+    t = runtime.metadata.hot_tenant(body.tenant)
     latency, window = _latency_and_window(
         t, body.latency_estimate_seconds, body.send_after, body.send_before
     )

@@ -33,7 +33,7 @@ class ExplanationBuffer:
     def __init__(
         self,
         write: Callable[[Sequence[Explanation]], object],
-        max_delay_s: float = 0.05,
+        max_delay_s: float = 0.25,
         max_rows: int = 2_000,
     ) -> None:
         self._write = write

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
@@ -126,6 +126,11 @@ class PolicyStore:
             ).first()
         return _policy(tenant, row._mapping if row is not None else None)
 
+    def hot(self, tenant: str) -> TenantPolicy:
+        """get() for the decision path: a copy at most HOT_TTL_S old (storage/metadata/hot.py);
+        put, trip and reset drop it in this process when they commit."""
+        return self.metadata.hot.get("policy", tenant, lambda: self.get(tenant))
+
     def put(
         self, tenant: str, config: PolicyConfig, actor: str, expected_version: int | None = None
     ) -> TenantPolicy:
@@ -145,6 +150,7 @@ class PolicyStore:
                 return current
             self._write(conn, current, config=config_to_dict(config))
             _history(conn, tenant, current.version + 1, "updated", actor, diff)
+        self.metadata.hot.forget(tenant)
         return self.get(tenant)
 
     def trip(self, tenant: str, reason: str, actor: str) -> TenantPolicy:
@@ -156,6 +162,7 @@ class PolicyStore:
             self._write(conn, current, breaker_reason=reason, breaker_actor=actor, breaker_at=now)
             _history(conn, tenant, current.version + 1, "tripped", actor,
                      {"breaker": [before, reason]})  # fmt: skip
+        self.metadata.hot.forget(tenant)
         return self.get(tenant)
 
     def reset(self, tenant: str, actor: str) -> TenantPolicy:
@@ -167,6 +174,7 @@ class PolicyStore:
             self._write(conn, current, breaker_reason=None, breaker_actor=None, breaker_at=None)
             _history(conn, tenant, current.version + 1, "reset", actor,
                      {"breaker": [current.breaker.reason, None]})  # fmt: skip
+        self.metadata.hot.forget(tenant)
         return self.get(tenant)
 
     def history(self, tenant: str, limit: int = 200) -> list[PolicyChange]:
@@ -247,6 +255,16 @@ class PolicyStore:
                 if uid in wanted:
                     out.setdefault(uid, []).append(int(aware(at).timestamp()))
         return out
+
+    def hot_esp_calls(self, tenant: str, window_s: int, now: datetime) -> list[EspCalls]:
+        """esp_calls over the `window_s` before `now`, for the decision path: a count at most
+        HOT_TTL_S old (the ESP breaker judges minutes of calls; storage/metadata/hot.py)."""
+        return self.metadata.hot.get(
+            "esp_calls",
+            tenant,
+            lambda: self.esp_calls(tenant, now - timedelta(seconds=window_s), now),
+            key=window_s,
+        )
 
     def esp_calls(self, tenant: str, since: datetime, until: datetime) -> list[EspCalls]:
         """Per ESP, the tenant's triggers due in [since, until) that were sent or failed."""

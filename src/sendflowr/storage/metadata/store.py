@@ -20,6 +20,7 @@ from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
 from sendflowr.errors import ConflictError, NotFoundError, UnavailableError
 from sendflowr.settings import MetadataURL
 from sendflowr.storage.health import BackendHealth
+from sendflowr.storage.metadata.hot import HotReads
 from sendflowr.storage.metadata.tables import dead_letters, tenants
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
@@ -55,7 +56,11 @@ def _engine(url: MetadataURL) -> Engine:
         path = url.sqlalchemy_url.removeprefix("sqlite:///")
         if path and path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
-        engine = sa.create_engine(url.sqlalchemy_url, connect_args={"timeout": 30})
+        # A pool as deep as the API's busy worker threads: above pool_size every checkout
+        # opens a connection (and runs the pragmas below) and closes it again on return.
+        engine = sa.create_engine(
+            url.sqlalchemy_url, connect_args={"timeout": 30}, pool_size=20, max_overflow=40
+        )
 
         @sa.event.listens_for(engine, "connect")
         def _pragmas(dbapi_conn: Any, _record: Any) -> None:
@@ -70,7 +75,7 @@ def _engine(url: MetadataURL) -> Engine:
     return sa.create_engine(
         url.sqlalchemy_url,
         pool_pre_ping=True,
-        pool_size=5,
+        pool_size=10,
         max_overflow=10,
         connect_args={"connect_timeout": 5},
     )
@@ -81,6 +86,8 @@ class MetadataStore:
         self.url = url
         self.backend = url.kind
         self.engine = _engine(url)
+        # the tenant and policy rows the decision path reads, for a few seconds (hot.py)
+        self.hot = HotReads()
 
     # -- migrations -------------------------------------------------------------------------
     def migrate(self) -> list[str]:
@@ -143,6 +150,10 @@ class MetadataStore:
             raise NotFoundError(f"no tenant {tenant_id!r}", field="tenant")
         return found
 
+    def hot_tenant(self, tenant_id: str) -> Tenant:
+        """get_tenant for the decision path: a copy at most HOT_TTL_S old (see hot.py)."""
+        return self.hot.get("tenant", tenant_id, lambda: self.get_tenant(tenant_id))
+
     def list_tenants(self) -> list[Tenant]:
         with self._guard(), self.engine.connect() as conn:
             rows = conn.execute(tenants.select().order_by(tenants.c.id)).all()
@@ -179,6 +190,7 @@ class MetadataStore:
                 values["settings"] = merged
             if values:
                 conn.execute(tenants.update().where(tenants.c.id == tenant_id).values(**values))
+        self.hot.forget(tenant_id)
         return self.get_tenant(tenant_id)
 
     def delete_tenant(self, tenant_id: str) -> None:
@@ -186,6 +198,7 @@ class MetadataStore:
         identity graph, accounts, OAuth states, backfills, catalogue, dead letters)."""
         with self._guard(), self.engine.begin() as conn:
             result = conn.execute(tenants.delete().where(tenants.c.id == tenant_id))
+        self.hot.forget(tenant_id)
         if not result.rowcount:
             raise NotFoundError(f"no tenant {tenant_id!r}", field="tenant")
 

@@ -265,6 +265,8 @@ class TriggerStore:
                     .values(**values)
                 )
                 n += result.rowcount
+        if n:  # the ESP breaker's call counts (storage/metadata/hot.py) are out of date here
+            self.metadata.hot.forget_kind("esp_calls")
         return n
 
     # -- operator actions ----------------------------------------------------------------------

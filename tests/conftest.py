@@ -14,6 +14,7 @@ import os
 import socket
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -74,8 +75,10 @@ def settings(tmp_path: Path, chdb_url: str) -> Settings:
     )
 
 
-@pytest.fixture
-def runtime(settings: Settings) -> Iterator[Runtime]:
+@contextmanager
+def open_runtime(settings: Settings) -> Iterator[Runtime]:
+    """A runtime over `settings`; afterwards its event-store database is dropped and every
+    backend closed."""
     rt = Runtime.open(settings)
     try:
         yield rt
@@ -84,6 +87,12 @@ def runtime(settings: Settings) -> Iterator[Runtime]:
         if drop is not None:
             drop()
         rt.close()
+
+
+@pytest.fixture
+def runtime(settings: Settings) -> Iterator[Runtime]:
+    with open_runtime(settings) as rt:
+        yield rt
 
 
 @pytest.fixture

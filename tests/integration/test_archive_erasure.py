@@ -27,7 +27,7 @@ from sendflowr.runtime import Runtime
 from sendflowr.secrets import generate_key
 from sendflowr.settings import Settings
 from sendflowr.storage.metadata.store import Tenant
-from tests.conftest import ADMIN_HEADERS, HASH_KEY
+from tests.conftest import ADMIN_HEADERS, HASH_KEY, open_runtime
 from tests.integration.test_webhooks import FLOW_SECRET, SECRET, _deliver
 
 KEY = HASH_KEY.encode()
@@ -75,17 +75,13 @@ def brand(settings: Settings) -> Iterator[tuple[TestClient, Runtime]]:
     cfg = settings.model_copy(
         update={"secret_key": SecretStr(generate_key()), "backfill_worker": False}
     )
-    rt = Runtime.open(cfg)
-    try:
+    with open_runtime(cfg) as rt:
         rt.metadata.create_tenant(Tenant("brand", "Brand", "UTC"))
         rt.accounts.connect("brand", "klaviyo", "api_key", {"api_key": "pk_test"})
         rt.accounts.set_webhook_secret("brand", "klaviyo", SECRET)
         rt.accounts.set_webhook_secret("brand", "klaviyo", FLOW_SECRET, flow=True)
         with TestClient(create_app(cfg, runtime=rt), headers=ADMIN_HEADERS) as client:
             yield client, rt
-    finally:
-        rt.events._command(f"DROP DATABASE IF EXISTS `{rt.events.database}`")
-        rt.close()
 
 
 def _every_archived_row(archive: RawArchive) -> list[dict[str, Any]]:

@@ -30,7 +30,7 @@ from sendflowr.settings import Settings
 from sendflowr.storage.metadata.store import MetadataStore, Tenant
 from sendflowr.timing.activity import ActivityTable
 from sendflowr.timing.window import Window
-from tests.conftest import ADMIN_HEADERS, HASH_KEY
+from tests.conftest import ADMIN_HEADERS, HASH_KEY, open_runtime
 
 KEY = HASH_KEY.encode()
 ZONE = ZoneInfo("UTC")
@@ -53,13 +53,9 @@ def rt(request: pytest.FixtureRequest, settings: Settings) -> Iterator[Runtime]:
     if request.param == "postgresql":
         url = request.getfixturevalue("postgres_url")
         settings = settings.model_copy(update={"metadata_url": url})
-    runtime = Runtime.open(settings)
-    runtime.metadata.ensure_tenant(Tenant("acme", "acme", "UTC"))
-    try:
+    with open_runtime(settings) as runtime:
+        runtime.metadata.ensure_tenant(Tenant("acme", "acme", "UTC"))
         yield runtime
-    finally:
-        runtime.events._command(f"DROP DATABASE IF EXISTS `{runtime.events.database}`")
-        runtime.close()
 
 
 @pytest.fixture

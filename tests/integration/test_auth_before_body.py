@@ -20,7 +20,7 @@ from sendflowr.api import create_app
 from sendflowr.api.auth import authenticate
 from sendflowr.runtime import Runtime
 from sendflowr.settings import Settings
-from tests.conftest import ADMIN_HEADERS
+from tests.conftest import ADMIN_HEADERS, open_runtime
 
 JSON = {"Content-Type": "application/json"}
 MALFORMED = [b"{", b'{"tenant": "acme",', b"\xff\xfe", b"[1, 2"]
@@ -78,14 +78,10 @@ def _body_routes(app: object) -> list[BodyRoute]:
 
 @pytest.fixture
 def rt(settings: Settings) -> Iterator[Runtime]:
-    runtime = Runtime.open(
+    with open_runtime(
         settings.model_copy(update={"executor": False, "backfill_worker": False})
-    )
-    try:
+    ) as runtime:
         yield runtime
-    finally:
-        runtime.events._command(f"DROP DATABASE IF EXISTS `{runtime.events.database}`")
-        runtime.close()
 
 
 @pytest.fixture
@@ -233,24 +229,19 @@ def test_a_bad_body_still_counts_against_the_keys_rate_limit(settings: Settings)
     """The middleware charges the limit once per request: a bad body is no longer a way
     around it, and a good request is not charged twice (the dependency reuses the check)."""
     cfg = settings.model_copy(update={"executor": False, "rate_limit_write": "3/minute"})
-    rt = Runtime.open(cfg)
-    try:
-        with TestClient(create_app(cfg, runtime=rt)) as c:
-            r = c.post("/api/tenants", json={"id": "acme", "name": "A"}, headers=ADMIN_HEADERS)
-            assert r.status_code == 201, r.text
-            made = c.post(
-                "/api/tenants/acme/keys",
-                json={"name": "w", "scopes": ["write"]},
-                headers=ADMIN_HEADERS,
-            )
-            write = _h(made.json()["key"])
-            body = {"tenant": "acme", "identifier": {"type": "email", "value": "ann@acme.test"}}
-            ok = c.post("/timing/decide", json=body, headers=write)
-            assert ok.status_code == 200, ok.text
-            codes = [
-                c.post("/timing/decide", content=b"{", headers=write).status_code for _ in range(3)
-            ]
-            assert codes == [422, 422, 429]
-    finally:
-        rt.events._command(f"DROP DATABASE IF EXISTS `{rt.events.database}`")
-        rt.close()
+    with open_runtime(cfg) as rt, TestClient(create_app(cfg, runtime=rt)) as c:
+        r = c.post("/api/tenants", json={"id": "acme", "name": "A"}, headers=ADMIN_HEADERS)
+        assert r.status_code == 201, r.text
+        made = c.post(
+            "/api/tenants/acme/keys",
+            json={"name": "w", "scopes": ["write"]},
+            headers=ADMIN_HEADERS,
+        )
+        write = _h(made.json()["key"])
+        body = {"tenant": "acme", "identifier": {"type": "email", "value": "ann@acme.test"}}
+        ok = c.post("/timing/decide", json=body, headers=write)
+        assert ok.status_code == 200, ok.text
+        codes = [
+            c.post("/timing/decide", content=b"{", headers=write).status_code for _ in range(3)
+        ]
+        assert codes == [422, 422, 429]

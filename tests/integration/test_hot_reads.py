@@ -20,7 +20,7 @@ from sendflowr.settings import Settings
 from sendflowr.storage.metadata.hot import HotReads
 from sendflowr.storage.metadata.policies import PolicyStore
 from sendflowr.storage.metadata.store import MetadataStore
-from tests.conftest import ADMIN_HEADERS
+from tests.conftest import ADMIN_HEADERS, open_runtime
 
 T = "hot"
 
@@ -84,14 +84,8 @@ def test_a_value_loaded_across_a_forget_is_not_kept() -> None:
 
 @pytest.fixture
 def rt(settings: Settings) -> Iterator[Runtime]:
-    runtime = Runtime.open(settings.model_copy(update={"executor": False}))
-    try:
+    with open_runtime(settings.model_copy(update={"executor": False})) as runtime:
         yield runtime
-    finally:
-        drop = getattr(runtime.events, "drop_database", None)
-        if drop is not None:
-            drop()
-        runtime.close()
 
 
 @pytest.fixture

@@ -19,7 +19,7 @@ from sendflowr.runtime import Runtime
 from sendflowr.settings import Settings
 from sendflowr.storage.metadata.keys import KeyStore
 from sendflowr.storage.metadata.tables import api_keys
-from tests.conftest import ADMIN_HEADERS
+from tests.conftest import ADMIN_HEADERS, open_runtime
 
 BASE = "/api/operator-keys"
 
@@ -39,28 +39,21 @@ def _settings(
     return settings.model_copy(update=update)
 
 
-def _open(settings: Settings) -> Iterator[Runtime]:
-    runtime = Runtime.open(settings)
-    try:
-        yield runtime
-    finally:
-        runtime.events._command(f"DROP DATABASE IF EXISTS `{runtime.events.database}`")
-        runtime.close()
-
-
 BACKENDS = ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
 
 
 @pytest.fixture(params=BACKENDS)
 def rt(request: pytest.FixtureRequest, settings: Settings) -> Iterator[Runtime]:
     """With the settings key (SENDFLOWR_ADMIN_API_KEY) configured, as `sendflowr run` has."""
-    yield from _open(_settings(request, settings, bootstrap_key=True))
+    with open_runtime(_settings(request, settings, bootstrap_key=True)) as runtime:
+        yield runtime
 
 
 @pytest.fixture(params=BACKENDS)
 def bare_rt(request: pytest.FixtureRequest, settings: Settings) -> Iterator[Runtime]:
     """Without a settings key: stored operator keys (`sendflowr keys create --all-tenants`) only."""
-    yield from _open(_settings(request, settings, bootstrap_key=False))
+    with open_runtime(_settings(request, settings, bootstrap_key=False)) as runtime:
+        yield runtime
 
 
 def _create(c: TestClient, headers: dict[str, str], name: str, *scopes: str) -> dict[str, Any]:

@@ -100,6 +100,11 @@ class ArchiveErasure:
     # Every file this pass listed or wrote: a later pass skips them (`erase_rows(skip=...)`).
     seen: frozenset[str] = field(default_factory=frozenset)
 
+    @property
+    def files(self) -> int:
+        """Files rewritten or, left empty, deleted."""
+        return self.files_rewritten + self.files_deleted
+
 
 class RawArchive:
     """Writes and lists archive files on a local directory or any fsspec filesystem."""
@@ -155,16 +160,11 @@ class RawArchive:
         return written
 
     def _write_part(self, tenant: str, at: datetime, table: pa.Table) -> str:
-        if "/" in tenant or tenant in ("", ".", ".."):
-            raise ValueError(f"tenant {tenant!r} cannot name an archive directory")
+        _check_tenant(tenant)
         name = f"part-{at:%H%M%S%f}-{uuid.uuid4().hex[:12]}.parquet"
         path = f"{self.root}/tenant={tenant}/date={at.date().isoformat()}/{name}"
         try:
-            if self._local:
-                _write_local(Path(path), table)
-            else:
-                with self.fs.open(path, "wb") as fh:
-                    pq.write_table(table, fh, compression="zstd")
+            self._put(path, table)
         except Exception as exc:
             raise ArchiveUnavailableError(
                 f"the raw archive could not be written ({type(exc).__name__}: {exc})"
@@ -222,8 +222,7 @@ class RawArchive:
         it - a name's time prefix is when its payloads were received). Raises
         `ArchiveUnavailableError` when a file cannot be read or rewritten; what was done stays
         done and a retry finishes it."""
-        if "/" in tenant or tenant in ("", ".", ".."):
-            raise ValueError(f"tenant {tenant!r} cannot name an archive directory")
+        _check_tenant(tenant)
         ids = pa.array(sorted(set(event_ids)), pa.string())
         skip = frozenset(skip)
         with self._erasing(tenant):
@@ -307,15 +306,22 @@ class RawArchive:
     def _replace(self, path: str, table: pa.Table) -> str:
         """`table` in place of the file at `path`; returns where it now is."""
         if self._local:
-            _write_local(Path(path), table)
+            self._put(path, table)
             return path
         head, name = path.rsplit("/", 1)
         stamp = name[: len("part-HHMMSSffffff")] if name.startswith("part-") else "part-erased"
         new = f"{head}/{stamp}-{uuid.uuid4().hex[:12]}.parquet"
-        with self.fs.open(new, "wb") as fh:
-            pq.write_table(table, fh, compression="zstd")
+        self._put(new, table)
         self.fs.rm(path)
         return new
+
+    def _put(self, path: str, table: pa.Table) -> None:
+        """One durable Parquet file (see the module docstring)."""
+        if self._local:
+            _write_local(Path(path), table)
+        else:
+            with self.fs.open(path, "wb") as fh:
+                pq.write_table(table, fh, compression="zstd")
 
     def _remove(self, path: str) -> None:
         if self._local:
@@ -344,6 +350,11 @@ class RawArchive:
                 yield
             finally:
                 os.close(fd)  # releases the flock
+
+
+def _check_tenant(tenant: str) -> None:
+    if "/" in tenant or tenant in ("", ".", ".."):
+        raise ValueError(f"tenant {tenant!r} cannot name an archive directory")
 
 
 def _doomed(table: pa.Table, matcher: RowMatcher, event_ids: pa.Array) -> pa.Array:

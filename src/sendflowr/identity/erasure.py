@@ -37,7 +37,7 @@ import sqlalchemy as sa
 from sendflowr.archive.store import ArchiveErasure, RawArchive
 from sendflowr.errors import NotFoundError
 from sendflowr.identity.matching import PersonMatcher
-from sendflowr.identity.store import ErasedPerson, ErasureSubject, IdentityGraphStore
+from sendflowr.identity.store import ErasedPerson, IdentityGraphStore
 from sendflowr.storage.events.base import EventStore
 from sendflowr.storage.features.base import FeatureCache
 from sendflowr.storage.metadata.store import MetadataStore
@@ -88,10 +88,10 @@ def erase_person(
     raw = ArchiveErasure()
     if archive is not None:
         # Before the events go (also on a retry): the archive's event_id column names them.
-        event_ids = [e.event_id for e in events.profile_events(tenant, ids, limit=MAX_EVENT_IDS)]
+        event_ids = events.event_ids(tenant, ids, MAX_EVENT_IDS)
         raw = archive.erase_rows(tenant, matcher, event_ids=event_ids)
     stored = events.erase_people(tenant, ids)
-    letters = erase_dead_letters(metadata, tenant, subject, hash_key)
+    letters = erase_dead_letters(metadata, tenant, matcher)
     cached = len(features.get_many(tenant, ids))
     features.invalidate(tenant, ids)
     removed = {
@@ -101,7 +101,7 @@ def erase_person(
         "features": cached,
         "dead_letters": letters,
         "archive_rows": raw.rows_removed,
-        "archive_files": raw.files_rewritten + raw.files_deleted,
+        "archive_files": raw.files,
     }
     done: ErasedPerson = identity.erase(tenant, subject, actor, removed)
     committed = datetime.now(UTC)
@@ -116,19 +116,16 @@ def erase_person(
             tenant, matcher, event_ids=event_ids, skip=raw.seen, received_before=committed
         )
         out["archive_rows"] += again.rows_removed
-        out["archive_files"] += again.files_rewritten + again.files_deleted
+        out["archive_files"] += again.files
     return Erasure(
         tenant, done.universal_id, len(done.aliases) - 1, out, len(per_schedule), done.audit_id
     )
 
 
-def erase_dead_letters(
-    metadata: MetadataStore, tenant: str, subject: ErasureSubject, hash_key: bytes
-) -> int:
+def erase_dead_letters(metadata: MetadataStore, tenant: str, matcher: PersonMatcher) -> int:
     """Delete the tenant's dead letters whose payload names the person (`PersonMatcher`: an
     address that hashes to one of their email hashes, any string value equal to one of their
     identifiers, or one of their phones however formatted)."""
-    matcher = PersonMatcher(subject.identifiers, hash_key)
     doomed: list[int] = []
     for letter_id, payload in _letters(metadata, tenant):
         if matcher.names(payload):

@@ -72,17 +72,14 @@ async def create_key(
     """A new key for the tenant. The key is in this response only; SendFlowr keeps a keyed
     hash of it."""
     response.headers.update(NO_STORE)
-    scope = max(body.scopes, key=SCOPES.index)
-    keys = _keys(runtime)
-    made = await run_in_threadpool(keys.create, tenant, body.name, scope)
-    return KeyCreatedOut(**key_out(made.key).model_dump(), key=made.plaintext)
+    return await created_key(runtime, tenant, body)
 
 
 @router.get("", response_model=list[KeyOut])
 def list_keys(tenant: TenantPath, runtime: RuntimeDep) -> list[KeyOut]:
     """The tenant's keys, revoked ones included (never a key itself)."""
     runtime.metadata.get_tenant(tenant)
-    return [key_out(k) for k in _keys(runtime).list(tenant)]
+    return [key_out(k) for k in key_store(runtime).list(tenant)]
 
 
 @router.delete("/{key_id}", status_code=status.HTTP_204_NO_CONTENT)
@@ -92,9 +89,17 @@ def revoke_key(
     key_id: Annotated[str, Path(pattern=r"^[0-9a-f]{12}$")],
 ) -> Response:
     """Revoke a key at once (404 for a key of another tenant). A revoked key stays listed."""
-    _keys(runtime).revoke(key_id, tenant)
+    key_store(runtime).revoke(key_id, tenant)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
-def _keys(runtime: Runtime) -> KeyStore:
+async def created_key(runtime: Runtime, tenant: str | None, body: KeyIn) -> KeyCreatedOut:
+    """A new key (`tenant` None: an operator key) with the highest scope `body` gives, in the
+    one response that shows it."""
+    scope = max(body.scopes, key=SCOPES.index)
+    made = await run_in_threadpool(key_store(runtime).create, tenant, body.name, scope)
+    return KeyCreatedOut(**key_out(made.key).model_dump(), key=made.plaintext)
+
+
+def key_store(runtime: Runtime) -> KeyStore:
     return KeyStore(runtime.metadata, runtime.hash_key)

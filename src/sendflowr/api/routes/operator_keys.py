@@ -13,13 +13,18 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Path, Response, status
-from starlette.concurrency import run_in_threadpool
 
 from sendflowr.api.auth import OperatorOnly, PrincipalDep
 from sendflowr.api.deps import RuntimeDep
-from sendflowr.api.routes.keys import NO_STORE, KeyCreatedOut, KeyIn, KeyOut, key_out
-from sendflowr.runtime import Runtime
-from sendflowr.storage.metadata.keys import SCOPES, KeyStore
+from sendflowr.api.routes.keys import (
+    NO_STORE,
+    KeyCreatedOut,
+    KeyIn,
+    KeyOut,
+    created_key,
+    key_out,
+    key_store,
+)
 
 router = APIRouter(prefix="/api/operator-keys", tags=["keys"], dependencies=[OperatorOnly])
 
@@ -31,9 +36,7 @@ async def create_operator_key(
     """A new operator key (every tenant) with the highest scope given. The key is in this
     response only; SendFlowr keeps a keyed hash of it."""
     response.headers.update(NO_STORE)
-    scope = max(body.scopes, key=SCOPES.index)
-    made = await run_in_threadpool(_keys(runtime).create, None, body.name, scope)
-    return KeyCreatedOut(**key_out(made.key).model_dump(), key=made.plaintext)
+    return await created_key(runtime, None, body)
 
 
 @router.get("", response_model=list[KeyOut])
@@ -41,7 +44,7 @@ def list_operator_keys(runtime: RuntimeDep, response: Response) -> list[KeyOut]:
     """The stored operator keys, revoked ones included (never a key itself; the settings key
     is not stored, so not listed)."""
     response.headers.update(NO_STORE)
-    return [key_out(k) for k in _keys(runtime).list(operators=True)]
+    return [key_out(k) for k in key_store(runtime).list(operators=True)]
 
 
 @router.delete("/{key_id}", status_code=status.HTTP_204_NO_CONTENT)
@@ -54,9 +57,5 @@ def revoke_operator_key(
     unknown id). A key revoking itself is 409 when no other admin operator key (stored, or the
     settings key) would remain. A revoked key stays listed."""
     outside = 1 if runtime.settings.admin_api_key is not None else 0
-    _keys(runtime).revoke_operator(key_id, caller=principal.key_id, outside_admins=outside)
+    key_store(runtime).revoke_operator(key_id, caller=principal.key_id, outside_admins=outside)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
-
-
-def _keys(runtime: Runtime) -> KeyStore:
-    return KeyStore(runtime.metadata, runtime.hash_key)

@@ -240,6 +240,17 @@ class EventStore(DataViews):
             for r in rows
         ]
 
+    def event_ids(self, tenant: str, universal_ids: Sequence[str], limit: int) -> list[str]:
+        """The ids (`event_id`) of the events stored under these universal ids, at most
+        `limit` of them: what data-subject erasure looks for in the raw archive."""
+        rows = self._rows(
+            f"SELECT DISTINCT toString(event_id) FROM `{self.database}`.email_events "
+            "WHERE tenant = {tenant:String} AND universal_id IN {uids:Array(String)} "
+            "LIMIT {limit:UInt32}",
+            {"tenant": tenant, "uids": list(universal_ids), "limit": limit},
+        )
+        return [r[0] for r in rows]
+
     def reassign_events(
         self, tenant: str, from_uid: str, to_uid: str, event_ids: Sequence[str]
     ) -> int:

@@ -323,10 +323,19 @@ class EventConsumer:
                 log.debug("committed offsets unavailable: %s", exc)
         lag: dict[tuple[str, int], int] = {}
         for t, p in assigned:
-            # The high watermark from the latest fetch response: no broker round trip.
+            # The high watermark from the latest fetch response: no broker round trip. A
+            # partition no fetch has answered for yet (an idle one, just after assignment) asks
+            # the broker once, so every assigned partition has its lag.
             low, high = self._consumer.get_watermark_offsets(TP(t, p), cached=True)
             if high < 0:
-                continue
+                try:
+                    asked = self._consumer.get_watermark_offsets(TP(t, p), timeout=5)
+                except KafkaException as exc:
+                    log.debug("watermarks of %s[%d] unavailable: %s", t, p, exc)
+                    continue
+                if asked is None:  # timed out
+                    continue
+                low, high = asked
             committed = self._committed.get((t, p), -1)
             if committed < 0:
                 committed = max(low, 0)

@@ -8,7 +8,7 @@ import logging
 import sys
 from collections import Counter
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import typer
 from rich.console import Console
@@ -25,6 +25,9 @@ from rich.table import Table
 from sendflowr import __version__
 from sendflowr.events import json_schema
 from sendflowr.settings import Settings, SettingsError, load_settings
+
+if TYPE_CHECKING:
+    from sendflowr.runtime import Runtime
 
 app = typer.Typer(
     name="sendflowr",
@@ -150,6 +153,8 @@ def run(
                     f"backfill {sim.backfill_job} queued: follow it at "
                     f"/api/connector/backfill/status/{sim.tenant}"
                 )
+        if settings.feature_cache_warmup and rt.features.in_process:
+            _warm_in_background(rt)
         console.print(
             f"SendFlowr on http://{bind_host}:{bind_port}  (dashboard: /ui/, API docs: /docs, "
             "health: /health)"
@@ -164,6 +169,20 @@ def run(
         if stop_sim is not None:
             stop_sim()
         rt.close()
+
+
+def _warm_in_background(rt: Runtime) -> None:
+    """Warm the in-process feature cache while the server starts serving (Runtime.warm_features);
+    a failure only means first decisions read the store, as without it."""
+    import threading
+
+    def warm() -> None:
+        try:
+            rt.warm_features()
+        except Exception:
+            logging.getLogger("sendflowr.features").exception("feature cache warm-up failed")
+
+    threading.Thread(target=warm, name="feature-warmup", daemon=True).start()
 
 
 @app.command()
@@ -920,7 +939,8 @@ def features_rebuild(
         if rt.features.backend == "memory":
             console.print(
                 "The memory cache lives in one process: this rebuilt and checked the features "
-                "here; a running server fills its own cache as it decides.",
+                "here; a running server warms its own cache at start-up "
+                "(SENDFLOWR_FEATURE_CACHE_WARMUP) and fills it as it decides.",
                 highlight=False,
             )
     finally:

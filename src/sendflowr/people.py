@@ -41,19 +41,22 @@ def features_for(
     """From the cache, else rebuilt from every event stored under the person's aliases (and
     cached). `zone`: the tenant's; a cached profile kept in another zone is rebuilt."""
     hit = cache.get_many(tenant, [universal_id]).get(universal_id)
-    if hit is not None and hit.zone_tag == zone_tag(zone):
-        return hit
-    stored = events.profile_events(
-        tenant, identity.aliases(tenant, universal_id), limit=MAX_HISTORY
-    )
-    at = int(datetime.now(UTC).timestamp()) if now is None else now
-    features = features_from_events(
-        [e.event_type for e in stored],
-        [(e.occurred_at - _EPOCH) // _MS for e in stored],  # exact, unlike float seconds
-        [e.is_machine_open for e in stored],
-        FoldContext(zone, at, params or ActivityParams()),
-    )
-    cache.put_many(tenant, {universal_id: features})
+    if hit is not None:
+        if hit.zone_tag == zone_tag(zone):
+            return hit
+        cache.invalidate(tenant, [universal_id])  # kept in another zone: replaced below
+    with cache.rebuilding(tenant) as rebuild:  # before the read: see FeatureCache.ingesting
+        stored = events.profile_events(
+            tenant, identity.aliases(tenant, universal_id), limit=MAX_HISTORY
+        )
+        at = int(datetime.now(UTC).timestamp()) if now is None else now
+        features = features_from_events(
+            [e.event_type for e in stored],
+            [(e.occurred_at - _EPOCH) // _MS for e in stored],  # exact, unlike float seconds
+            [e.is_machine_open for e in stored],
+            FoldContext(zone, at, params or ActivityParams()),
+        )
+        rebuild.put_many({universal_id: features})
     return features
 
 

@@ -180,12 +180,14 @@ class Pipeline:
         for tenant, events in by_tenant.items():
             resolution = self.identity.resolve_events(tenant, events)
             table = events_to_arrow(events, resolution.universal_ids)
-            result.stored += self.events.insert_events(table)
-            if resolution.merged:
-                # Merged people are rebuilt from the store (both histories) on their next read.
-                merged = [u for s, absorbed in resolution.merged.items() for u in (s, *absorbed)]
-                self.features.invalidate(tenant, merged)
-            result.profiles_updated += self._update_features(tenant, table)
+            # a feature rebuild reading the store meanwhile must not cache these people
+            with self.features.ingesting(tenant, resolution.universal_ids):
+                result.stored += self.events.insert_events(table)
+                if resolution.merged:
+                    # Merged people are rebuilt from the store (both histories) on next read.
+                    merged = [u for s, gone in resolution.merged.items() for u in (s, *gone)]
+                    self.features.invalidate(tenant, merged)
+                result.profiles_updated += self._update_features(tenant, table)
             for listener in self.listeners:
                 try:
                     listener(tenant, table)

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import secrets
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
+from zoneinfo import ZoneInfo
 
 from sendflowr.archive.store import RawArchive, open_archive
 from sendflowr.bus import Bus, open_bus
@@ -24,6 +26,7 @@ from sendflowr.secrets import SecretBox, load_secret_box
 from sendflowr.settings import Settings
 from sendflowr.storage.events import EventStore, open_event_store
 from sendflowr.storage.features import FeatureCache, open_feature_cache
+from sendflowr.storage.features.rebuild import WarmResult, warm_tenant
 from sendflowr.storage.health import BackendHealth
 from sendflowr.storage.metadata import MetadataStore, open_metadata_store
 from sendflowr.storage.metadata.accounts import AccountStore
@@ -34,6 +37,8 @@ from sendflowr.storage.metadata.triggers import TriggerStore
 
 if TYPE_CHECKING:
     from sendflowr.scheduling.hotpath import HotPathWatcher
+
+log = logging.getLogger(__name__)
 
 
 def load_hash_key(settings: Settings) -> bytes:
@@ -143,9 +148,35 @@ class Runtime:
         from sendflowr.scheduling.hotpath import HotPathWatcher
 
         runtime.hot_paths = HotPathWatcher(runtime)
-        runtime.archive = open_archive(settings.raw_archive_url, Path(settings.data_dir))
+        runtime.archive = open_archive(settings.raw_archive_url, Path(settings.data_dir), metadata)
         pipeline.listeners.append(runtime.hot_paths)
         return runtime
+
+    def warm_features(self) -> list[WarmResult]:
+        """Fill an in-process feature cache from the event store, tenant by tenant (one columnar
+        query each; see storage.features.rebuild.warm_tenant). Safe while the service runs."""
+        if not self.features.in_process:
+            return []
+        done = []
+        for tenant in self.metadata.list_tenants():
+            result = warm_tenant(
+                self.events,
+                self.features,
+                self.identity,
+                tenant.id,
+                ZoneInfo(tenant.timezone),
+                params=self.timing.params.activity,
+            )
+            log.info(
+                "feature cache warmed for tenant %s: %d of %d people from %d events in %.1f s",
+                tenant.id,
+                result.cached,
+                result.profiles,
+                result.events,
+                result.seconds,
+            )
+            done.append(result)
+        return done
 
     def health(self) -> list[BackendHealth]:
         return [

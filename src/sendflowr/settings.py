@@ -213,6 +213,11 @@ class Settings(BaseSettings):
     feature_cache_ttl_seconds: int = Field(
         0, ge=0, le=365 * 86_400, description="Redis feature entries expire after this; 0 never"
     )
+    feature_cache_warmup: bool = Field(
+        True,
+        description="memory cache: `sendflowr run` rebuilds every tenant's people from the event "
+        "store in the background at start-up, so first decisions need no store read",
+    )
     feature_cache_socket_timeout_seconds: float = Field(
         0.5, gt=0, le=60, description="Redis read/write timeout: longer is an outage (degraded)"
     )

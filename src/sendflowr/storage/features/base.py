@@ -8,7 +8,8 @@ Backend-neutral: a backend stores one opaque value per (tenant, universal id) -
 from __future__ import annotations
 
 import abc
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 
 from sendflowr.storage.health import BackendHealth
 from sendflowr.timing.features import (
@@ -21,8 +22,29 @@ from sendflowr.timing.features import (
 )
 
 
+class Rebuild:
+    """Writes the features a caller rebuilt from the event store (see FeatureCache.rebuilding).
+    This default writes them as they are: right when nothing else folds into this cache at the
+    same time in this process (a backend that can tell does better, see MemoryFeatureCache)."""
+
+    def __init__(self, cache: FeatureCache, tenant: str) -> None:
+        self.cache, self.tenant = cache, tenant
+
+    def put_many(self, features: Mapping[str, ProfileFeatures]) -> int:
+        """Cache these rebuilt profiles; returns how many were written."""
+        self.cache.put_many(self.tenant, features)
+        return len(features)
+
+    def put_table(self, universal_ids: Sequence[str], table: FeatureTable) -> int:
+        self.cache.put_table(self.tenant, universal_ids, table)
+        return len(universal_ids)
+
+
 class FeatureCache(abc.ABC):
     backend: str = "?"
+    # True when the cache lives in this process, so warming it at start-up pays (a shared cache
+    # such as Redis keeps its entries across restarts and is folded by other processes)
+    in_process: bool = False
 
     @abc.abstractmethod
     def get_many(self, tenant: str, universal_ids: Iterable[str]) -> dict[str, ProfileFeatures]:
@@ -51,6 +73,20 @@ class FeatureCache(abc.ABC):
         if dropped:
             self.invalidate(tenant, dropped)
         return len(updated)
+
+    @contextmanager
+    def ingesting(self, tenant: str, universal_ids: Iterable[str]) -> Iterator[None]:
+        """Wraps a batch's event-store write and its fold (the pipeline). A rebuild that reads
+        the store meanwhile could see the batch's events and then have the fold count them a
+        second time, or miss them: a backend that tracks this keeps such a rebuild's profiles
+        of these people out of the cache (they are rebuilt on their next read)."""
+        yield
+
+    @contextmanager
+    def rebuilding(self, tenant: str) -> Iterator[Rebuild]:
+        """Around a read of the event store whose features are then cached: start it before the
+        read, write through the yielded Rebuild after it."""
+        yield Rebuild(self, tenant)
 
     @abc.abstractmethod
     def invalidate(self, tenant: str, universal_ids: Iterable[str]) -> None: ...

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import itertools
 import threading
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
+import numpy.typing as npt
 
 from sendflowr.metrics import observe_feature_lookups
-from sendflowr.storage.features.base import FeatureCache
+from sendflowr.storage.features.base import FeatureCache, Rebuild
 from sendflowr.storage.health import BackendHealth
 from sendflowr.timing.features import (
     BatchColumns,
@@ -43,12 +46,108 @@ class _TenantTable:
             self.free.append(row)
 
 
+def _copy_rows(
+    dst: FeatureTable,
+    at: npt.NDArray[np.int64],
+    src: FeatureTable,
+    src_rows: npt.NDArray[np.int64] | slice,
+) -> None:
+    """`dst[at] = src[src_rows]`, every column."""
+    dst.activity.copy_rows(at, src.activity, src_rows)
+    dst.counts[at] = src.counts[src_rows]
+    dst.first_seen_ms[at] = src.first_seen_ms[src_rows]
+    dst.zone_tag[at] = src.zone_tag[src_rows]
+
+
+@dataclass(eq=False)  # each rebuild's own: compared by identity when it ends
+class _Watch:
+    """A rebuild in progress: the people whose cached features it must not write."""
+
+    touched: set[str]
+    void: bool = False  # the tenant was cleared meanwhile: write nothing
+
+
+class _MemoryRebuild(Rebuild):
+    """Writes only the profiles that nothing changed while the rebuild read the store: not one
+    a batch was being stored or folded for (in flight when it started, or since), not one
+    invalidated meanwhile, not one cached meanwhile (that one is at least as fresh)."""
+
+    def __init__(self, cache: MemoryFeatureCache, tenant: str, watch: _Watch) -> None:
+        super().__init__(cache, tenant)
+        self._memory, self._watch = cache, watch
+
+    def put_many(self, features: Mapping[str, ProfileFeatures]) -> int:
+        with self._memory._lock:
+            t, keep = self._kept(features.keys())
+            for uid in keep:
+                t.table.set_row(t.row_for(uid), features[uid])
+            return len(keep)
+
+    def put_table(self, universal_ids: Sequence[str], table: FeatureTable) -> int:
+        with self._memory._lock:
+            t, keep = self._kept(universal_ids)
+            if not keep:
+                return 0
+            src = np.fromiter(
+                (i for i, u in enumerate(universal_ids) if u in keep), np.int64, len(keep)
+            )
+            if len(t.index) + len(keep) > len(t.table):
+                t.table = t.table.grown(len(t.index) + len(keep))
+            at = np.fromiter((t.row_for(universal_ids[i]) for i in src), np.int64, len(src))
+            _copy_rows(t.table, at, table, src)
+            return len(keep)
+
+    def _kept(self, universal_ids: Iterable[str]) -> tuple[_TenantTable, set[str]]:
+        t = self._memory._tenants.setdefault(self.tenant, _TenantTable())
+        if self._watch.void:
+            return t, set()
+        skip = self._watch.touched
+        return t, {u for u in universal_ids if u not in skip and u not in t.index}
+
+
 class MemoryFeatureCache(FeatureCache):
     backend = "memory"
+    in_process = True
 
     def __init__(self) -> None:
         self._tenants: dict[str, _TenantTable] = {}
         self._lock = threading.Lock()
+        # per tenant: the people of each batch being stored and folded, and the rebuilds
+        # reading the store (see FeatureCache.ingesting / rebuilding)
+        self._in_flight: dict[str, dict[int, frozenset[str]]] = {}
+        self._watches: dict[str, list[_Watch]] = {}
+        self._batch_ids = itertools.count()
+
+    @contextmanager
+    def ingesting(self, tenant: str, universal_ids: Iterable[str]) -> Iterator[None]:
+        people = frozenset(universal_ids)
+        with self._lock:
+            batch = next(self._batch_ids)
+            self._in_flight.setdefault(tenant, {})[batch] = people
+            for watch in self._watches.get(tenant, ()):
+                watch.touched |= people
+        try:
+            yield
+        finally:
+            with self._lock:
+                flying = self._in_flight[tenant]
+                del flying[batch]
+                if not flying:
+                    del self._in_flight[tenant]
+
+    @contextmanager
+    def rebuilding(self, tenant: str) -> Iterator[Rebuild]:
+        with self._lock:
+            watch = _Watch(set().union(*self._in_flight.get(tenant, {}).values()))
+            self._watches.setdefault(tenant, []).append(watch)
+        try:
+            yield _MemoryRebuild(self, tenant, watch)
+        finally:
+            with self._lock:
+                watches = self._watches[tenant]
+                watches.remove(watch)
+                if not watches:
+                    del self._watches[tenant]
 
     def get_many(self, tenant: str, universal_ids: Iterable[str]) -> dict[str, ProfileFeatures]:
         with self._lock:
@@ -72,11 +171,7 @@ class MemoryFeatureCache(FeatureCache):
             if len(t.index) + len(universal_ids) > len(t.table):
                 t.table = t.table.grown(len(t.index) + len(universal_ids))
             at = np.fromiter((t.row_for(u) for u in universal_ids), np.int64, len(universal_ids))
-            dst, src = t.table, table
-            dst.activity.copy_rows(at, src.activity, slice(0, len(at)))
-            dst.counts[at] = src.counts[: len(at)]
-            dst.first_seen_ms[at] = src.first_seen_ms[: len(at)]
-            dst.zone_tag[at] = src.zone_tag[: len(at)]
+            _copy_rows(t.table, at, table, slice(0, len(at)))
 
     def fold(self, tenant: str, cols: BatchColumns, ctx: FoldContext) -> int:
         """In place, vectorised; only profiles already cached (see FeatureCache.fold)."""
@@ -97,15 +192,20 @@ class MemoryFeatureCache(FeatureCache):
 
     def invalidate(self, tenant: str, universal_ids: Iterable[str]) -> None:
         with self._lock:
+            ids = list(universal_ids)
+            for watch in self._watches.get(tenant, ()):
+                watch.touched.update(ids)
             t = self._tenants.get(tenant)
             if t is None:
                 return
-            for uid in universal_ids:
+            for uid in ids:
                 t.drop(uid)
 
     def clear_tenant(self, tenant: str) -> None:
         with self._lock:
             self._tenants.pop(tenant, None)
+            for watch in self._watches.get(tenant, ()):
+                watch.void = True
 
     def health(self) -> BackendHealth:
         with self._lock:

@@ -14,7 +14,9 @@ Reported: errors (any non-2xx or failed request; must be 0), events accepted by 
 against events counted in the store afterwards (must be equal), achieved rates, decision
 latency p50/p99 (from each request's scheduled instant, so queueing counts), and the server
 process's resident memory (VmRSS from /proc) after the warm-up and at the end, with the growth
-in percent (target: under 10%). JSON to bench/results/soak.json.
+in percent (target: under 10%), and the CPU seconds the server and the load generator spent per
+second of offered load (how many cores the target rate needs, whatever the neighbours do).
+JSON to bench/results/soak.json.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import secrets
 import shutil
 import signal
@@ -197,6 +200,12 @@ def _rss_kib(pid: int) -> int:
     raise RuntimeError(f"no VmRSS for {pid}")
 
 
+def _cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process so far (all its threads), from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _env(root: Path, admin_key: str, port: int) -> dict[str, str]:
     env = dict(os.environ)
     env.update(
@@ -352,6 +361,7 @@ def main() -> None:
             "connections": args.connections,
         }
         load0 = os.getloadavg()[0]
+        cpu0, gen0 = _cpu_s(proc.pid), resource.getrusage(resource.RUSAGE_CHILDREN)
         out = subprocess.run(
             [sys.executable, "-c", LOADGEN, json.dumps(cfg)],
             check=True,
@@ -359,6 +369,9 @@ def main() -> None:
             text=True,
         )
         load1 = os.getloadavg()[0]
+        server_cpu = _cpu_s(proc.pid) - cpu0
+        gen1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        loadgen_cpu = gen1.ru_utime + gen1.ru_stime - gen0.ru_utime - gen0.ru_stime
         stop.set()
         sampler.join()
         got = json.loads(out.stdout)
@@ -399,6 +412,11 @@ def main() -> None:
                 "drain_s_after_load": round(drain_s, 1),
                 "decision_p50_ms": round(float(np.percentile(lat, 50)), 2) if lat.size else None,
                 "decision_p99_ms": round(float(np.percentile(lat, 99)), 2) if lat.size else None,
+                # CPU the server spent on the whole load (however long it took), per second of
+                # the offered load: the cores the target rate needs, less noisy than the rates
+                "server_cpu_s": round(server_cpu, 1),
+                "server_cores_per_offered_s": round(server_cpu / args.seconds, 2),
+                "loadgen_cores_per_offered_s": round(loadgen_cpu / args.seconds, 2),
                 "rss_mib_after_warmup": round(warm / 1024, 1),
                 "rss_mib_end": round(rss_end / 1024, 1),
                 "rss_growth_pct": round(growth, 2),

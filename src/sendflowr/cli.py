@@ -155,6 +155,9 @@ def run(
                 )
         if settings.feature_cache_warmup and rt.features.in_process:
             _warm_in_background(rt)
+        from sendflowr.gcpause import freeze_startup_objects
+
+        freeze_startup_objects()
         console.print(
             f"SendFlowr on http://{bind_host}:{bind_port}  (dashboard: /ui/, API docs: /docs, "
             "health: /health)"
@@ -755,6 +758,9 @@ def consumer(
         console.print(
             f"consumer of {worker.topic} in group {worker.options.group}", highlight=False
         )
+        from sendflowr.gcpause import freeze_startup_objects
+
+        freeze_startup_objects()
         tally = worker.run(stop, idle_exit_s=idle_exit)
     except ConsumerStoppedError as exc:
         err_console.print(f"[bold red]stopped:[/] {exc}", highlight=False, soft_wrap=True)

@@ -21,6 +21,7 @@ import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from sendflowr.errors import NotFoundError
 from sendflowr.event_batch import decode_events_json
 from sendflowr.events import (
     CanonicalEvent,
@@ -225,8 +226,10 @@ class Pipeline:
         )
         # Local time is the tenant's: profiles are kept in its zone (a profile kept in another
         # zone is dropped by the fold and rebuilt on its next read).
-        found = self.metadata.find_tenant(tenant)
-        zone = ZoneInfo(found.timezone if found is not None else "UTC")
+        try:  # the tenant's row as the decision path reads it: at most 2 s old
+            zone = ZoneInfo(self.metadata.hot_tenant(tenant).timezone)
+        except NotFoundError:
+            zone = ZoneInfo("UTC")
         ctx = FoldContext(zone, int(self.clock().timestamp()), self.activity_params)
         return self.features.fold(tenant, cols, ctx)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -21,6 +21,7 @@ from sendflowr.identity.identifiers import (
 )
 from sendflowr.identity.rules import DEFAULT_LIMITS, Limits
 from sendflowr.identity.store import IdentityGraphStore
+from sendflowr.intake import Intake
 from sendflowr.pipeline import Pipeline
 from sendflowr.secrets import SecretBox, load_secret_box
 from sendflowr.settings import Settings
@@ -95,6 +96,7 @@ class Runtime:
     triggers: TriggerStore
     hot_paths: HotPathWatcher | None = None
     archive: RawArchive | None = None  # the raw archive (issue 7); None when switched off
+    intake: Intake = field(init=False)  # archive + bus for accepted batches, group-committed
 
     @classmethod
     def open(
@@ -150,6 +152,7 @@ class Runtime:
         runtime.hot_paths = HotPathWatcher(runtime)
         runtime.archive = open_archive(settings.raw_archive_url, Path(settings.data_dir), metadata)
         pipeline.listeners.append(runtime.hot_paths)
+        runtime.intake = Intake(runtime)
         return runtime
 
     def warm_features(self) -> list[WarmResult]:

@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import orjson
 import pytest
 from cryptography.fernet import Fernet
 from fastapi.routing import APIRoute, iter_route_contexts
@@ -371,3 +372,62 @@ def test_data_views_and_exports_show_only_the_tenants_own_rows(
         for marker in markers:
             assert marker not in r.text, f"B's data leaked: {marker!r} in {path}"
     assert alice.get("/api/tenants/a/decisions").json()["total"] >= 1  # the seed decided
+
+
+def _spoil(value: Any) -> Any:
+    """`value` with every field but `tenant` given a value of the wrong type, and an unknown
+    field added to every object: invalid everywhere except where it names its tenant."""
+    if isinstance(value, dict):
+        out = {k: v if k == "tenant" else _spoil(v) for k, v in value.items()}
+        out["zz_unknown_field"] = [1]
+        return out
+    if isinstance(value, list):
+        return [_spoil(v) for v in value] or [{"zz": 1}]
+    if isinstance(value, str):
+        return 12345
+    if value is None:
+        return {"zz": 1}
+    return "spoiled"  # numbers and booleans
+
+
+def test_another_tenants_key_and_an_invalid_body_is_403_on_every_route(
+    world: tuple[TestClient, TestClient, dict[str, str]],
+) -> None:
+    """A's key with a body that names B but is otherwise invalid: 403, the same answer as with
+    a valid body, wherever B is named (path, query or body), so A learns nothing of a route's
+    validation for B. With A's own tenant the same spoiled body is a 422: it is invalid."""
+    operator, alice, b = world
+    body_tenant = 0
+    for context in iter_route_contexts(alice.app.routes):  # type: ignore[attr-defined]
+        route = context.original_route
+        template = str(context.path)
+        if not isinstance(route, APIRoute) or route.body_field is None:
+            continue
+        if template in OPEN or template.startswith((*OPEN_PREFIXES, "/ui/")):
+            continue
+        has_tenant_query = any(p.name == "tenant" for p in route.dependant.query_params)
+        for method in sorted((context.methods or set()) - {"HEAD", "OPTIONS"}):
+            for tenant, expected in (("b", {403}), ("a", {400, 422})):
+                operator_route = (method, template) in OPERATOR_ONLY | {("POST", "/api/tenants")}
+                if operator_route and tenant == "a":
+                    continue  # A's key may not call it at all
+                valid = _body(method, template, tenant, b)
+                named = "tenant" in orjson.dumps(valid).decode()
+                body_tenant += named and tenant == "b"
+                query = {k: v.format(**b) for k, v in QUERY.get(template, {}).items()}
+                if has_tenant_query:
+                    query["tenant"] = tenant
+                path = _path(template, tenant, b)
+                variants = [_spoil(valid)]
+                if isinstance(valid, dict) and "tenant" in valid:
+                    variants.append({"tenant": tenant, "zz_unknown_field": [1]})
+                for spoiled in variants:
+                    r = alice.request(method, path, params=query, json=spoiled)
+                    what = f"{method} {path} {query} {spoiled} -> {r.status_code} {r.text[:300]}"
+                    assert r.status_code in expected, what
+                    if tenant == "b":
+                        assert r.json()["detail"][0]["type"] == "forbidden", what
+    assert body_tenant >= 7  # decide, batch, legacy, events, schedule, cancel, reschedule
+    # Nothing was written for B meanwhile (its one schedule, intact).
+    got = operator.get("/api/schedules", params={"tenant": "b"}).json()
+    assert [s["schedule_id"] for s in got] == [b["schedule_id"]]

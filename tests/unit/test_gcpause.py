@@ -34,3 +34,19 @@ def test_pause_restores_after_an_error() -> None:
     except ValueError:
         pass
     assert gc.isenabled()
+
+
+def test_freezing_start_up_objects_keeps_later_ones_collectable() -> None:
+    from sendflowr.gcpause import freeze_startup_objects
+
+    before: list[object] = [[]]  # a container the collector tracks
+    try:
+        freeze_startup_objects()
+        assert gc.get_freeze_count() > 0
+        assert not any(o is before for o in gc.get_objects())  # frozen: not walked
+        later: list[object] = []
+        later.append(later)  # a cycle made after start-up
+        assert any(o is later for o in gc.get_objects())
+    finally:
+        gc.unfreeze()
+    assert gc.get_freeze_count() == 0

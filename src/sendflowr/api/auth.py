@@ -15,7 +15,11 @@ In order, the check
    names its tenant there is scoped without code of its own. Routes that take the tenant in the
    body call `Principal.check_tenant` themselves; objects addressed by id are then read with the
    (checked) tenant, so another tenant's id is a 404;
-5. (the middleware) runs the route's `AdminOnly`, `OperatorOnly` or `OperatorRead` too.
+5. (the middleware) runs the route's `AdminOnly`, `OperatorOnly` or `OperatorRead` too;
+6. (the middleware, a tenant key on a route whose body names its tenant) reads the body within
+   the route's cap, and answers 403 when it is JSON naming a tenant the key may not use, before
+   FastAPI validates it: another tenant's validation errors are never shown (see
+   `_BodyTenant`). The body is handed on to the route untouched.
 
 Keys are not cached: each request reads its key's row (one primary-key look-up), so a revoked
 key is refused on its next request in every process at once.
@@ -38,12 +42,14 @@ import os
 import secrets
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, cast
 
+import orjson
 from fastapi import Depends, Request
 from fastapi.routing import RouteContext, iter_route_contexts
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
@@ -52,13 +58,15 @@ from limits import RateLimitItem, parse
 from limits.errors import ConfigurationError
 from limits.storage import Storage, storage_from_string
 from limits.strategies import MovingWindowRateLimiter
-from pydantic import SecretStr
+from pydantic import BaseModel, SecretStr
 from starlette.concurrency import run_in_threadpool
 from starlette.routing import Match
-from starlette.types import ASGIApp, Receive, Send
+from starlette.types import ASGIApp, Message, Receive, Send
 from starlette.types import Scope as AsgiScope
 
 from sendflowr.api.deps import get_runtime
+from sendflowr.api.limits import BODY_METHODS, MIB, cap_for
+from sendflowr.api.schemas import EventsIn
 from sendflowr.api.session import (
     COOKIE_NAME,
     CSRF_HEADER,
@@ -407,9 +415,59 @@ def _request_token(request: Request) -> str | None:
 
 
 @dataclass(frozen=True, slots=True)
+class _BodyTenant:
+    """Where a route's JSON body names the tenant it acts on (found from its body model).
+
+    `top`: the body's own `tenant` field (/timing/decide, /timing/decide/batch,
+    /timing-decision, scheduling, cancel, reschedule); `default_demo`: that field is optional
+    and, absent or null, the route acts on the demo tenant (/timing-decision); `events`: the
+    `tenant` of each of `events` (POST /api/events)."""
+
+    top: bool = False
+    default_demo: bool = False
+    events: bool = False
+
+    def named(self, doc: Any, demo_tenant: str) -> list[str]:
+        """The tenants a parsed body names (only strings: anything else is the route's 422)."""
+        if not isinstance(doc, dict):
+            return []
+        out: list[str] = []
+        if self.top:
+            tenant = doc.get("tenant")
+            if isinstance(tenant, str):
+                out.append(tenant)
+            elif tenant is None and self.default_demo:
+                out.append(demo_tenant)
+        if self.events:
+            events = doc.get("events")
+            if isinstance(events, list):
+                out.extend(
+                    e["tenant"]
+                    for e in events
+                    if isinstance(e, dict) and isinstance(e.get("tenant"), str)
+                )
+        return list(dict.fromkeys(out))
+
+
+def _body_tenant(context: RouteContext) -> _BodyTenant | None:
+    route = context.original_route
+    field = getattr(route, "body_field", None)
+    model = getattr(getattr(field, "field_info", None), "annotation", None)
+    if not (isinstance(model, type) and issubclass(model, BaseModel)):
+        return None
+    if model is EventsIn:
+        return _BodyTenant(events=True)
+    tenant = model.model_fields.get("tenant")
+    if tenant is None:
+        return None
+    return _BodyTenant(top=True, default_demo=not tenant.is_required() and tenant.default is None)
+
+
+@dataclass(frozen=True, slots=True)
 class _Guarded:
     route: RouteContext
     guards: tuple[Callable[[Principal], Principal], ...]  # run after `authenticate`
+    body_tenant: _BodyTenant | None = None  # the body names the tenant: checked before parsing
 
 
 def _route_table(app: Any) -> list[tuple[RouteContext, _Guarded | None]]:
@@ -419,9 +477,91 @@ def _route_table(app: Any) -> list[tuple[RouteContext, _Guarded | None]]:
         guarded = None
         if authenticate in deps:
             guards = tuple(_PRINCIPAL_GUARDS[d] for d in deps if d in _PRINCIPAL_GUARDS)
-            guarded = _Guarded(context, guards)
+            guarded = _Guarded(context, guards, _body_tenant(context))
         table.append((context, guarded))
     return table
+
+
+_PARSE_INLINE_BYTES = MIB  # larger bodies are parsed in a worker thread, off the event loop
+
+
+def _is_json(content_type: str) -> bool:
+    media = content_type.split(";", 1)[0].strip().lower()
+    return media == "application/json" or (media.startswith("application/") and "+json" in media)
+
+
+async def _read_body(scope: AsgiScope, receive: Receive) -> tuple[list[Message], bytes | None]:
+    """The request's body messages as read, and the whole body when it is JSON and within the
+    route's cap (api/limits.py). None when it is not worth reading (not JSON, a Content-Length
+    over the cap or not a number: BodyLimitMiddleware answers those without reading) or when
+    reading stopped (past the cap, or the client left): the messages read so far are replayed
+    to the app, whose body limit then answers as it would have."""
+    method = str(scope.get("method", "GET"))
+    if method not in BODY_METHODS:
+        return [], None
+    headers = {k.lower(): v for k, v in scope.get("headers", [])}
+    content_type = headers.get(b"content-type")
+    if content_type is None or not _is_json(content_type.decode("latin-1")):
+        return [], None
+    cap = cap_for(method, str(scope.get("path", "")))
+    declared = headers.get(b"content-length")
+    if declared is not None:
+        text = declared.decode("latin-1").strip()
+        if not text.isdigit() or int(text) > cap:
+            return [], None
+    messages: list[Message] = []
+    size = 0
+    while True:
+        message = await receive()
+        messages.append(message)
+        if message["type"] != "http.request":
+            return messages, None  # http.disconnect
+        size += len(message.get("body", b""))
+        if size > cap:
+            return messages, None
+        if not message.get("more_body", False):
+            break
+    body = b"".join(m.get("body", b"") for m in messages)
+    return [{"type": "http.request", "body": body, "more_body": False}], body
+
+
+def _replaying(messages: list[Message], receive: Receive) -> Receive:
+    """`receive` that first hands out `messages` (the body the middleware read)."""
+    pending = deque(messages)
+
+    async def replay() -> Message:
+        if pending:
+            return pending.popleft()
+        return await receive()
+
+    return replay
+
+
+def _parse(body: bytes) -> Any:
+    try:
+        return orjson.loads(body)
+    except ValueError:  # orjson.JSONDecodeError: the route answers 422 as it always has
+        return None
+
+
+async def _check_body_tenant(
+    scope: AsgiScope,
+    receive: Receive,
+    spec: _BodyTenant,
+    principal: Principal,
+    demo_tenant: str,
+) -> Receive:
+    """403 (ForbiddenError) when the body names a tenant `principal` may not use; else the
+    `receive` to hand the app (the body read here, then the rest)."""
+    messages, body = await _read_body(scope, receive)
+    if body is not None:
+        if len(body) > _PARSE_INLINE_BYTES:
+            doc = await run_in_threadpool(_parse, body)
+        else:
+            doc = _parse(body)
+        for tenant in spec.named(doc, demo_tenant):
+            principal.check_tenant(tenant)
+    return _replaying(messages, receive) if messages else receive
 
 
 class AuthFirstMiddleware:
@@ -437,6 +577,12 @@ class AuthFirstMiddleware:
     principal is left in the scope, where `authenticate` finds it (one check, one rate-limit
     hit). Routes without `authenticate` (health, webhooks, the OAuth callback, the dashboard's
     pages, /metrics) pass through untouched.
+
+    On a route whose body names its tenant (`_BodyTenant`), a tenant key's request body is read
+    here (within the route's cap, only when it is JSON) and parsed once with orjson: naming a
+    tenant the key may not use is 403 before FastAPI validates anything, so a caller never sees
+    another tenant's validation errors. The body is then handed to the app as read (BodyLimit
+    still counts it against the cap). An operator key, or a body that is not JSON, is not read.
     """
 
     def __init__(self, app: ASGIApp) -> None:
@@ -474,6 +620,10 @@ class AuthFirstMiddleware:
             )
             for guard in guarded.guards:
                 guard(principal)
+            if guarded.body_tenant is not None and not principal.operator:
+                receive = await _check_body_tenant(
+                    scope, receive, guarded.body_tenant, principal, runtime.settings.demo_tenant
+                )
         except Exception as exc:  # answered as the route's own dependency would be
             response = await _handled(request, exc)
             if response is None:

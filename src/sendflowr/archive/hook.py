@@ -23,7 +23,7 @@ def keep_accepted(
     payloads: Sequence[str],
     event_ids: Sequence[str | None] | None = None,
     contexts: Sequence[str | None] | None = None,
-    received_at: datetime | None = None,
+    received_at: datetime | Sequence[datetime] | None = None,
 ) -> None:
     """Raises `ArchiveUnavailableError` (503) when the archive cannot be written: the caller
     must then not acknowledge the batch, so its sender retries it."""

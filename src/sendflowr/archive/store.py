@@ -15,9 +15,14 @@ Data-subject erasure (`RawArchive.erase_rows`) rewrites the tenant's files witho
 that name the person: same schema, zstd; on a local disk through a temporary file, fsynced and
 renamed over the old one; on an fsspec URL the new part (same time prefix, new random suffix)
 is uploaded before the old one is removed. A file left with no rows is deleted; files without
-such rows are not touched. Erasures of one tenant take turns (a lock per tenant in the
-process, and an flock on a local disk for other processes); new parts a webhook writes
-meanwhile are never touched by a pass that did not list them (see `erase_rows`).
+such rows are not touched. Erasures of one tenant take turns: a lock per tenant in the
+process; across processes a lease in the metadata store every process shares
+(`storage/metadata/leases.py`, `archive-erasure:<tenant>`), held for the whole pass, renewed
+while it runs and expiring if its holder dies (a pass that finds its lease lost stops before
+the next file); and on a local disk an flock as well. A pass waits up to `erase_wait_seconds`
+for another to finish, then raises `LeaseBusyError` (503 with Retry-After). New parts a
+webhook writes meanwhile are never touched by a pass that did not list them (see
+`erase_rows`), so appends need no lock.
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ import threading
 import uuid
 from collections.abc import Collection, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -43,6 +48,8 @@ import pyarrow.parquet as pq
 from fsspec.implementations.local import LocalFileSystem
 
 from sendflowr.errors import UnavailableError
+from sendflowr.storage.metadata.leases import DEFAULT_WAIT_SECONDS, LeaseStore
+from sendflowr.storage.metadata.store import MetadataStore
 
 # How a row's payload is turned back into canonical events on replay.
 KINDS = ("canonical", "klaviyo-webhook-item", "klaviyo-flow-action", "klaviyo-event")
@@ -106,10 +113,28 @@ class ArchiveErasure:
         return self.files_rewritten + self.files_deleted
 
 
-class RawArchive:
-    """Writes and lists archive files on a local directory or any fsspec filesystem."""
+class HeldLease(Protocol):
+    """A lease held across processes (`storage.metadata.leases.Lease`)."""
 
-    def __init__(self, url: str, **storage_options: Any) -> None:
+    @property
+    def lost(self) -> bool: ...
+
+
+class ErasureLeases(Protocol):
+    """Named leases every process shares (`storage.metadata.leases.LeaseStore`)."""
+
+    def hold(self, name: str, *, wait: float) -> AbstractContextManager[HeldLease]: ...
+
+
+class RawArchive:
+    """Writes and lists archive files on a local directory or any fsspec filesystem.
+
+    `leases`: where erasures of one tenant take turns across processes (see the module
+    docstring); without them only the in-process lock and, on a local disk, the flock do."""
+
+    def __init__(
+        self, url: str, *, leases: ErasureLeases | None = None, **storage_options: Any
+    ) -> None:
         fs, root = fsspec.core.url_to_fs(url, **storage_options)
         self.url = url
         self.fs: fsspec.AbstractFileSystem = fs
@@ -117,6 +142,8 @@ class RawArchive:
         self._local = isinstance(fs, LocalFileSystem)
         self._locks: dict[str, threading.Lock] = {}
         self._locks_guard = threading.Lock()
+        self.leases = leases
+        self.erase_wait_seconds = DEFAULT_WAIT_SECONDS  # for another process's erasure
 
     # -- writing ----------------------------------------------------------------------------
     def write(
@@ -129,15 +156,24 @@ class RawArchive:
         payloads: Sequence[str],
         event_ids: Sequence[str | None] | None = None,
         contexts: Sequence[str | None] | None = None,
-        received_at: datetime | None = None,
+        received_at: datetime | Sequence[datetime] | None = None,
     ) -> list[str]:
-        """Archive one accepted batch; returns the files written, each durable already."""
+        """Archive one accepted batch; returns the files written, each durable already.
+        `received_at`: one instant for the batch, or one per payload (batches written
+        together, `sendflowr.intake`), all on one UTC day: the file's date partition."""
         if kind not in KINDS:
             raise ValueError(f"unknown archive kind {kind!r}")
         n = len(payloads)
         if not n:
             return []
-        at = (received_at or datetime.now(UTC)).astimezone(UTC)
+        if received_at is None or isinstance(received_at, datetime):
+            at = (received_at or datetime.now(UTC)).astimezone(UTC)
+            received = [at] * n
+        else:
+            received = [r.astimezone(UTC) for r in received_at]
+            at = min(received)
+            if len(received) != n or max(received).date() != at.date():
+                raise ValueError("received_at: one instant per payload, all on one UTC day")
         tenants = [tenant] * n if isinstance(tenant, str) else list(tenant)
         table = pa.table(
             {
@@ -145,7 +181,7 @@ class RawArchive:
                 "esp": [esp] * n if isinstance(esp, str) else list(esp),
                 "source": [source] * n,
                 "kind": [kind] * n,
-                "received_at": pa.array([at] * n, pa.timestamp("ms", tz="UTC")),
+                "received_at": pa.array(received, pa.timestamp("ms", tz="UTC")),
                 "payload": list(payloads),
                 "event_id": list(event_ids) if event_ids is not None else [None] * n,
                 "context": list(contexts) if contexts is not None else [None] * n,
@@ -220,12 +256,14 @@ class RawArchive:
         never lost (nor searched: call again with `skip=` the first pass's `seen` and
         `received_before=` a cut-off to search the files that appeared since, received before
         it - a name's time prefix is when its payloads were received). Raises
-        `ArchiveUnavailableError` when a file cannot be read or rewritten; what was done stays
-        done and a retry finishes it."""
+        `ArchiveUnavailableError` when a file cannot be read or rewritten, or the erasure
+        lease was lost; what was done stays done and a retry finishes it. Raises
+        `LeaseBusyError` when another process's erasure of the tenant did not end within
+        `erase_wait_seconds`."""
         _check_tenant(tenant)
         ids = pa.array(sorted(set(event_ids)), pa.string())
         skip = frozenset(skip)
-        with self._erasing(tenant):
+        with self._erasing(tenant) as lease:
             try:
                 listed = [
                     f.path
@@ -237,6 +275,11 @@ class RawArchive:
             seen = set(listed)
             rewritten = deleted = removed = 0
             for path in self._naming(listed, matcher, ids):
+                if lease is not None and lease.lost:
+                    raise ArchiveUnavailableError(
+                        f"the raw archive's erasure of {tenant!r} lost its lease (it stalled "
+                        "past its time-to-live); retry to finish it"
+                    )
                 try:
                     table = self.read(path)
                     keep = table.filter(pc.invert(_doomed(table, matcher, ids)))
@@ -331,23 +374,29 @@ class RawArchive:
             self.fs.rm(path)
 
     @contextmanager
-    def _erasing(self, tenant: str) -> Iterator[None]:
+    def _erasing(self, tenant: str) -> Iterator[HeldLease | None]:
         """One erasure at a time per tenant: two rewriting one file would each put back the
-        other's rows. In this process a lock; across processes on a local disk an flock."""
+        other's rows. In this process a lock; across processes the shared lease (when the
+        archive has `leases`) and, on a local disk, an flock. Yields the lease (or None)."""
         with self._locks_guard:
             lock = self._locks.setdefault(tenant, threading.Lock())
-        with lock:
+        shared: AbstractContextManager[HeldLease | None] = (
+            self.leases.hold(f"archive-erasure:{tenant}", wait=self.erase_wait_seconds)
+            if self.leases is not None
+            else nullcontext(None)
+        )
+        with lock, shared as lease:
             if not self._local:
-                yield
+                yield lease
                 return
             directory = Path(self.root) / f"tenant={tenant}"
             if not directory.is_dir():
-                yield  # nothing archived for the tenant (a later pass locks again)
+                yield lease  # nothing archived for the tenant (a later pass locks again)
                 return
             fd = os.open(directory / ".erasure.lock", os.O_RDWR | os.O_CREAT, 0o600)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX)
-                yield
+                yield lease
             finally:
                 os.close(fd)  # releases the flock
 
@@ -427,6 +476,11 @@ def archive_url(raw: str | None, data_dir: Path) -> str | None:
     return raw
 
 
-def open_archive(raw: str | None, data_dir: Path) -> RawArchive | None:
+def open_archive(
+    raw: str | None, data_dir: Path, metadata: MetadataStore | None = None
+) -> RawArchive | None:
+    """The archive, its erasures taking turns through leases in `metadata` when given."""
     url = archive_url(raw, data_dir)
-    return RawArchive(url) if url is not None else None
+    if url is None:
+        return None
+    return RawArchive(url, leases=LeaseStore(metadata) if metadata is not None else None)

@@ -36,8 +36,9 @@ from sendflowr.connectors.klaviyo.webhooks import (
     parse_delivery,
     verify,
 )
-from sendflowr.errors import InvalidInputError, SendFlowrError
+from sendflowr.errors import InvalidInputError, NotFoundError, SendFlowrError
 from sendflowr.events import CanonicalEvent
+from sendflowr.intake import Accepted
 from sendflowr.metrics import observe_ingest
 from sendflowr.runtime import Runtime
 from sendflowr.storage.metadata.store import DeadLetter
@@ -122,18 +123,10 @@ def _accept_delivery(
         if dead:
             runtime.metadata.add_dead_letters(dead)
             observe_ingest("klaviyo-webhook", dead_lettered=len(dead))
-        if events:
-            keep_accepted(
-                runtime,
-                tenant=tenant,
-                esp=ESP,
-                source="klaviyo-webhook",
-                kind="klaviyo-webhook-item",
-                payloads=raw,
-                event_ids=[e.event_id for e in events],
-                received_at=now,
-            )
-            runtime.bus.publish(events, source="klaviyo-webhook")
+        # archived, then stored, with deliveries arriving meanwhile (sendflowr.intake)
+        runtime.intake.keep(
+            Accepted(tenant, ESP, "klaviyo-webhook", "klaviyo-webhook-item", raw, events, now)
+        )
     except BaseException:
         # Not accepted: let Klaviyo's retry through the replay guard.
         runtime.accounts.forget_delivery(tenant, signature)
@@ -147,7 +140,11 @@ def _accept_delivery(
 
 
 def _known(runtime: Runtime, tenant: str) -> bool:
-    return runtime.metadata.find_tenant(tenant) is not None
+    try:
+        runtime.metadata.hot_tenant(tenant)  # at most 2 s old; a deletion here clears it
+    except NotFoundError:
+        return False
+    return True
 
 
 def _normalise(

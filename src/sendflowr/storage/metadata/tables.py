@@ -372,3 +372,15 @@ api_keys = Table(
     Column("revoked_at", DateTime(timezone=True), nullable=True),
     Index("ix_api_keys_tenant", "tenant"),
 )
+
+# -- leases (migration 0009) -----------------------------------------------------------------
+
+# A named lock shared by every process on this metadata store (storage/metadata/leases.py):
+# held by `holder` until `expires_at`, renewed while held, free once expired (a dead holder).
+leases = Table(
+    "leases",
+    metadata,
+    Column("name", String(200), primary_key=True),  # e.g. archive-erasure:<tenant>
+    Column("holder", String(100), nullable=False),
+    Column("expires_at", DateTime(timezone=True), nullable=False),
+)

@@ -15,13 +15,16 @@ it. The check is per tenant and time-based, never per decision.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any, Final
+from operator import attrgetter
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 from zoneinfo import ZoneInfo
 
 import numpy as np
@@ -36,7 +39,11 @@ from sendflowr.storage.events.base import EventStore
 from sendflowr.storage.events.rows import EXPLANATION_SCHEMA
 from sendflowr.storage.features.base import FeatureCache
 from sendflowr.storage.features.memory import MemoryFeatureCache
+from sendflowr.storage.features.rebuild import fold_arrays, resolve_aliases
 from sendflowr.timing.activity import (
+    BINS,
+    HOURS,
+    LAG_BUCKETS,
     ActivityParams,
     ActivityProfile,
     ActivityTable,
@@ -46,17 +53,27 @@ from sendflowr.timing.activity import (
 from sendflowr.timing.engine import (
     LEVELS,
     MODEL_VERSION,
+    SCORE_BLOCK,
+    AudienceScores,
     BatchDecisions,
     BatchScores,
     Decision,
     EngineParams,
     audience_archetypes,
+    audience_scores,
     choose,
     score_batch,
     utc_offsets,
+    window_minutes,
 )
 from sendflowr.timing.explanation import Explanation
-from sendflowr.timing.features import ENGAGEMENT_WEIGHTS, ProfileFeatures
+from sendflowr.timing.features import (
+    ENGAGEMENT_WEIGHTS,
+    FeatureTable,
+    FoldContext,
+    ProfileFeatures,
+    zone_tag,
+)
 from sendflowr.timing.policy import Applied, Suppression, apply, choose_allowed, describe
 from sendflowr.timing.window import Window
 
@@ -150,6 +167,8 @@ class TimingService:
         self._audiences: dict[str, _CachedAudience] = {}
         self._forgotten: dict[str, int] = {}  # per tenant: forget_audience calls so far
         self._builders: dict[str, threading.Lock] = {}  # per tenant: held while building
+        # per tenant: the last window scored against its audience (see `scored_audience`)
+        self._scored: dict[str, tuple[ActivityTable, AudienceScores]] = {}
         self._lock = threading.Lock()
 
     def forget_audience(self, tenant: str) -> None:
@@ -158,6 +177,7 @@ class TimingService:
         erasure audit within ERASURE_CHECK_S)."""
         with self._lock:
             self._audiences.pop(tenant, None)
+            self._scored.pop(tenant, None)
             # a rebuild already reading the history must not store its (older) curve
             self._forgotten[tenant] = self._forgotten.get(tenant, 0) + 1
 
@@ -205,6 +225,25 @@ class TimingService:
             return audience
         finally:
             builder.release()
+
+    def scored_audience(
+        self, tenant: str, zone: ZoneInfo, window: Window, now: int
+    ) -> tuple[ActivityTable, AudienceScores]:
+        """The tenant's audience and what scoring `window` at `now` takes from it and the
+        prior (engine.audience_scores), the latter kept for the tenant's last window: single
+        decisions within the same second and window minutes share it. The cached audience
+        is never changed in place, so its identity says it is the same."""
+        audience = self.audience(tenant, zone, now)
+        start, end = int(window.start.timestamp()), int(window.end.timestamp())
+        key = (*window_minutes(start, end), zone, now, self.params)
+        with self._lock:
+            hit = self._scored.get(tenant)
+        if hit is not None and hit[0] is audience and hit[1].key == key:
+            return hit
+        shared = audience_scores(audience, self._prior, start, end, zone, now, self.params)
+        with self._lock:
+            self._scored[tenant] = (audience, shared)
+        return audience, shared
 
     def _build_audience(self, tenant: str, zone: ZoneInfo, now: int) -> ActivityTable:
         since = datetime.fromtimestamp(now - AUDIENCE_DAYS * 86_400, UTC)
@@ -283,16 +322,18 @@ class TimingService:
         suppression: Suppression | None = None
         policies: tuple[str, ...] = ()
         policy_details: dict[str, Any] = {}
+        audience, shared = self.scored_audience(tenant, zone, window, now)
         scores = score_batch(
             profile.table() if profile is not None else ActivityTable.empty(1),
             np.array([0 if profile is not None else -1], np.int64),
-            self.audience(tenant, zone, now),
+            audience,
             self._prior,
             int(window.start.timestamp()),
             int(window.end.timestamp()),
             zone,
             now,
             self.params,
+            shared,
         )
         if policy is None:
             decision = choose(scores, latency_seconds, self.params).row(0)
@@ -360,41 +401,128 @@ def decide_many(
     intent_id: str = "",
     policy: PolicyContext | None = None,
 ) -> BatchRecord:
-    """Decisions for many people over one window: their histories in one query, the engine's
-    batch form, and one explanation row each. With `policy` (a row of facts per person) the
-    send policies mask, move or suppress each decision."""
+    """Decisions for many people over one window: their features from the feature cache
+    (misses rebuilt from the store in one query, see `batch_features`), the engine's batch
+    form a chunk at a time on DECIDE_THREADS threads, and one explanation row each, written
+    in one insert. With `policy` (a row of facts per person) the send policies mask, move or
+    suppress each decision."""
     now_dt = service.clock()
     now = int(now_dt.timestamp())
-    scored = next(
-        score_chunks(
-            service, tenant, universal_ids, known, zone, window, now, chunk=len(universal_ids)
-        )
-    )
-    decision_ids = ordered_ids(len(universal_ids))
     n = len(universal_ids)
+    feats = batch_features(service, tenant, universal_ids, known, zone, now)
+    audience, shared = service.scored_audience(tenant, zone, window, now)
+    params = service.params
+    start_s, end_s = int(window.start.timestamp()), int(window.end.timestamp())
+    decision_ids = ordered_ids(n)
+
+    # People with a history are scored DECIDE_CHUNK at a time (whole engine blocks, so the
+    # float32 products round as in one call over the batch); everyone without one shares one
+    # row (audience and prior), scored and chosen once.
+    step = max(1, DECIDE_CHUNK // SCORE_BLOCK) * SCORE_BLOCK
+    with_history = np.flatnonzero(feats.rows >= 0)
+    where = [with_history[lo : lo + step] for lo in range(0, len(with_history), step)]
+    if len(with_history) < n or n == 0:
+        where.append(np.flatnonzero(feats.rows < 0))
+
+    def scored(at: np.ndarray[Any, np.dtype[np.int64]]) -> BatchScores:
+        no_history = len(at) > 0 and feats.rows[at[0]] < 0  # the one shared row
+        rows = np.full(1, -1, np.int64) if no_history else feats.rows[at]
+        return score_batch(
+            feats.table, rows, audience, service._prior, start_s, end_s, zone, now, params,
+            shared,
+        )  # fmt: skip
+
+    def chosen(at: np.ndarray[Any, np.dtype[np.int64]]) -> BatchDecisions:
+        return choose(scored(at), latency_seconds, params)
+
+    threads = DECIDE_THREADS if len(where) > 1 else 1
     suppressed: list[Suppression | None] = [None] * n
     policies: list[tuple[str, ...]] = [()] * n
-    details: list[dict[str, Any]] = [{} for _ in range(n)]
+    details: Sequence[dict[str, Any]] = [{}] * n  # one shared empty dict: read only
     exploring = [False] * n
     if policy is None:
-        batch = choose(scored.scores, latency_seconds, service.params)
+        batch = BatchDecisions(*_spread(n, where, _map(chosen, where, threads), _DECISION_FIELDS))
     else:
-        applied = apply(scored.scores, policy.config, policy.facts, zone, decision_ids)
-        chosen = choose_allowed(applied, latency_seconds, service.params)
-        batch, policies, details = chosen.decisions, chosen.policies, chosen.details
+        parts = _map(scored, where, threads)
+        scores = BatchScores(parts[0].candidates, *_spread(n, where, parts, ("prob", "weights")))
+        applied = apply(scores, policy.config, policy.facts, zone, decision_ids)
+        allowed = choose_allowed(applied, latency_seconds, params)
+        batch, policies, details = allowed.decisions, allowed.policies, allowed.details
         suppressed = applied.suppressed
         exploring = applied.exploration.tolist()
-    refs = ["exp_" + d.replace("-", "") for d in decision_ids]
+    refs = explanation_refs(decision_ids)
     service.events.insert_explanation_table(
         explanation_table(
             tenant, decision_ids, refs, universal_ids, intent_id, now_dt, batch,
-            scored.machine_opens, scored.evidence, known, latency_seconds, policies, details,
+            feats.machine_opens, feats.evidence, known, latency_seconds, policies, details,
             exploring,
         )
     )  # fmt: skip
     return BatchRecord(
         list(universal_ids), batch, decision_ids, refs, suppressed, exploring, policies
     )
+
+
+# Batch scoring: chunks of this many people with a history (rounded to whole engine blocks),
+# on this many threads (numpy and BLAS release the GIL in the products and reductions; BLAS
+# should run one thread per worker, e.g. OPENBLAS_NUM_THREADS=1, or its own threads fight the
+# workers for the cores).
+DECIDE_CHUNK: Final = 8_192
+DECIDE_THREADS: Final = max(1, min(2, os.cpu_count() or 1))
+
+
+_T = TypeVar("_T")
+_A = TypeVar("_A")
+
+
+def _map(fn: Callable[[_A], _T], items: Sequence[_A], threads: int) -> list[_T]:
+    """`[fn(x) for x in items]`, on `threads` threads when more than one."""
+    if threads <= 1:
+        return [fn(x) for x in items]
+    with ThreadPoolExecutor(threads, thread_name_prefix="decide") as pool:
+        return list(pool.map(fn, items))
+
+
+def _spread(
+    n: int,
+    where: Sequence[np.ndarray[Any, np.dtype[np.int64]]],
+    parts: Sequence[Any],
+    fields: Sequence[str],
+) -> list[np.ndarray[Any, Any]]:
+    """Per field, an (n, ...) array holding part i's rows at where[i] (a one-row part, the
+    shared row of people without history, is broadcast)."""
+    out = []
+    for name in fields:
+        first = getattr(parts[0], name)
+        whole = np.empty((n, *first.shape[1:]), first.dtype)
+        for at, part in zip(where, parts, strict=True):
+            whole[at] = getattr(part, name)
+        out.append(whole)
+    return out
+
+
+_DECISION_FIELDS: Final = (
+    "target",
+    "trigger",
+    "confidence",
+    "alternatives",
+    "alternative_scores",
+    "level",
+    "weights",
+)
+_REF_COLUMNS: Final = np.array([i for i in range(36) if i not in (8, 13, 18, 23)])
+
+
+def explanation_refs(decision_ids: Sequence[str]) -> list[str]:
+    """`"exp_" + id without its dashes` for each decision id (vectorised)."""
+    if not decision_ids:
+        return []
+    raw = np.array(decision_ids, "S36").view(np.uint8).reshape(-1, 36)
+    out = np.empty((len(raw), 36), np.uint8)
+    out[:, :4] = np.frombuffer(b"exp_", np.uint8)
+    out[:, 4:] = raw[:, _REF_COLUMNS]
+    refs: list[str] = out.view("S36").ravel().astype("U36").tolist()
+    return refs
 
 
 def explanation_table(
@@ -419,20 +547,29 @@ def explanation_table(
     n = len(decision_ids)
     dumps = orjson.dumps
     plain = dumps({"batch": True, "latency_estimate_seconds": latency_seconds}).decode()
-    detail_json = [
-        dumps({"batch": True, "latency_estimate_seconds": latency_seconds, **d}).decode()
-        if d
-        else plain
-        for d in details
+    detail_json = (
+        [
+            dumps({"batch": True, "latency_estimate_seconds": latency_seconds, **d}).decode()
+            if d
+            else plain
+            for d in details
+        ]
+        if any(details)
+        else [plain] * n
+    )
+    # the evidence JSON: one text for everyone without evidence (most of a large batch)
+    ev = np.asarray(evidence, np.float64)
+    is_known = np.fromiter(map(bool, known), np.bool_, n)
+    ev_json = np.empty(n, object)
+    for flag in (False, True):
+        ev_json[(ev == 0) & (is_known == flag)] = dumps(
+            {"evidence": 0.0, "known_person": flag}
+        ).decode()
+    some = np.flatnonzero(ev != 0)
+    ev_json[some] = [
+        dumps({"evidence": e, "known_person": k}).decode()
+        for e, k in zip(ev[some].tolist(), is_known[some].tolist(), strict=True)
     ]
-    ev_cache: dict[tuple[float, bool], str] = {}
-    ev_json = []
-    for e, k in zip(evidence.tolist(), known, strict=True):
-        key = (e, bool(k))
-        text = ev_cache.get(key)
-        if text is None:
-            text = ev_cache[key] = dumps({"evidence": e, "known_person": key[1]}).decode()
-        ev_json.append(text)
     ms = pa.timestamp("ms", tz="UTC")
     created = (created_at - _EPOCH) // timedelta(milliseconds=1)
     cols: dict[str, Any] = {
@@ -454,7 +591,7 @@ def explanation_table(
         "weight_global": batch.weights[:, 2].astype(np.float32),
         "evidence": pa.array(ev_json, pa.string()),
         "machine_opens_excluded": np.asarray(machine_opens).astype(np.uint32),
-        "policies": pa.array([list(p) for p in policies], pa.list_(pa.string())),
+        "policies": _string_lists(policies),
         "exploration": np.asarray(exploring, np.bool_),
         "details": pa.array(detail_json, pa.string()),
     }
@@ -462,6 +599,15 @@ def explanation_table(
 
 
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def _string_lists(rows: Sequence[tuple[str, ...]]) -> pa.Array:
+    """A list<string> column from per-row tuples (offsets and values, not a list per row)."""
+    lengths = np.fromiter(map(len, rows), np.int32, len(rows))
+    offsets = np.zeros(len(rows) + 1, np.int32)
+    np.cumsum(lengths, out=offsets[1:])
+    values = [v for row in rows if row for v in row]
+    return pa.ListArray.from_arrays(pa.array(offsets), pa.array(values, pa.string()))
 
 
 @dataclass(frozen=True, slots=True)
@@ -483,45 +629,153 @@ def score_chunks(
     chunk: int = 20_000,
 ) -> Iterator[ScoredChunk]:
     """Candidate scores for a large audience, a chunk at a time (memory stays bounded by the
-    chunk, not the audience): the tenant's history is read once, in one query."""
+    chunk, not the audience): each chunk's features from the feature cache, its misses
+    rebuilt in one query (`batch_features`)."""
     params = service.params
-    since = datetime.fromtimestamp(now - AUDIENCE_DAYS * 86_400, UTC)
-    h_uids, h_utc, h_types, h_machine = service.events.engagement_history(
-        tenant, HISTORY_TYPES, since
-    )
-    aliases = service.identity.alias_map(tenant)
-    index_of = {u: i for i, (u, k) in enumerate(zip(universal_ids, known, strict=True)) if k}
-    rows = np.fromiter((index_of.get(aliases.get(u, u), -1) for u in h_uids), np.int64, len(h_uids))
-    keep = np.flatnonzero(rows >= 0)
-    rows = rows[keep]
-    utc = np.asarray(h_utc, np.int64)[keep]
-    types = [h_types[i] for i in keep.tolist()]
-    machine = np.asarray(h_machine, np.bool_)[keep] if len(keep) else np.zeros(0, np.bool_)
-    order = np.argsort(rows, kind="stable")
-    rows, utc, machine = rows[order], utc[order], machine[order]
-    types = [types[i] for i in order.tolist()]
-    audience = service.audience(tenant, zone, now)
+    audience, shared = service.scored_audience(tenant, zone, window, now)
     start_s, end_s = int(window.start.timestamp()), int(window.end.timestamp())
     for start in range(0, len(universal_ids), chunk):
-        n = min(chunk, len(universal_ids) - start)
-        lo, hi = np.searchsorted(rows, [start, start + n])
-        people = ActivityTable.empty(n)
-        if hi > lo:
-            fold_history(
-                people, rows[lo:hi] - start, utc[lo:hi], types[lo:hi], machine[lo:hi], zone,
-                now, params.activity,
-            )  # fmt: skip
-        has = people.evidence > 0
-        arg = np.where(has, np.arange(n), -1).astype(np.int64)
+        stop = start + chunk
+        feats = batch_features(
+            service, tenant, universal_ids[start:stop], known[start:stop], zone, now
+        )
         scores = score_batch(
-            people, arg, audience, service._prior, start_s, end_s, zone, now, params
-        )
-        yield ScoredChunk(
-            start,
-            scores,
-            people.machine_opens.astype(np.int64),
-            people.evidence.astype(np.float64),
-        )
+            feats.table, feats.rows, audience, service._prior, start_s, end_s, zone, now,
+            params, shared,
+        )  # fmt: skip
+        yield ScoredChunk(start, scores, feats.machine_opens, feats.evidence)
+
+
+@dataclass(frozen=True, slots=True)
+class BatchFeatures:
+    """What a batch of recipients brings to the engine (row i: recipient i)."""
+
+    table: ActivityTable  # the profiles of the recipients with a history
+    rows: np.ndarray[Any, np.dtype[np.int64]]  # row in `table`, -1: no history or unknown
+    machine_opens: np.ndarray[Any, np.dtype[np.int64]]  # excluded machine opens
+    evidence: np.ndarray[Any, np.dtype[np.float64]]  # decayed evidence as of `now`
+
+
+def batch_features(
+    service: TimingService,
+    tenant: str,
+    universal_ids: Sequence[str],
+    known: Sequence[bool],
+    zone: ZoneInfo,
+    now: int,
+) -> BatchFeatures:
+    """The known recipients' timing features, as the single decision reads them
+    (`TimingService.person_profile`): from the feature cache, and those it misses (or keeps
+    in another zone) rebuilt from every event stored under their aliases in ONE columnar
+    query, folded with the bulk rebuild's fold, and put back. A person with no engagement
+    (evidence 0) is scored without history, like a stranger."""
+    n = len(universal_ids)
+    people = list(dict.fromkeys(u for u, k in zip(universal_ids, known, strict=True) if k))
+    tag = zone_tag(zone)
+    cached = service.features.get_many(tenant, people) if people else {}
+    profiles: list[ActivityProfile | None] = []
+    missing: list[int] = []
+    stale: list[str] = []
+    for i, uid in enumerate(people):
+        f = cached.get(uid)
+        if f is not None and f.zone_tag == tag:
+            profiles.append(f.activity)
+        else:
+            profiles.append(None)
+            missing.append(i)
+            if f is not None:
+                stale.append(uid)
+    if missing:
+        if stale:  # kept in another zone: replaced below
+            service.features.invalidate(tenant, stale)
+        ids = [people[i] for i in missing]
+        rebuilt = _rebuild(service, tenant, ids, zone, now)
+        for i, j in zip(missing, range(len(ids)), strict=True):
+            profiles[i] = rebuilt.activity.row(j)
+    done = [p for p in profiles if p is not None]
+    assert len(done) == len(people)
+    m = len(done)
+    evidence = np.fromiter(map(attrgetter("evidence"), done), np.float64, m)
+    machine = np.fromiter(map(attrgetter("machine_opens"), done), np.int64, m)
+    last_update = np.fromiter(map(attrgetter("last_update"), done), np.int64, m)
+    age = np.exp2(-np.maximum((now - last_update).astype(np.float64), 0.0) / (
+        service.params.activity.half_life_s
+    ))  # fmt: skip
+    has = evidence > 0
+    table = _stacked([done[i] for i in np.flatnonzero(has).tolist()])
+    row_of = np.where(has, np.cumsum(has) - 1, -1)
+    position = {u: i for i, u in enumerate(people)}
+    person = np.fromiter(
+        (position[u] if k else -1 for u, k in zip(universal_ids, known, strict=True)),
+        np.int64,
+        n,
+    )
+    found = person >= 0
+    safe = np.where(found, person, 0)
+    if m == 0:
+        return BatchFeatures(table, np.full(n, -1, np.int64), np.zeros(n, np.int64), np.zeros(n))
+    return BatchFeatures(
+        table,
+        np.where(found, row_of[safe], -1),
+        np.where(found, machine[safe], 0),
+        np.where(found, (evidence * age)[safe], 0.0),
+    )
+
+
+def _stacked(profiles: Sequence[ActivityProfile]) -> ActivityTable:
+    """Profiles as one table (a column at a time, not a row at a time)."""
+    m = len(profiles)
+    if m == 0:
+        return ActivityTable.empty(0)
+
+    def ints(name: str) -> np.ndarray[Any, np.dtype[np.int64]]:
+        return np.fromiter(map(attrgetter(name), profiles), np.int64, m)
+
+    def floats(name: str) -> np.ndarray[Any, np.dtype[np.float64]]:
+        return np.fromiter(map(attrgetter(name), profiles), np.float64, m)
+
+    def rows(name: str, width: int) -> np.ndarray[Any, np.dtype[np.float32]]:
+        flat = np.concatenate(list(map(attrgetter(name), profiles)))
+        return flat.astype(np.float32, copy=False).reshape(m, width)
+
+    return ActivityTable(
+        rows("bins", BINS),
+        floats("evidence"),
+        floats("active_days"),
+        ints("last_update"),
+        ints("last_engagement"),
+        ints("last_day"),
+        ints("machine_opens"),
+        rows("prompted", HOURS),
+        rows("exposure", HOURS),
+        rows("lag", LAG_BUCKETS),
+        ints("pending_since"),
+        ints("exposure_end"),
+    )
+
+
+def _rebuild(
+    service: TimingService, tenant: str, universal_ids: Sequence[str], zone: ZoneInfo, now: int
+) -> FeatureTable:
+    """Features of these people (row i: universal_ids[i]) rebuilt from every event stored
+    under their aliases, in one query, and put back in the feature cache (through its
+    rebuild guard: a person whose events were being ingested meanwhile is not written)."""
+    aliases = service.identity.alias_map(tenant)
+    want = set(universal_ids)
+    stored = [*universal_ids, *(a for a in aliases if resolve_aliases(aliases, a) in want)]
+    ctx = FoldContext(zone, now, service.params.activity)
+    out = FeatureTable.empty(len(universal_ids), zone_tag(zone))
+    with service.features.rebuilding(tenant) as rebuild:  # before the read
+        arrays = service.events.engagement_arrays(tenant, universal_ids=stored)
+        found, folded = fold_arrays(arrays, aliases, ctx)
+        at = {u: i for i, u in enumerate(universal_ids)}
+        src = np.fromiter((i for i, u in enumerate(found) if u in at), np.int64)
+        dst = np.fromiter((at[found[i]] for i in src.tolist()), np.int64, len(src))
+        out.activity.copy_rows(dst, folded.activity, src)
+        out.counts[dst] = folded.counts[src]
+        out.first_seen_ms[dst] = folded.first_seen_ms[src]
+        rebuild.put_table(universal_ids, out)
+    return out
 
 
 def _explanation(

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -559,10 +559,23 @@ def send_time_corrected(
     shape = (hazard / np.maximum(hazard.sum(axis=(1, 2), keepdims=True), 1e-300)).reshape(-1, HOURS)
     moved = tot_p[:, None] * shape
     b = out[idx].astype(np.float64).reshape(-1, HOURS, BINS // HOURS)
-    per_hour = b.sum(axis=2)
-    keep = np.clip(1.0 - p / np.maximum(per_hour, 1e-12), 0.0, 1.0)
-    b = b * keep[:, :, None] + moved[:, :, None] / (BINS // HOURS)
+    keep = np.clip(1.0 - p / np.maximum(quarter_sums(b), 1e-12), 0.0, 1.0)
+    b *= keep[:, :, None]  # in place: the same products and sums, fewer temporaries
+    b += (moved / (BINS // HOURS))[:, :, None]
     out[idx] = b.reshape(-1, BINS).astype(np.float32)
+    return out
+
+
+_F = TypeVar("_F", bound=np.floating[Any])
+
+
+def quarter_sums(x: npt.NDArray[_F]) -> npt.NDArray[_F]:
+    """`x.sum(axis=-1)` for a last axis of 4 (the quarter hours of an hour), bit for bit: numpy
+    adds so few values one after the other, and so does this, but as whole-array additions
+    instead of a reduction over an axis of four (several times faster)."""
+    out = x[..., 0] + x[..., 1]
+    out += x[..., 2]
+    out += x[..., 3]
     return out
 
 

@@ -18,7 +18,7 @@ from typing import Final
 import numpy as np
 import numpy.typing as npt
 
-from sendflowr.timing.activity import BINS, HOURS, FloatArray
+from sendflowr.timing.activity import BINS, HOURS, FloatArray, quarter_sums
 
 _PER_HOUR: Final = BINS // HOURS
 _FLOOR: Final = 0.02  # share of the audience shape mixed into every archetype (no zero hours)
@@ -35,7 +35,7 @@ class Archetypes:
 
     def posterior(self, bins: npt.NDArray[np.float32] | FloatArray) -> FloatArray:
         """(rows, K) P(archetype | the row's curve); rows without weight get the prior."""
-        hourly = bins.reshape(len(bins), HOURS, _PER_HOUR).sum(axis=2).astype(np.float64)
+        hourly = quarter_sums(bins.reshape(len(bins), HOURS, _PER_HOUR)).astype(np.float64)
         ll = hourly @ self.log_hourly.T + self.log_prior[None, :]
         ll -= ll.max(axis=1, keepdims=True)
         p = np.exp(ll)

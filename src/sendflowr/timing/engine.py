@@ -220,7 +220,8 @@ def curves(
     exposure = table.open_exposure(sub, utc_offsets(probe, zone), now, params)
     # exposure is aged to `now`; prompted weight too, so their ratio is a hazard as of now
     aged = table.aged(now, params.half_life_s)[sub, None].astype(np.float32)
-    bins = bins.copy()
+    if np.may_share_memory(bins, table.bins):  # indexing by an integer array copied already
+        bins = bins.copy()
     bins[exposed] = send_time_corrected(
         bins[exposed], table.prompted[sub] * aged, exposure, params.exposure_prior_h
     )
@@ -365,6 +366,58 @@ def _personal_shares(
     return out, has
 
 
+@dataclass(frozen=True, slots=True)
+class AudienceScores:
+    """What scoring a window takes from the audience and the prior alone: the same for every
+    person of a batch (and for a tenant's single decisions within one second)."""
+
+    key: tuple[int, int, ZoneInfo | int, int, EngineParams]  # window minutes, zone, now, params
+    ops: _Operators
+    audience: FloatArray  # (1, C) the audience curve's shares
+    archetypes: FloatArray | None  # (K, C) the archetypes' shares
+    prior: FloatArray  # (1, C) the global prior's shares
+    audience_share: float  # the audience's weight among what the person leaves
+    audience_sittings: float  # the audience's engaged sittings per active day
+
+
+def audience_scores(
+    audience: ActivityTable,
+    prior: FloatArray,
+    start_utc: int,
+    end_utc: int,
+    zone: ZoneInfo | int,
+    now: int,
+    params: EngineParams = EngineParams(),
+) -> AudienceScores:
+    """`score_batch`'s audience and prior part for this window at `now`. A caller that keeps
+    an audience unchanged may compute it once and pass it to several `score_batch` calls."""
+    first, last = window_minutes(start_utc, end_utc)
+    ops = _operators(first, last, zone, params)
+    audience_bins = curves(audience, np.zeros(1, np.int64), zone, now, params.activity)
+    s_a, has_a = _shares(audience_bins.astype(np.float64), ops.audience)
+    arch = audience.archetypes if params.archetypes > 0 else None
+    s_k = _shares(arch.curves, ops.audience)[0] if arch is not None else None
+    s_g, _ = _shares(prior[None, :], ops.horizon)
+    aud_age = float(audience.aged(now, params.activity.half_life_s)[0])
+    m = float(audience.evidence[0] * aud_age) if has_a[0] else 0.0
+    a_days = float(audience.active_days[0] * aud_age)
+    return AudienceScores(
+        (first, last, zone, now, params),
+        ops,
+        _frozen(s_a),
+        None if s_k is None else _frozen(s_k),
+        _frozen(s_g),
+        m / (m + params.k_audience),
+        m / a_days if a_days > 0 else 1.0,
+    )
+
+
+def window_minutes(start_utc: int, end_utc: int) -> tuple[int, int]:
+    """The window's ends rounded up to whole minutes: the candidates depend on nothing finer,
+    so single decisions within a minute share the window's operators."""
+    return -(-start_utc // MINUTE) * MINUTE, -(-end_utc // MINUTE) * MINUTE
+
+
 SCORE_BLOCK: Final = 2_048  # rows scored at a time: temporaries stay in cache, memory bounded
 
 
@@ -378,27 +431,24 @@ def score_batch(
     zone: ZoneInfo | int,
     now: int,
     params: EngineParams = EngineParams(),
+    shared: AudienceScores | None = None,
 ) -> BatchScores:
     """Score `people[rows]` (row -1: nobody known) at the window's candidate minutes. Between
     two candidates the share is linear in the minute (see the module notes).
 
     The window's operators are computed once (cached); people with a history are scored a
-    block at a time; everyone without one gets the same row (audience and prior only)."""
-    # the candidates depend on the window's ends only through whole minutes: a key that
-    # changes every minute, not every second, so single decisions share the operators
-    ops = _operators(-(-start_utc // MINUTE) * MINUTE, -(-end_utc // MINUTE) * MINUTE, zone, params)
+    block at a time; everyone without one gets the same row (audience and prior only).
+    `shared`: `audience_scores` of this audience, prior, window, instant and parameters, when
+    the caller has it (else computed here)."""
+    if shared is None:
+        shared = audience_scores(audience, prior, start_utc, end_utc, zone, now, params)
+    elif shared.key != (*window_minutes(start_utc, end_utc), zone, now, params):
+        raise ValueError("audience scores of another window, zone, instant or parameters")
+    ops, s_a, s_k, s_g = shared.ops, shared.audience, shared.archetypes, shared.prior
+    a_share, k_aud = shared.audience_share, shared.audience_sittings
+    arch = audience.archetypes if s_k is not None else None
     half = params.activity.half_life_s
     c = len(ops.candidates)
-    audience_bins = curves(audience, np.zeros(1, np.int64), zone, now, params.activity)
-    s_a, has_a = _shares(audience_bins.astype(np.float64), ops.audience)
-    arch = audience.archetypes if params.archetypes > 0 else None
-    s_k = _shares(arch.curves, ops.audience)[0] if arch is not None else None
-    s_g, _ = _shares(prior[None, :], ops.horizon)
-    aud_age = float(audience.aged(now, half)[0])
-    m = float(audience.evidence[0] * aud_age) if has_a[0] else 0.0
-    a_share = m / (m + params.k_audience)
-    a_days = float(audience.active_days[0] * aud_age)
-    k_aud = m / a_days if a_days > 0 else 1.0
 
     rows = np.asarray(rows, np.int64)
     prob = np.empty((len(rows), c))

@@ -313,12 +313,20 @@ class EventStore(DataViews):
         )
 
     def engagement_arrays(
-        self, tenant: str, types: Sequence[str] | None = None, since: datetime | None = None
+        self,
+        tenant: str,
+        types: Sequence[str] | None = None,
+        since: datetime | None = None,
+        universal_ids: Sequence[str] | None = None,
     ) -> EngagementArrays:
-        """A tenant's events (of `types`, default all; since `since`) as numpy columns, in ONE
-        columnar query: what the bulk feature rebuild folds. Deduplicated like every read."""
+        """A tenant's events (of `types`, default all; since `since`; stored under
+        `universal_ids`, default everyone's) as numpy columns, in ONE columnar query: what the
+        bulk feature rebuild folds. Deduplicated like every read."""
         params: dict[str, Any] = {"tenant": tenant}
         cond = ""
+        if universal_ids is not None:
+            cond += " AND universal_id IN {uids:Array(String)}"
+            params["uids"] = list(universal_ids)
         if types is not None:
             cond += " AND event_type IN {types:Array(String)}"
             params["types"] = list(types)

@@ -23,7 +23,6 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from operator import attrgetter
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 from zoneinfo import ZoneInfo
 
@@ -41,9 +40,6 @@ from sendflowr.storage.features.base import FeatureCache
 from sendflowr.storage.features.memory import MemoryFeatureCache
 from sendflowr.storage.features.rebuild import fold_arrays, resolve_aliases
 from sendflowr.timing.activity import (
-    BINS,
-    HOURS,
-    LAG_BUCKETS,
     ActivityParams,
     ActivityProfile,
     ActivityTable,
@@ -672,37 +668,25 @@ def batch_features(
     n = len(universal_ids)
     people = list(dict.fromkeys(u for u, k in zip(universal_ids, known, strict=True) if k))
     tag = zone_tag(zone)
-    cached = service.features.get_many(tenant, people) if people else {}
-    profiles: list[ActivityProfile | None] = []
-    missing: list[int] = []
-    stale: list[str] = []
-    for i, uid in enumerate(people):
-        f = cached.get(uid)
-        if f is not None and f.zone_tag == tag:
-            profiles.append(f.activity)
-        else:
-            profiles.append(None)
-            missing.append(i)
-            if f is not None:
-                stale.append(uid)
-    if missing:
+    present, features = service.features.get_table(tenant, people)
+    cached = present & (features.zone_tag == tag)
+    missing = np.flatnonzero(~cached)
+    if len(missing):
+        stale = [people[i] for i in np.flatnonzero(present & ~cached).tolist()]
         if stale:  # kept in another zone: replaced below
             service.features.invalidate(tenant, stale)
-        ids = [people[i] for i in missing]
-        rebuilt = _rebuild(service, tenant, ids, zone, now)
-        for i, j in zip(missing, range(len(ids)), strict=True):
-            profiles[i] = rebuilt.activity.row(j)
-    done = [p for p in profiles if p is not None]
-    assert len(done) == len(people)
-    m = len(done)
-    evidence = np.fromiter(map(attrgetter("evidence"), done), np.float64, m)
-    machine = np.fromiter(map(attrgetter("machine_opens"), done), np.int64, m)
-    last_update = np.fromiter(map(attrgetter("last_update"), done), np.int64, m)
-    age = np.exp2(-np.maximum((now - last_update).astype(np.float64), 0.0) / (
+        rebuilt = _rebuild(service, tenant, [people[i] for i in missing.tolist()], zone, now)
+        features.activity.copy_rows(missing, rebuilt.activity, slice(0, len(missing)))
+    act = features.activity
+    m = len(people)
+    evidence, machine = act.evidence, act.machine_opens
+    age = np.exp2(-np.maximum((now - act.last_update).astype(np.float64), 0.0) / (
         service.params.activity.half_life_s
     ))  # fmt: skip
     has = evidence > 0
-    table = _stacked([done[i] for i in np.flatnonzero(has).tolist()])
+    kept = np.flatnonzero(has)
+    table = ActivityTable.empty(len(kept))
+    table.copy_rows(slice(None), act, kept)
     row_of = np.where(has, np.cumsum(has) - 1, -1)
     position = {u: i for i, u in enumerate(people)}
     person = np.fromiter(
@@ -719,38 +703,6 @@ def batch_features(
         np.where(found, row_of[safe], -1),
         np.where(found, machine[safe], 0),
         np.where(found, (evidence * age)[safe], 0.0),
-    )
-
-
-def _stacked(profiles: Sequence[ActivityProfile]) -> ActivityTable:
-    """Profiles as one table (a column at a time, not a row at a time)."""
-    m = len(profiles)
-    if m == 0:
-        return ActivityTable.empty(0)
-
-    def ints(name: str) -> np.ndarray[Any, np.dtype[np.int64]]:
-        return np.fromiter(map(attrgetter(name), profiles), np.int64, m)
-
-    def floats(name: str) -> np.ndarray[Any, np.dtype[np.float64]]:
-        return np.fromiter(map(attrgetter(name), profiles), np.float64, m)
-
-    def rows(name: str, width: int) -> np.ndarray[Any, np.dtype[np.float32]]:
-        flat = np.concatenate(list(map(attrgetter(name), profiles)))
-        return flat.astype(np.float32, copy=False).reshape(m, width)
-
-    return ActivityTable(
-        rows("bins", BINS),
-        floats("evidence"),
-        floats("active_days"),
-        ints("last_update"),
-        ints("last_engagement"),
-        ints("last_day"),
-        ints("machine_opens"),
-        rows("prompted", HOURS),
-        rows("exposure", HOURS),
-        rows("lag", LAG_BUCKETS),
-        ints("pending_since"),
-        ints("exposure_end"),
     )
 
 

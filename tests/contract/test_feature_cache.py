@@ -185,6 +185,22 @@ def test_clear_tenant_clears_only_that_tenant(backend: Backend) -> None:
     cache.clear_tenant("nobody")
 
 
+def test_get_table_gathers_cached_rows_and_leaves_misses_empty(backend: Backend) -> None:
+    cache = backend.cache
+    cache.put_many("acme", {"u1": _profile(1), "u3": _profile(3)})
+    cache.put_many("other", {"u2": _profile(2)})
+    present, table = cache.get_table("acme", ["u3", "u2", "u1", "nobody"])
+    assert present.tolist() == [True, False, True, False]
+    found = cache.get_many("acme", ["u1", "u3"])
+    _same(table.row(0), found["u3"])
+    _same(table.row(2), found["u1"])
+    for empty in (1, 3):
+        assert table.row(empty).engagements == 0
+        assert table.activity.evidence[empty] == 0
+    none, _ = cache.get_table("nobody-tenant", ["u1"])
+    assert none.tolist() == [False]
+
+
 def test_put_many_one_by_one_past_any_initial_capacity(backend: Backend) -> None:
     """Profiles written a few at a time (as decisions fill misses) keep going past whatever a
     backend allocates up front (the memory backend grows its table: once wrote into the old one)."""

@@ -11,6 +11,9 @@ import abc
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 
+import numpy as np
+import numpy.typing as npt
+
 from sendflowr.storage.health import BackendHealth
 from sendflowr.timing.features import (
     BatchColumns,
@@ -49,6 +52,21 @@ class FeatureCache(abc.ABC):
     @abc.abstractmethod
     def get_many(self, tenant: str, universal_ids: Iterable[str]) -> dict[str, ProfileFeatures]:
         """Features of those ids that are cached (missing ids are simply absent)."""
+
+    def get_table(
+        self, tenant: str, universal_ids: Sequence[str]
+    ) -> tuple[npt.NDArray[np.bool_], FeatureTable]:
+        """The features of many people as one table (row i: universal_ids[i]) and which rows
+        were cached; a row not cached is empty. What batch decisions read."""
+        found = self.get_many(tenant, universal_ids)
+        table = FeatureTable.empty(len(universal_ids))
+        present = np.zeros(len(universal_ids), np.bool_)
+        for i, uid in enumerate(universal_ids):
+            f = found.get(uid)
+            if f is not None:
+                table.set_row(i, f)
+                present[i] = True
+        return present, table
 
     @abc.abstractmethod
     def put_many(self, tenant: str, features: Mapping[str, ProfileFeatures]) -> None: ...

@@ -50,6 +50,9 @@ def test_a_good_batch_is_decoded_and_normalised() -> None:
     assert out.events[0].event_id == derive_event_id("klaviyo", "evt-0")
 
 
+# Digits that are not [0-9] (which, in the patterns, means ASCII digits only).
+_ARABIC_INDIC_DIGITS = "\u0661\u0662\u0663\u0664\u0665\u0666\u0667\u0668\u0669"
+
 BAD: list[tuple[str, dict[str, Any] | bytes]] = [
     ("not json", b"\xff\xfe not json"),
     ("two documents", b'{"a": 1} {"b": 2}'),
@@ -72,6 +75,26 @@ BAD: list[tuple[str, dict[str, Any] | bytes]] = [
     ("late by offset", payload(1, occurred_at="2099-12-31T23:30:00-01:00")),
     ("naive time", payload(1, occurred_at="2026-03-02T10:00:00")),
     ("machine click", payload(1, event_type="clicked", is_machine_open=True)),
+    # The patterns, checked batch-wise on the fast path.
+    ("tenant upper case", payload(1, tenant="Acme")),
+    ("tenant too long", payload(1, tenant="a" * 64)),
+    ("tenant leading dash", payload(1, tenant="-acme")),
+    ("esp digit first", payload(1, esp="1klaviyo")),
+    ("esp one letter", payload(1, esp="k")),
+    ("esp dash", payload(1, esp="kla-viyo")),
+    ("hash upper case", payload(1, identifiers={"email_hash": email_hash(1).upper()})),
+    ("hash short", payload(1, identifiers={"email_hash": email_hash(1)[:63]})),
+    ("hash long", payload(1, identifiers={"email_hash": email_hash(1) + "a"})),
+    ("hash empty", payload(1, identifiers={"email_hash": ""})),
+    ("hash not hex", payload(1, identifiers={"email_hash": "g" * 64})),
+    ("hash non-ASCII", payload(1, identifiers={"email_hash": "é" + email_hash(1)[1:]})),
+    ("hash digit", payload(1, identifiers={"email_hash": "\u0663" + email_hash(1)[1:]})),
+    ("phone no plus", payload(1, identifiers={"phone": "48123456789"})),
+    ("phone leading zero", payload(1, identifiers={"phone": "+0123456789"})),
+    ("phone too short", payload(1, identifiers={"phone": "+12345"})),
+    ("phone too long", payload(1, identifiers={"phone": "+1234567890123456"})),
+    ("phone letters", payload(1, identifiers={"phone": "+4812345678x"})),
+    ("phone other digits", payload(1, identifiers={"phone": "+48" + _ARABIC_INDIC_DIGITS})),
 ]
 
 
@@ -94,3 +117,27 @@ def test_big_integers_in_properties_are_rejected_alone() -> None:
 
 def test_an_empty_batch() -> None:
     assert _same([]) == ParsedBatch([], [])
+
+
+def test_patterned_values_on_the_edge_are_accepted() -> None:
+    bodies = [payload(i) for i in range(6)]
+    bodies[0] = payload(0, tenant="a")
+    bodies[1] = payload(1, tenant="a" * 63, esp="k" + "z" * 31)
+    bodies[2] = payload(2, tenant="0-a_b", esp="m2", identifiers={"phone": "+1234567"})
+    bodies[3] = payload(3, identifiers={"phone": "+123456789012345", "email_hash": "0" * 64})
+    bodies[4] = payload(4, identifiers={"email_hash": "abcdef0123456789" * 4})
+    out = _same(_lines(*bodies))
+    assert len(out.events) == 6
+    assert not out.rejected
+
+
+def test_several_esps_in_one_batch_get_their_own_event_ids() -> None:
+    bodies = [payload(i, esp="klaviyo" if i % 2 else "mailchimp") for i in range(8)]
+    bodies[3] = payload(3, esp="sendgrid", event_id=derive_event_id("sendgrid", "evt-3"))
+    out = _same(_lines(*bodies))
+    assert [e.event_id for e in out.events] == [
+        derive_event_id(b["esp"], b["esp_event_id"]) for b in bodies
+    ]
+    wrong = [*bodies]
+    wrong[5] = payload(5, esp="mailchimp", event_id=derive_event_id("klaviyo", "evt-5"))
+    assert [i for i, _ in _same(_lines(*wrong)).rejected] == [5]

@@ -15,12 +15,13 @@ import threading
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Final
+from typing import Any, Final, cast
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from sendflowr.errors import ConflictError, NotFoundError
+from sendflowr.event_columns import columns
 from sendflowr.events import CanonicalEvent
 from sendflowr.identity.graph import Attached, Created, Graph, Merged, Refused
 from sendflowr.identity.identifiers import Blocklist, Identifier, from_event
@@ -153,6 +154,10 @@ class IdentityGraphStore:
         self.blocklist = blocklist or Blocklist()
         self._warm = warm_cache
         self._cache: dict[str, _TenantCache] = {}
+        self._usable_cache: tuple[Blocklist, dict[_Key, tuple[Identifier, ...]]] = (
+            self.blocklist,
+            {},
+        )
         self._lock = threading.Lock()
 
     def new_universal_id(self, tenant: str, first: Identifier) -> str:
@@ -174,30 +179,10 @@ class IdentityGraphStore:
     def _resolve(self, tenant: str, events: Sequence[CanonicalEvent]) -> BatchResolution:
         with self.metadata._guard(), self.engine.begin() as conn:
             version = self._lock_tenant(conn, tenant)
-            usable = _usable_identifiers(events, self.blocklist)
-            graph = self._graph_for(conn, tenant, version, list(set(usable)))
+            keys, usable = self._usable(events)
+            graph = self._graph_for(conn, tenant, version, list(set(usable.values())))
             start = len(graph.changes)
-            out = BatchResolution([])
-            owner_of = graph.owner_of
-            uids = out.universal_ids
-            for event, idents in zip(events, usable, strict=True):
-                if not idents:
-                    raise ValueError(
-                        f"event {event.event_id}: every identifier is a blocked placeholder"
-                    )
-                # Graph.resolve's own fast path (every identifier already one person's),
-                # inline: most events of a batch are of people seen before.
-                first = owner_of.get(idents[0])
-                if first is not None and all(owner_of.get(i) == first for i in idents[1:]):
-                    uids.append(first)
-                    continue
-                p = graph.resolve(
-                    idents,
-                    self.limits,
-                    lambda first: self.new_universal_id(tenant, first),
-                    event.event_id,
-                )
-                uids.append(p.universal_id)
+            out = BatchResolution(self._assign(tenant, graph, events, keys, usable))
             changes = graph.changes[start:]
             if changes:
                 self._persist(conn, tenant, changes)
@@ -216,6 +201,89 @@ class IdentityGraphStore:
                 complete = cache is not None and cache.complete and cache.graph is graph
                 self._cache[tenant] = _TenantCache(version, graph, complete)
         return out
+
+    def _usable(
+        self, events: Sequence[CanonicalEvent]
+    ) -> tuple[list[_Key], dict[_Key, tuple[Identifier, ...]]]:
+        """`_usable_identifiers`, with what earlier batches worked out kept (bounded): the
+        same people come back batch after batch."""
+        if self._usable_cache[0] is not self.blocklist or len(self._usable_cache[1]) > 500_000:
+            self._usable_cache = (self.blocklist, {})
+        return _usable_identifiers(events, self.blocklist, self._usable_cache[1])
+
+    def _assign(
+        self,
+        tenant: str,
+        graph: Graph,
+        events: Sequence[CanonicalEvent],
+        keys: list[_Key],
+        usable: Mapping[_Key, tuple[Identifier, ...]],
+    ) -> list[str]:
+        """The universal id of each event, in order, applying the rules to the graph: what
+        `Graph.resolve` event by event gives, with the common case done in bulk.
+
+        An identifier changes owner only by a merge (attaching claims unowned ones only), so
+        an identifier set that is wholly one person's when the batch starts stays that
+        person's until the batch's first merge: those events are looked up all at once, and
+        the others (new people, new identifiers) resolved in order. After a merge, every
+        later event is resolved in order, one at a time."""
+        owner_of = graph.owner_of
+        known: dict[_Key, str] = {}
+        for key, idents in usable.items():
+            first = owner_of.get(idents[0]) if idents else None
+            if first is not None and all(owner_of.get(i) == first for i in idents[1:]):
+                known[key] = first
+        uids: list[str | None] = list(map(known.get, keys))
+        if None not in uids:
+            return cast(list[str], uids)
+        misses = [i for i, u in enumerate(uids) if u is None]
+        after_merge: int | None = None
+        for i in misses:
+            uid = known.get(keys[i])
+            if uid is None:
+                uid, merged = self._one(tenant, graph, events[i], keys[i], usable, known)
+                if merged:
+                    uids[i] = uid
+                    after_merge = i + 1
+                    break
+            uids[i] = uid
+        if after_merge is not None:
+            known.clear()  # owners moved: from here on, event by event
+            for i in range(after_merge, len(events)):
+                uid = known.get(keys[i])
+                if uid is None:
+                    uid, merged = self._one(tenant, graph, events[i], keys[i], usable, known)
+                    if merged:
+                        known.clear()
+                uids[i] = uid
+        return cast(list[str], uids)
+
+    def _one(
+        self,
+        tenant: str,
+        graph: Graph,
+        event: CanonicalEvent,
+        key: _Key,
+        usable: Mapping[_Key, tuple[Identifier, ...]],
+        known: dict[_Key, str],
+    ) -> tuple[str, bool]:
+        """One event through the rules (noting a wholly-owned identifier set in `known`);
+        returns its universal id and whether it merged people."""
+        idents = usable[key]
+        if not idents:
+            raise ValueError(f"event {event.event_id}: every identifier is a blocked placeholder")
+        owner_of = graph.owner_of
+        first = owner_of.get(idents[0])
+        if first is not None and all(owner_of.get(i) == first for i in idents[1:]):
+            known[key] = first
+            return first, False
+        p = graph.resolve(
+            idents,
+            self.limits,
+            lambda first: self.new_universal_id(tenant, first),
+            event.event_id,
+        )
+        return p.universal_id, bool(p.merge)
 
     def _lock_tenant(self, conn: Connection, tenant: str) -> int:
         locked = conn.execute(
@@ -785,28 +853,47 @@ class IdentityGraphStore:
                 self._cache.pop(tenant, None)
 
 
+# An event's ESP and identifiers (external ids as a tuple of pairs): what `from_event` reads.
+_Key = tuple[Any, ...]
+
+
 def _usable_identifiers(
-    events: Sequence[CanonicalEvent], blocklist: Blocklist
-) -> list[tuple[Identifier, ...]]:
-    """`from_event(...).usable` of each event, worked out once per distinct set of
-    identifiers in the batch (a batch holds many events of each person)."""
-    seen: dict[tuple[Any, ...], tuple[Identifier, ...]] = {}
-    out: list[tuple[Identifier, ...]] = []
-    for e in events:
-        i = e.identifiers
-        key = (
-            e.esp,
-            i.email_hash,
-            i.esp_profile_id,
-            i.phone,
-            i.anonymous_id,
-            tuple(i.external_ids.items()) if i.external_ids else None,
+    events: Sequence[CanonicalEvent],
+    blocklist: Blocklist,
+    cache: dict[_Key, tuple[Identifier, ...]] | None = None,
+) -> tuple[list[_Key], dict[_Key, tuple[Identifier, ...]]]:
+    """A key per event (its ESP and identifiers) and `from_event(...).usable` of each
+    distinct key, worked out once (a batch holds many events of each person) or taken from
+    `cache`. The keys are built from the event and identifier columns."""
+    if not events:
+        return [], {}
+    event_cols = columns(events)  # the batch decoder's, when it made them
+    ids = event_cols["identifiers"]
+    cols = columns(ids)
+    external = cols["external_ids"]
+    if any(external):
+        external = tuple(tuple(x.items()) if x else None for x in external)
+    else:
+        external = (None,) * len(ids)
+    keys = list(
+        zip(
+            event_cols["esp"],
+            cols["email_hash"],
+            cols["esp_profile_id"],
+            cols["phone"],
+            cols["anonymous_id"],
+            external,
+            strict=True,
         )
-        usable = seen.get(key)
-        if usable is None:
-            usable = seen[key] = from_event(e.esp, i, blocklist).usable
-        out.append(usable)
-    return out
+    )
+    cache = {} if cache is None else cache
+    usable: dict[_Key, tuple[Identifier, ...]] = {}
+    for key, i in dict(zip(keys, range(len(keys)), strict=True)).items():
+        found = cache.get(key)
+        if found is None:
+            found = cache[key] = from_event(key[0], ids[i], blocklist).usable
+        usable[key] = found
+    return keys, usable
 
 
 def _distinct(usable: Sequence[Sequence[Identifier]]) -> list[Identifier]:

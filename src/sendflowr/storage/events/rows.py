@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Final
 
 import orjson
 import pyarrow as pa
 
+from sendflowr.event_columns import columns
 from sendflowr.events import CanonicalEvent
 from sendflowr.timing.explanation import Explanation
 
@@ -35,33 +37,51 @@ EMAIL_EVENT_SCHEMA = pa.schema(
 
 
 def events_to_arrow(events: Sequence[CanonicalEvent], universal_ids: Sequence[str]) -> pa.Table:
-    """Column by column: one comprehension a column is several times faster than one loop
-    appending to eighteen lists (this is the hottest function of the ingest path)."""
+    """The rows of `email_events` for these events (this is the hottest function of the
+    ingest path). Built from the events' columns (`event_columns.columns`: one C-level
+    transposition, or the batch decoder's); missing values become '' in Arrow."""
     if len(events) != len(universal_ids):
         raise ValueError("one universal id per event is required")
+    if not events:  # through from_pydict: the consumer builds one at start-up to warm pyarrow
+        return pa.Table.from_pydict({n: [] for n in EMAIL_EVENT_SCHEMA.names}, EMAIL_EVENT_SCHEMA)
     dumps = orjson.dumps
-    ids = [e.identifiers for e in events]
-    cols: dict[str, object] = {
-        "tenant": [e.tenant for e in events],
-        "universal_id": universal_ids,
-        "occurred_at": [e.occurred_at for e in events],
-        "event_id": [e.event_id for e in events],
-        "esp": [e.esp for e in events],
-        "esp_event_id": [e.esp_event_id for e in events],
-        "event_type": [e.event_type for e in events],  # a StrEnum is a str: no .value lookup
-        "email_hash": [i.email_hash or "" for i in ids],
-        "esp_profile_id": [i.esp_profile_id or "" for i in ids],
-        "phone": [i.phone or "" for i in ids],
-        "external_ids": [list(i.external_ids.items()) if i.external_ids else [] for i in ids],
-        "anonymous_id": [i.anonymous_id or "" for i in ids],
-        "campaign_id": [e.campaign_id or "" for e in events],
-        "flow_id": [e.flow_id or "" for e in events],
-        "message_id": [e.message_id or "" for e in events],
-        "is_machine_open": [e.is_machine_open for e in events],
-        "properties": [dumps(e.properties).decode() if e.properties else "{}" for e in events],
-        "schema_version": [e.schema_version for e in events],
-    }
-    return pa.Table.from_pydict(cols, schema=EMAIL_EVENT_SCHEMA)
+    col = columns(events)  # reused from the batch decoder when it made them
+    ids = columns(col["identifiers"])
+    external_ids = ids["external_ids"]
+    arrays = [
+        _strings(col["tenant"]),
+        _strings(universal_ids),
+        pa.array(col["occurred_at"], _TIMESTAMP),
+        _strings(col["event_id"]),
+        _strings(col["esp"]),
+        _strings(col["esp_event_id"]),
+        _strings(col["event_type"]),  # a StrEnum is a str
+        _strings(ids["email_hash"]),
+        _strings(ids["esp_profile_id"]),
+        _strings(ids["phone"]),
+        pa.array(
+            [list(x.items()) for x in external_ids] if any(external_ids) else [()] * len(events),
+            _EXTERNAL_IDS,
+        ),
+        _strings(ids["anonymous_id"]),
+        _strings(col["campaign_id"]),
+        _strings(col["flow_id"]),
+        _strings(col["message_id"]),
+        pa.array(col["is_machine_open"], pa.bool_()),
+        pa.array([dumps(p).decode() if p else "{}" for p in col["properties"]], pa.string()),
+        pa.array(col["schema_version"], pa.uint8()),
+    ]
+    return pa.Table.from_arrays(arrays, schema=EMAIL_EVENT_SCHEMA)
+
+
+_TIMESTAMP: Final = EMAIL_EVENT_SCHEMA.field("occurred_at").type
+_EXTERNAL_IDS: Final = EMAIL_EVENT_SCHEMA.field("external_ids").type
+
+
+def _strings(values: Sequence[str | None]) -> pa.Array:
+    """A string column, None as '' (the store's "absent")."""
+    arr = pa.array(values, pa.string())
+    return arr.fill_null("") if arr.null_count else arr
 
 
 EXPLANATION_SCHEMA = pa.schema(

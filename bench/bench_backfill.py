@@ -59,7 +59,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import median, write_result
+from bench.common import cpu_seconds, median, write_result
 from sendflowr.connectors.klaviyo import backfill as backfill_module
 from sendflowr.connectors.klaviyo.backfill import (
     ENGAGEMENT_METRICS,
@@ -100,12 +100,6 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _cpu_seconds(pid: int) -> float:
-    """utime + stime of a process (every thread), from /proc/<pid>/stat."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 @dataclass
 class Sim:
     url: str
@@ -125,7 +119,7 @@ class Sim:
         httpx.delete(f"{self.url}/_sim/stats", timeout=30).raise_for_status()
 
     def cpu_seconds(self) -> float:
-        return _cpu_seconds(self.process.pid)
+        return cpu_seconds(self.process.pid)
 
 
 @contextlib.contextmanager
@@ -386,7 +380,7 @@ def run_once(
         claimed = runner.claim(job.id)
         assert claimed is not None
         sim.reset_stats()
-        sim_cpu, own_cpu = sim.cpu_seconds(), _cpu_seconds(os.getpid())
+        sim_cpu, own_cpu = sim.cpu_seconds(), cpu_seconds(os.getpid())
         profiler = cProfile.Profile() if profile else None
         with timed_calls(rt, breakdown):
             began, loop_cpu = time.monotonic(), time.thread_time()
@@ -397,7 +391,7 @@ def run_once(
                 profiler.disable()
             ended = time.monotonic()
             breakdown.loop_thread_cpu_s = time.thread_time() - loop_cpu
-        sim_cpu, own_cpu = sim.cpu_seconds() - sim_cpu, _cpu_seconds(os.getpid()) - own_cpu
+        sim_cpu, own_cpu = sim.cpu_seconds() - sim_cpu, cpu_seconds(os.getpid()) - own_cpu
         stats = sim.stats()
         if profiler is not None and profile is not None:
             profiler.dump_stats(profile)
@@ -490,10 +484,10 @@ def fetch_only(
     sim: Sim, key: str, concurrency: int, seconds: float, page_size: int
 ) -> dict[str, Any]:
     sim.reset_stats()
-    sim_cpu, own_cpu = sim.cpu_seconds(), _cpu_seconds(os.getpid())
+    sim_cpu, own_cpu = sim.cpu_seconds(), cpu_seconds(os.getpid())
     out = asyncio.run(_fetch_only(sim, key, concurrency, seconds, page_size))
     out["sim_cpu_s"] = round(sim.cpu_seconds() - sim_cpu, 1)
-    out["client_cpu_s"] = round(_cpu_seconds(os.getpid()) - own_cpu, 1)
+    out["client_cpu_s"] = round(cpu_seconds(os.getpid()) - own_cpu, 1)
     op = sim.stats()["operations"].get(OPERATION, {})
     out["sim_counted"] = {k: int(v) for k, v in op.items()}
     out["concurrency"] = concurrency

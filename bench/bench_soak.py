@@ -44,7 +44,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import RESULTS, write_result
+from bench.common import RESULTS, cpu_seconds, write_result
 from sendflowr.events import CanonicalEvent, EventType, Identifiers
 from sendflowr.runtime import Runtime
 from sendflowr.secrets import generate_key
@@ -198,12 +198,6 @@ def _rss_kib(pid: int) -> int:
         if line.startswith("VmRSS:"):
             return int(line.split()[1])
     raise RuntimeError(f"no VmRSS for {pid}")
-
-
-def _cpu_s(pid: int) -> float:
-    """User + system CPU seconds of a process so far (all its threads), from /proc."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _env(root: Path, admin_key: str, port: int) -> dict[str, str]:
@@ -361,7 +355,7 @@ def main() -> None:
             "connections": args.connections,
         }
         load0 = os.getloadavg()[0]
-        cpu0, gen0 = _cpu_s(proc.pid), resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu0, gen0 = cpu_seconds(proc.pid), resource.getrusage(resource.RUSAGE_CHILDREN)
         out = subprocess.run(
             [sys.executable, "-c", LOADGEN, json.dumps(cfg)],
             check=True,
@@ -369,7 +363,7 @@ def main() -> None:
             text=True,
         )
         load1 = os.getloadavg()[0]
-        server_cpu = _cpu_s(proc.pid) - cpu0
+        server_cpu = cpu_seconds(proc.pid) - cpu0
         gen1 = resource.getrusage(resource.RUSAGE_CHILDREN)
         loadgen_cpu = gen1.ru_utime + gen1.ru_stime - gen0.ru_utime - gen0.ru_stime
         stop.set()

@@ -38,7 +38,7 @@ from sendflowr.storage.events.base import EventStore
 from sendflowr.storage.events.rows import EXPLANATION_SCHEMA
 from sendflowr.storage.features.base import FeatureCache
 from sendflowr.storage.features.memory import MemoryFeatureCache
-from sendflowr.storage.features.rebuild import fold_arrays, resolve_aliases
+from sendflowr.storage.features.rebuild import fold_stored
 from sendflowr.timing.activity import (
     ActivityParams,
     ActivityProfile,
@@ -712,22 +712,11 @@ def _rebuild(
     """Features of these people (row i: universal_ids[i]) rebuilt from every event stored
     under their aliases, in one query, and put back in the feature cache (through its
     rebuild guard: a person whose events were being ingested meanwhile is not written)."""
-    aliases = service.identity.alias_map(tenant)
-    want = set(universal_ids)
-    stored = [*universal_ids, *(a for a in aliases if resolve_aliases(aliases, a) in want)]
     ctx = FoldContext(zone, now, service.params.activity)
-    out = FeatureTable.empty(len(universal_ids), zone_tag(zone))
     with service.features.rebuilding(tenant) as rebuild:  # before the read
-        arrays = service.events.engagement_arrays(tenant, universal_ids=stored)
-        found, folded = fold_arrays(arrays, aliases, ctx)
-        at = {u: i for i, u in enumerate(universal_ids)}
-        src = np.fromiter((i for i, u in enumerate(found) if u in at), np.int64)
-        dst = np.fromiter((at[found[i]] for i in src.tolist()), np.int64, len(src))
-        out.activity.copy_rows(dst, folded.activity, src)
-        out.counts[dst] = folded.counts[src]
-        out.first_seen_ms[dst] = folded.first_seen_ms[src]
-        rebuild.put_table(universal_ids, out)
-    return out
+        folded = fold_stored(service.events, service.identity, tenant, ctx, universal_ids)
+        rebuild.put_table(universal_ids, folded.table)
+    return folded.table
 
 
 def _explanation(

@@ -39,6 +39,15 @@ class _TenantTable:
             self.index[uid] = row
         return row
 
+    def write(
+        self, uids: Sequence[str], src: FeatureTable, src_rows: npt.NDArray[np.int64] | slice
+    ) -> None:
+        """Rows `src_rows` of `src` as the features of `uids` (growing the table once)."""
+        if len(self.index) + len(uids) > len(self.table):
+            self.table = self.table.grown(len(self.index) + len(uids))
+        at = np.fromiter((self.row_for(u) for u in uids), np.int64, len(uids))
+        _copy_rows(self.table, at, src, src_rows)
+
     def drop(self, uid: str) -> None:
         row = self.index.pop(uid, None)
         if row is not None:
@@ -88,13 +97,8 @@ class _MemoryRebuild(Rebuild):
             t, keep = self._kept(universal_ids)
             if not keep:
                 return 0
-            src = np.fromiter(
-                (i for i, u in enumerate(universal_ids) if u in keep), np.int64, len(keep)
-            )
-            if len(t.index) + len(keep) > len(t.table):
-                t.table = t.table.grown(len(t.index) + len(keep))
-            at = np.fromiter((t.row_for(universal_ids[i]) for i in src), np.int64, len(src))
-            _copy_rows(t.table, at, table, src)
+            src = [i for i, u in enumerate(universal_ids) if u in keep]
+            t.write([universal_ids[i] for i in src], table, np.asarray(src, np.int64))
             return len(keep)
 
     def _kept(self, universal_ids: Iterable[str]) -> tuple[_TenantTable, set[str]]:
@@ -188,10 +192,7 @@ class MemoryFeatureCache(FeatureCache):
         """Whole arrays at once: a million profiles is a few copies, not a million rows."""
         with self._lock:
             t = self._tenants.setdefault(tenant, _TenantTable())
-            if len(t.index) + len(universal_ids) > len(t.table):
-                t.table = t.table.grown(len(t.index) + len(universal_ids))
-            at = np.fromiter((t.row_for(u) for u in universal_ids), np.int64, len(universal_ids))
-            _copy_rows(t.table, at, table, slice(0, len(at)))
+            t.write(universal_ids, table, slice(0, len(universal_ids)))
 
     def fold(self, tenant: str, cols: BatchColumns, ctx: FoldContext) -> int:
         """In place, vectorised; only profiles already cached (see FeatureCache.fold)."""

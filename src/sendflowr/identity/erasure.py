@@ -34,6 +34,7 @@ from datetime import UTC, datetime
 
 import sqlalchemy as sa
 
+from sendflowr import event_columns
 from sendflowr.archive.store import ArchiveErasure, RawArchive
 from sendflowr.errors import NotFoundError
 from sendflowr.identity.matching import PersonMatcher
@@ -104,6 +105,7 @@ def erase_person(
         "archive_files": raw.files,
     }
     done: ErasedPerson = identity.erase(tenant, subject, actor, removed)
+    event_columns.forget()  # the last ingest batches' columns may hold their identifiers
     committed = datetime.now(UTC)
     late = events.erase_people(tenant, ids, ingested_before=committed)
     features.invalidate(tenant, ids)

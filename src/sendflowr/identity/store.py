@@ -813,8 +813,10 @@ class IdentityGraphStore:
                 )
                 .returning(erasures_t.c.id)
             ).scalar_one()
-            # The warm graph still holds the person: rebuild it on the next batch.
+            # The warm graph still holds the person: rebuild it on the next batch. The
+            # memo of usable identifiers may hold theirs: drop it (it refills in one batch).
             self._cache.pop(tenant, None)
+            self._usable_cache = (self.blocklist, {})
         return ErasedPerson(subject.universal_id, aliases, removed, int(audit_id))
 
     def erasure_hash(self, tenant: str, universal_id: str) -> str:

@@ -16,7 +16,7 @@ a run never inherits the previous run's window. Measured per run:
 - CPU seconds of the simulator process and of this process over the run, and where this
   process's time goes: worker-seconds in `events_page` and in the rate limiter (the fetchers,
   on the event loop), and in the runner's processing thread (batches of pages): time in
-  `normalize_page`, the raw archive's writes, `bus.publish` (wall, and CPU of that thread) and
+  `normalize_records`, the raw archive's writes, `bus.publish` (wall, and CPU of that thread) and
   the per-page checkpoints, CPU of the event loop's thread.
 Figures: requests/minute and events/s, each as a ratio of the ceiling that Klaviyo's limit for
 GET /api/events sets (steady requests/minute, and that times the page size). Each concurrency
@@ -36,6 +36,7 @@ import asyncio
 import bisect
 import contextlib
 import cProfile
+import gc
 import io
 import itertools
 import os
@@ -77,7 +78,8 @@ from sendflowr.connectors.klaviyo.client import (
 )
 from sendflowr.connectors.klaviyo.constants import RATE_LIMITS
 from sendflowr.connectors.klaviyo.factory import account_auth, api_url
-from sendflowr.connectors.klaviyo.normalize import normalize_page
+from sendflowr.connectors.klaviyo.normalize import EVENT_FIELDS, PROFILE_FIELDS
+from sendflowr.connectors.klaviyo.normalize_wire import normalize_records
 from sendflowr.connectors.klaviyo.ratelimit import RateLimiter
 from sendflowr.runtime import Runtime
 from sendflowr.secrets import generate_key
@@ -190,10 +192,12 @@ class Breakdown:
 
     fetch_s: float = 0.0  # worker-seconds in client.events_page (limiter, network, JSON parse)
     limiter_wait_s: float = 0.0  # worker-seconds waiting for the client's rate limiter
-    normalize_s: float = 0.0  # normalize_page, in the runner's processing thread, wall
+    normalize_s: float = 0.0  # normalize_records, in the runner's processing thread, wall
     publish_s: float = 0.0  # bus.publish (identity, chDB insert, features), wall, in a thread
     publish_cpu_s: float = 0.0  # the same, CPU of the publishing thread
     loop_thread_cpu_s: float = 0.0  # CPU of the event loop's thread over the run
+    gc_s: float = 0.0  # the cyclic GC's collections (any thread), wall
+    gc_full: float = 0.0  # of which full (generation 2) collections: how many
     archive_s: float = 0.0  # the raw archive's writes (Parquet, fsync), wall
     checkpoint_s: float = 0.0  # page_done (the unit's checkpoint in the metadata store), wall
 
@@ -224,9 +228,28 @@ class TimedClient(KlaviyoClient):
 
 
 @contextlib.contextmanager
+def gc_timed(breakdown: Breakdown) -> Iterator[None]:
+    """Add the cyclic GC's collections to `breakdown` (gc.callbacks)."""
+    started: list[float] = []
+
+    def callback(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            started.append(time.perf_counter())
+        elif started:
+            breakdown.gc_s += time.perf_counter() - started.pop()
+            breakdown.gc_full += info["generation"] == 2
+
+    gc.callbacks.append(callback)
+    try:
+        yield
+    finally:
+        gc.callbacks.remove(callback)
+
+
+@contextlib.contextmanager
 def timed_calls(rt: Runtime, breakdown: Breakdown) -> Iterator[None]:
-    """Time normalize_page (as the runner looks it up) and bus.publish, then restore them."""
-    original_normalize = normalize_page
+    """Time normalize_records (as the runner looks it up) and bus.publish, then restore them."""
+    original_normalize = normalize_records
     original_publish = rt.bus.publish
     original_page_done = rt.backfills.page_done
     archive = rt.archive
@@ -263,7 +286,7 @@ def timed_calls(rt: Runtime, breakdown: Breakdown) -> Iterator[None]:
             breakdown.archive_s += time.perf_counter() - began
 
     # The runner calls the name its module imported: replace it there.
-    setattr(backfill_module, "normalize_page", normalize)  # noqa: B010
+    setattr(backfill_module, "normalize_records", normalize)  # noqa: B010
     setattr(rt.bus, "publish", publish)  # noqa: B010 - an instance attribute shadows the method
     setattr(rt.backfills, "page_done", page_done)  # noqa: B010
     if archive is not None:
@@ -271,7 +294,7 @@ def timed_calls(rt: Runtime, breakdown: Breakdown) -> Iterator[None]:
     try:
         yield
     finally:
-        setattr(backfill_module, "normalize_page", original_normalize)  # noqa: B010
+        setattr(backfill_module, "normalize_records", original_normalize)  # noqa: B010
         delattr(rt.bus, "publish")
         delattr(rt.backfills, "page_done")
         if archive is not None:
@@ -382,7 +405,7 @@ def run_once(
         sim.reset_stats()
         sim_cpu, own_cpu = sim.cpu_seconds(), cpu_seconds(os.getpid())
         profiler = cProfile.Profile() if profile else None
-        with timed_calls(rt, breakdown):
+        with timed_calls(rt, breakdown), gc_timed(breakdown):
             began, loop_cpu = time.monotonic(), time.thread_time()
             if profiler is not None:
                 profiler.enable()
@@ -447,12 +470,14 @@ async def _fetch_only(
                             end=hi,
                             cursor_url=url,
                             page_size=page_size,
+                            event_fields=EVENT_FIELDS,  # as the backfill asks
+                            profile_fields=PROFILE_FIELDS,
                         )
                     except KlaviyoError as exc:
                         failures[type(exc).__name__] += 1
                         break
                     pages += 1
-                    events += len(page.events)
+                    events += len(page)
                     if page.next_url is None:
                         break
                     url = page.next_url
@@ -555,7 +580,8 @@ def _print_run(r: RunResult) -> None:
         f"{r.sim_cpu_s:.1f}, backfill {r.backfill_cpu_s:.1f} (loop thread "
         f"{b.loop_thread_cpu_s:.1f}: normalise {b.normalize_s:.1f}; publish thread "
         f"{b.publish_cpu_s:.1f}); wall s: fetch {b.fetch_s:.1f} (worker-s), publish "
-        f"{b.publish_s:.1f}, archive {b.archive_s:.1f}, checkpoints {b.checkpoint_s:.1f}",
+        f"{b.publish_s:.1f}, archive {b.archive_s:.1f}, checkpoints {b.checkpoint_s:.1f}, "
+        f"GC {b.gc_s:.1f} ({b.gc_full:.0f} full)",
         flush=True,
     )
 

@@ -43,6 +43,7 @@ from sendflowr.connectors.klaviyo.client import (
     filter_datetime,
 )
 from sendflowr.connectors.klaviyo.constants import JSON_API, REVISION
+from sendflowr.connectors.klaviyo.normalize import EVENT_FIELDS, PROFILE_FIELDS
 from sendflowr.connectors.klaviyo.ratelimit import RateLimiter, path_template
 from sendflowr.connectors.klaviyo.retry import RetryPolicy
 from tests.klaviyo.spec_validate import (
@@ -369,6 +370,15 @@ def test_every_method_sends_requests_the_spec_accepts() -> None:
             await client.events_page(
                 metric_id="RESQ6t", start=START, end=END, profile_fields=["email", "phone_number"]
             )
+            # What the backfill asks for (sparse fieldsets: only what the normaliser reads).
+            sparse = await client.events_page(
+                metric_id="RESQ6t",
+                start=START,
+                end=END,
+                event_fields=EVENT_FIELDS,
+                profile_fields=PROFILE_FIELDS,
+            )
+            assert sparse.url.count("fields%5B") == 2
             await client.create_event(
                 "Opened Email",
                 ProfileRef(email="sarah.mason@klaviyo-demo.com"),
@@ -820,6 +830,40 @@ def test_truncated_or_foreign_bodies_are_protocol_errors_after_retries() -> None
         async with client:
             with pytest.raises(KlaviyoProtocolError, match="string 'type' and 'id'"):
                 await client.list_metrics()
+
+    run(scenario())
+
+
+def test_events_pages_bad_documents_are_retried_bad_resources_are_not() -> None:
+    async def scenario() -> None:
+        good = events_handler(1)(_req("GET", "/api/events")).content
+        truncated = httpx.Response(
+            200, content=good[: len(good) // 2], headers={"content-type": JSON_API}
+        )
+        client, mock, _ = make_client(sequence(truncated), validate_responses=False)
+        async with client:
+            with pytest.raises(KlaviyoProtocolError, match="not valid JSON") as info:
+                await client.events_page(metric_id="RESQ6t", start=START, end=END)
+        assert info.value.attempts == 6
+        assert len(mock.requests) == 6
+        client, mock, _ = make_client(
+            sequence(truncated, events_handler(1)(_req("GET", "/api/events"))),
+            validate_responses=False,
+        )
+        async with client:
+            page = await client.events_page(metric_id="RESQ6t", start=START, end=END)
+        assert [e["id"] for e in page.events] == ["ev0-0", "ev0-1"]  # retried, then fine
+        assert [r.raw for r in page.records] == [orjson.dumps(e) for e in page.events]
+        bad_resource = httpx.Response(
+            200,
+            content=b'{"data": [{"type": "event", "id": "e", "attributes": 3}]}',
+            headers={"content-type": JSON_API},
+        )
+        client, mock, _ = make_client(sequence(bad_resource), validate_responses=False)
+        async with client:
+            with pytest.raises(KlaviyoProtocolError, match="attributes: must be an object"):
+                await client.events_page(metric_id="RESQ6t", start=START, end=END)
+        assert len(mock.requests) == 1
 
     run(scenario())
 

@@ -61,6 +61,27 @@ def backfill_rows(
     return payloads, contexts
 
 
+def backfill_rows_from_bytes(
+    accepted: Sequence[tuple[bytes, bytes | None]], *, metric_id: str, metric_name: str
+) -> tuple[list[str], list[str]]:
+    """`backfill_rows` from bytes as received: (event resource, its included profile or
+    None) for each accepted event; the same rows, without re-encoding the resources."""
+    payloads: list[str] = []
+    contexts: list[str] = []
+    for event, profile in accepted:
+        payloads.append(event.decode())
+        contexts.append(
+            orjson.dumps(
+                {
+                    "metric_id": metric_id,
+                    "metric_name": metric_name,
+                    "included": [orjson.Fragment(profile)] if profile is not None else [],
+                }
+            ).decode()
+        )
+    return payloads, contexts
+
+
 @dataclass
 class _Page:
     events: list[Any]

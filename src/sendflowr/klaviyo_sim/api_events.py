@@ -29,6 +29,13 @@ from sendflowr.klaviyo_sim.filters import (
     seconds_bounds,
 )
 from sendflowr.klaviyo_sim.paging import query_fingerprint
+from sendflowr.klaviyo_sim.sparse import (
+    EVENT_FIELDS,
+    Fields,
+    narrowing,
+    parse_fields,
+    sparse_rendered,
+)
 from sendflowr.klaviyo_sim.state import Ctx
 
 EVENT_FILTERS: Final = {
@@ -102,7 +109,9 @@ def _selection(ctx: Ctx) -> tuple[Selection, list[Any]]:
     return sel, conditions
 
 
-def _included(ctx: Ctx, ordinals: list[int], include: set[str]) -> list[object] | None:
+def _included(
+    ctx: Ctx, ordinals: list[int], include: set[str], fields: dict[str, Fields]
+) -> list[object] | None:
     if not include & {"profile", "metric"}:
         return [] if include else None
     store, brand = ctx.brand.events, ctx.brand
@@ -111,13 +120,25 @@ def _included(ctx: Ctx, ordinals: list[int], include: set[str]) -> list[object] 
         seen: dict[int, None] = {}
         for o in ordinals:
             seen.setdefault(int(store.profile[o]), None)
-        out.extend(orjson.Fragment(brand.rendered_profiles[p]) for p in seen)
+        profile_fields = narrowing("profile", fields.get("profile"))
+        out.extend(orjson.Fragment(brand.rendered_profile(p, profile_fields)) for p in seen)
     if "metric" in include:
         codes: dict[int, None] = {}
         for o in ordinals:
             codes.setdefault(int(store.metric[o]), None)
-        out.extend(orjson.Fragment(brand.rendered_metrics[m]) for m in codes)
+        metric_fields = narrowing("metric", fields.get("metric"))
+        out.extend(
+            orjson.Fragment(sparse_rendered(brand.rendered_metrics[m], metric_fields))
+            for m in codes
+        )
     return out
+
+
+def _events(ctx: Ctx, ordinals: list[int], fields: dict[str, Fields]) -> list[object]:
+    """The event resources, narrowed to `fields[event]` when it leaves an attribute out."""
+    rendered = ctx.brand.events.rendered
+    event_fields = narrowing("event", fields.get("event"))
+    return [orjson.Fragment(sparse_rendered(rendered[o], event_fields)) for o in ordinals]
 
 
 async def list_events(ctx: Ctx) -> Response:
@@ -125,6 +146,7 @@ async def list_events(ctx: Ctx) -> Response:
     sort = parse_sort(ctx.query.get("sort"), EVENT_SORTS, "datetime")
     size = parse_page_size(ctx.query.get("page[size]"), MAX_PAGE_SIZE["/api/events"], 200)
     include = parse_include(ctx, EVENT_INCLUDES)
+    fields = parse_fields(ctx.query, EVENT_FIELDS)
     # datetime and timestamp order alike: one cursor serves both spellings.
     descending = sort.startswith("-")
     query = query_fingerprint(ctx, conditions, "desc" if descending else "asc")
@@ -144,26 +166,26 @@ async def list_events(ctx: Ctx) -> Response:
         next_url = ctx.link(codec.encode(query, page.last_key, NEXT))
     if page.has_prev and page.first_key is not None:
         prev_url = ctx.link(codec.encode(query, page.first_key, PREV))
-    rendered = store.rendered
-    data = [orjson.Fragment(rendered[o]) for o in page.ordinals]
+    data = _events(ctx, page.ordinals, fields)
     ctx.state.stats.events_served += len(data)
     doc = resources.collection(
-        data, ctx.self_url(), next_url, prev_url, _included(ctx, page.ordinals, include)
+        data, ctx.self_url(), next_url, prev_url, _included(ctx, page.ordinals, include, fields)
     )
     return ctx.respond(doc)
 
 
 async def get_event(ctx: Ctx) -> Response:
     include = parse_include(ctx, EVENT_INCLUDES)
+    fields = parse_fields(ctx.query, EVENT_FIELDS)
     store = ctx.brand.events
     ordinal = store.by_id.get(ctx.params["id"])
     if ordinal is None:
         raise not_found("event", ctx.params["id"])
     ctx.state.stats.events_served += 1
     doc = resources.single(
-        orjson.Fragment(store.rendered[ordinal]),
+        _events(ctx, [ordinal], fields)[0],
         ctx.self_url(),
-        _included(ctx, [ordinal], include),
+        _included(ctx, [ordinal], include, fields),
     )
     return ctx.respond(doc)
 

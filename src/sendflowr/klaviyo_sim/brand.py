@@ -16,7 +16,7 @@ from zoneinfo import ZoneInfo
 
 from sendflowr.connectors.klaviyo.constants import EVENT_TYPE_METRICS
 from sendflowr.events import CanonicalEvent, EventType
-from sendflowr.klaviyo_sim import resources
+from sendflowr.klaviyo_sim import resources, sparse
 from sendflowr.klaviyo_sim.eventstore import EventStore
 from sendflowr.simulate import KIND_CAMPAIGN, SimConfig, Simulation, simulate
 
@@ -38,6 +38,7 @@ _KLAVIYO_METRICS: Final = frozenset(
 )
 _FLOW_TRIGGERS: Final = {"welcome": "Added to List", "browse-abandonment": "Metric"}
 _DAY: Final = 86_400
+_SPARSE_FIELDSETS_KEPT: Final = 8
 
 
 def short_id(text: str, length: int = 6) -> str:
@@ -130,6 +131,8 @@ class Brand:
     rendered_metrics: list[bytes] = field(init=False)
     # A recent event's properties per metric: the template live events copy.
     templates: dict[int, dict[str, Any]] = field(default_factory=dict)
+    # Profiles rendered with a sparse fieldset: fields -> profile index -> bytes (lazily).
+    sparse_profiles: dict[tuple[str, ...], dict[int, bytes]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.metric_by_id = {m.id: m for m in self.metrics}
@@ -151,6 +154,24 @@ class Brand:
 
     def rerender_profile(self, p: Profile) -> None:
         self.rendered_profiles[p.index] = resources.render(self.profile_resource(p))
+        for rendered in self.sparse_profiles.values():
+            rendered.pop(p.index, None)
+
+    def rendered_profile(self, index: int, fields: tuple[str, ...] | None) -> bytes:
+        """Profile `index` as rendered, with only `fields` in its attributes when given
+        (`sparse.narrowing`); each fieldset's renderings are kept (a few fieldsets at most)."""
+        if fields is None:
+            return self.rendered_profiles[index]
+        cache = self.sparse_profiles.get(fields)
+        if cache is None:
+            if len(self.sparse_profiles) >= _SPARSE_FIELDSETS_KEPT:
+                self.sparse_profiles.clear()
+            cache = self.sparse_profiles[fields] = {}
+        found = cache.get(index)
+        if found is None:
+            resource = self.profile_resource(self.profiles[index])
+            found = cache[index] = resources.render(sparse.sparse_resource(resource, fields))
+        return found
 
     def summary(self) -> dict[str, Any]:
         """What the brand holds, to compare a backfill with."""

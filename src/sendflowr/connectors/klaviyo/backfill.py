@@ -25,12 +25,13 @@ from datetime import UTC, datetime, timedelta
 import orjson
 
 from sendflowr.archive.hook import keep_accepted
-from sendflowr.archive.klaviyo import backfill_rows
+from sendflowr.archive.klaviyo import backfill_rows_from_bytes
 from sendflowr.connectors.klaviyo.catalog import fetch_catalog
 from sendflowr.connectors.klaviyo.client import EventsPage, KlaviyoClient, KlaviyoError
 from sendflowr.connectors.klaviyo.constants import ESP, METRIC_ALIASES, METRIC_EVENT_TYPES
 from sendflowr.connectors.klaviyo.factory import open_client
-from sendflowr.connectors.klaviyo.normalize import IdentifierCache, normalize_page
+from sendflowr.connectors.klaviyo.normalize import EVENT_FIELDS, PROFILE_FIELDS, IdentifierCache
+from sendflowr.connectors.klaviyo.normalize_wire import normalize_records
 from sendflowr.connectors.notify import notify_job
 from sendflowr.events import CanonicalEvent
 from sendflowr.metrics import observe_ingest
@@ -299,6 +300,9 @@ class BackfillRunner:
                     end=end,
                     cursor_url=url,
                     page_size=self.options.page_size,
+                    # Only what the normaliser reads (sparse fieldsets), archived as received.
+                    event_fields=EVENT_FIELDS,
+                    profile_fields=PROFILE_FIELDS,
                 )
             except KlaviyoError as exc:
                 await pages.put(_Fetched(unit, None, str(exc)))
@@ -319,7 +323,7 @@ class BackfillRunner:
             if first is None or stop.is_set():
                 return
             batch = [first]
-            size = len(first.page.events) if first.page is not None else 0
+            size = len(first.page) if first.page is not None else 0
             while size < limit:
                 try:
                     item = pages.get_nowait()
@@ -329,7 +333,7 @@ class BackfillRunner:
                     ended = True
                     break
                 batch.append(item)
-                size += len(item.page.events) if item.page is not None else 0
+                size += len(item.page) if item.page is not None else 0
             counts = await asyncio.to_thread(self._store_batch, job.tenant, batch)
             for item, stored in zip(batch, counts, strict=True):
                 await asyncio.to_thread(self._checkpoint, item, stored)
@@ -352,8 +356,9 @@ class BackfillRunner:
                 counts.append(0)
                 continue
             unit, page = item.unit, item.page
-            good, bad = normalize_page(
-                page,
+            result = normalize_records(
+                page.records,
+                page.profile_records,
                 {unit.metric_id: unit.metric_name},
                 tenant=tenant,
                 hash_key=self.runtime.hash_key,
@@ -367,21 +372,19 @@ class BackfillRunner:
                     reason=str(exc),
                     tenant=tenant,
                 )
-                for raw, exc in bad
+                for raw, exc in result.rejected
             )
-            if good:
-                # The raw archive (issue 7): the page's accepted resources.
-                rows, ctx = backfill_rows(
-                    page.events,
-                    page.profiles,
-                    [raw for raw, _ in bad],
+            if result.events:
+                # The raw archive (issue 7): the page's accepted resources, as received.
+                rows, ctx = backfill_rows_from_bytes(
+                    [_archived(page, i) for i in result.accepted],
                     metric_id=unit.metric_id,
                     metric_name=unit.metric_name,
                 )
                 payloads.extend(rows)
                 contexts.extend(ctx)
-            events.extend(good)
-            counts.append(len(good))
+            events.extend(result.events)
+            counts.append(len(result.events))
         if rejected:
             self.runtime.metadata.add_dead_letters(rejected)
             observe_ingest(SOURCE, dead_lettered=len(rejected))
@@ -421,6 +424,14 @@ class BackfillRunner:
         """Hand the job's current state to the progress hook (read only when there is one)."""
         if self.on_progress is not None:
             self.on_progress(self.store.get_job(job_id))
+
+
+def _archived(page: EventsPage, i: int) -> tuple[bytes, bytes | None]:
+    """Event `i` of the page and its included profile, as received (for the raw archive)."""
+    record = page.records[i]
+    pid = record.profile_ref()
+    profile = page.profile_records.get(pid) if pid is not None else None
+    return record.raw, profile.raw if profile is not None else None
 
 
 def plan_range(

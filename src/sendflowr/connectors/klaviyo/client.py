@@ -37,6 +37,13 @@ from sendflowr.connectors.klaviyo.constants import API_BASE_URL, JSON_API, MAX_P
 from sendflowr.connectors.klaviyo.jsonapi import ErrorDetail, JsonApiError, Resource
 from sendflowr.connectors.klaviyo.ratelimit import RateLimiter
 from sendflowr.connectors.klaviyo.retry import RetryPolicy, retrying
+from sendflowr.connectors.klaviyo.wire import (
+    DecodedPage,
+    EventRecord,
+    ProfileRecord,
+    ShapeError,
+    decode_events_page,
+)
 
 log = logging.getLogger("sendflowr.connectors.klaviyo")
 
@@ -265,18 +272,46 @@ class WebhookTopic:
     id: str
 
 
-@dataclass(frozen=True, slots=True)
 class EventsPage:
     """One page of GET /api/events.
 
-    `url` re-reads this page and `next_url` (None at the end) reads the next one; both are
-    safe to persist as a backfill checkpoint (`events_page(cursor_url=...)`).
+    `records` are its events (each with its bytes as received: `wire.EventRecord`) and
+    `profile_records` its included profiles by id; `events` and `profiles` are the same as
+    resource dicts, decoded on first use. `url` re-reads this page and `next_url` (None at
+    the end) reads the next one; both are safe to persist as a backfill checkpoint
+    (`events_page(cursor_url=...)`).
     """
 
-    events: list[Resource]
-    profiles: dict[str, Resource]
-    next_url: str | None
-    url: str
+    __slots__ = ("_events", "_profiles", "next_url", "profile_records", "records", "url")
+
+    def __init__(
+        self,
+        records: list[EventRecord],
+        profile_records: dict[str, ProfileRecord],
+        next_url: str | None,
+        url: str,
+    ) -> None:
+        self.records = records
+        self.profile_records = profile_records
+        self.next_url = next_url
+        self.url = url
+        self._events: list[Resource] | None = None
+        self._profiles: dict[str, Resource] | None = None
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    @property
+    def events(self) -> list[Resource]:
+        if self._events is None:
+            self._events = [r.resource() for r in self.records]
+        return self._events
+
+    @property
+    def profiles(self) -> dict[str, Resource]:
+        if self._profiles is None:
+            self._profiles = {pid: p.resource() for pid, p in self.profile_records.items()}
+        return self._profiles
 
 
 @dataclass(frozen=True, slots=True)
@@ -325,6 +360,7 @@ class BulkEvent:
 class _Result:
     document: dict[str, Any] | None
     url: httpx.URL
+    page: DecodedPage | None = None  # GET /api/events, decoded by `wire`
 
 
 @dataclass(slots=True)
@@ -545,17 +581,21 @@ class KlaviyoClient:
         response: httpx.Response,
         expect_body: bool,
         secrets: Sequence[str],
-    ) -> dict[str, Any] | None:
+        events_page: bool = False,
+    ) -> dict[str, Any] | DecodedPage | None:
         status = response.status_code
         retry_after = self._limiter.observe(method, api_path, status, response.headers)
         where: dict[str, Any] = {"method": method, "path": api_path, "status": status}
         if 200 <= status < 300:
             if not expect_body or status == 204:
                 return None
+            content_type = response.headers.get("content-type", "")
             try:
-                return jsonapi.decode_document(
-                    response.content, response.headers.get("content-type", "")
-                )
+                if events_page:
+                    return decode_events_page(response.content, content_type)
+                return jsonapi.decode_document(response.content, content_type)
+            except ShapeError:
+                raise  # not retried: the same page would come back the same
             except JsonApiError as exc:
                 raise KlaviyoProtocolError(
                     _redact(str(exc), self._secrets(secrets)), retryable=True, **where
@@ -582,6 +622,7 @@ class KlaviyoClient:
         content: bytes | None,
         expect_body: bool,
         secrets: Sequence[str],
+        events_page: bool = False,
     ) -> _Result:
         api_path = self._api_path(url)
         await self._limiter.acquire(method, api_path)
@@ -594,8 +635,12 @@ class KlaviyoClient:
             await self._limiter.acquire(method, api_path)
             authorization = await self._auth.authorization()
             response = await self._send(method, url, content, authorization, api_path, secrets)
-        document = self._check_response(method, api_path, response, expect_body, secrets)
-        return _Result(document, url)
+        decoded = self._check_response(
+            method, api_path, response, expect_body, secrets, events_page
+        )
+        if isinstance(decoded, DecodedPage):
+            return _Result(None, url, decoded)
+        return _Result(decoded, url)
 
     def _log_retry(self, method: str, url: httpx.URL) -> Callable[[RetryCallState], None]:
         api_path = self._api_path(url)
@@ -621,6 +666,7 @@ class KlaviyoClient:
         body: Mapping[str, Any] | None = None,
         expect_body: bool = True,
         secrets: Sequence[str] = (),
+        events_page: bool = False,
     ) -> _Result:
         content = jsonapi.encode(body) if body is not None else None
         attempt_number = 0
@@ -636,7 +682,9 @@ class KlaviyoClient:
             ):
                 with attempt:
                     attempt_number = attempt.retry_state.attempt_number
-                    return await self._attempt(method, url, content, expect_body, secrets)
+                    return await self._attempt(
+                        method, url, content, expect_body, secrets, events_page
+                    )
         except KlaviyoError as exc:
             exc.attempts = attempt_number
             raise
@@ -773,8 +821,12 @@ class KlaviyoClient:
         page_size: int = MAX_PAGE_SIZE[EVENTS_PATH],
         include_profile: bool = True,
         profile_fields: Sequence[str] | None = None,
+        event_fields: Sequence[str] | None = None,
     ) -> str:
-        """The first page's URL for one metric over [start, end), oldest first."""
+        """The first page's URL for one metric over [start, end), oldest first.
+
+        `event_fields` and `profile_fields` (sparse fieldsets: `fields[event]`,
+        `fields[profile]`) ask for only those attributes; None asks for all."""
         if not 1 <= page_size <= MAX_PAGE_SIZE[EVENTS_PATH]:
             raise ValueError(f"page_size must be 1..{MAX_PAGE_SIZE[EVENTS_PATH]}")
         params = {
@@ -782,6 +834,8 @@ class KlaviyoClient:
             "sort": "datetime",
             "page[size]": str(page_size),
         }
+        if event_fields:
+            params["fields[event]"] = ",".join(event_fields)
         if include_profile:
             params["include"] = "profile"
             if profile_fields:
@@ -789,22 +843,20 @@ class KlaviyoClient:
         return str(self._url(EVENTS_PATH, params))
 
     async def _events_page(self, url: httpx.URL) -> EventsPage:
-        result = await self._request("GET", url)
-        doc = result.document
-        assert doc is not None
         try:
-            events = jsonapi.primary_resources(doc)
-            profiles = jsonapi.included_resources(doc, "profile")
-            link = jsonapi.next_link(doc)
-        except JsonApiError as exc:
+            result = await self._request("GET", url, events_page=True)
+        except ShapeError as exc:
             raise self._protocol(exc, EVENTS_PATH) from None
+        decoded = result.page
+        assert decoded is not None
+        link = decoded.next_link
         next_url = None
         if link is not None:
             nxt = self._resolve_link(link, EVENTS_PATH, "links.next")
             if _Visited.key(nxt) == _Visited.key(url):
                 raise KlaviyoProtocolError("links.next is this page again", path=EVENTS_PATH)
             next_url = str(nxt)
-        return EventsPage(events=events, profiles=profiles, next_url=next_url, url=str(url))
+        return EventsPage(decoded.events, decoded.profiles, next_url, str(url))
 
     def _start_url(
         self,
@@ -816,6 +868,7 @@ class KlaviyoClient:
         page_size: int,
         include_profile: bool,
         profile_fields: Sequence[str] | None,
+        event_fields: Sequence[str] | None,
     ) -> httpx.URL:
         """The persisted cursor when resuming (checked like any `links.next`), else page one."""
         first = self.events_url(
@@ -825,6 +878,7 @@ class KlaviyoClient:
             page_size=page_size,
             include_profile=include_profile,
             profile_fields=profile_fields,
+            event_fields=event_fields,
         )
         return self._resolve_link(cursor_url or first, EVENTS_PATH, "cursor_url")
 
@@ -838,6 +892,7 @@ class KlaviyoClient:
         page_size: int = MAX_PAGE_SIZE[EVENTS_PATH],
         include_profile: bool = True,
         profile_fields: Sequence[str] | None = None,
+        event_fields: Sequence[str] | None = None,
     ) -> EventsPage:
         """One page of GET /api/events for one metric over [start, end), oldest first.
 
@@ -852,6 +907,7 @@ class KlaviyoClient:
             page_size=page_size,
             include_profile=include_profile,
             profile_fields=profile_fields,
+            event_fields=event_fields,
         )
         return await self._events_page(url)
 
@@ -865,6 +921,7 @@ class KlaviyoClient:
         page_size: int = MAX_PAGE_SIZE[EVENTS_PATH],
         include_profile: bool = True,
         profile_fields: Sequence[str] | None = None,
+        event_fields: Sequence[str] | None = None,
     ) -> AsyncIterator[EventsPage]:
         """Every page of the window (from `cursor_url` when resuming), guarded against loops."""
         url = self._start_url(
@@ -875,6 +932,7 @@ class KlaviyoClient:
             page_size=page_size,
             include_profile=include_profile,
             profile_fields=profile_fields,
+            event_fields=event_fields,
         )
         visited = _Visited()
         visited.add(url)

@@ -70,6 +70,11 @@ def decode_document(body: bytes, content_type: str) -> dict[str, Any]:
     return doc
 
 
+def check_resource(value: Any, where: str) -> Resource:
+    """`value` as a resource (an object with string `type` and `id`); JsonApiError if not."""
+    return _check_resource(value, where)
+
+
 def _check_resource(value: Any, where: str) -> Resource:
     if not isinstance(value, dict):
         raise JsonApiError(f"{where}: a resource must be an object, got {type(value).__name__}")

@@ -3,17 +3,18 @@
 The ingest path reads the same events column-wise three times: the batch decoder's checks,
 identity resolution (the identifier columns) and the Arrow conversion. `columns` transposes a
 sequence of msgspec structs in one C-level pass (`msgspec.structs.astuple` under `zip`);
-`remember` keeps the last few results of this thread, so a later `columns` call over the very
-same struct objects, in the same order, reuses them instead of transposing again. Reuse is
-decided by object identity, element by element, so it is never stale for a different batch;
-a struct changed in place after `remember` (the decoder normalises `event_id` and
-`occurred_at` before it remembers) would be, so remember only finished structs.
+`remember` keeps the last few results of the process, so a later `columns` call over the very
+same struct objects, in the same order, reuses them instead of transposing again. Process-wide
+rather than per thread, so that `forget` (a data-subject erasure) drops every thread's copies
+of the identifiers. Reuse is decided by object identity, element by element, so it is never
+stale for a different batch; a struct changed in place after `remember` (the decoder
+normalises `event_id` and `occurred_at` before it remembers) would be, so remember only
+finished structs.
 """
 
 from __future__ import annotations
 
 import operator
-import threading
 from collections.abc import Mapping, Sequence
 from typing import Any, Final, cast
 
@@ -21,15 +22,17 @@ import msgspec
 
 Columns = Mapping[str, tuple[Any, ...]]
 
-_KEEP: Final = 4  # the events of a batch and their identifiers, with room to spare
-_local = threading.local()
+# The events of a batch and their identifiers, for a few batches in flight at once
+# (concurrent webhook deliveries), with room to spare.
+_KEEP: Final = 6
+# (structs, their columns), newest first; replaced as a whole (one atomic store), never changed.
+_recent: list[tuple[Sequence[msgspec.Struct], Columns]] = []
 
 
 def columns(structs: Sequence[msgspec.Struct]) -> Columns:
     """Field name -> that field's values, in order. The structs must share one field layout
     (a subclass that only narrows field types has its parent's)."""
-    recent: list[tuple[Sequence[msgspec.Struct], Columns]] = getattr(_local, "recent", [])
-    for source, cols in recent:
+    for source, cols in _recent:
         if source is structs or (
             len(source) == len(structs) and all(map(operator.is_, source, structs))
         ):
@@ -44,12 +47,13 @@ def columns(structs: Sequence[msgspec.Struct]) -> Columns:
 
 
 def remember(structs: Sequence[msgspec.Struct], cols: Columns) -> None:
-    """Keep `cols` as the columns of `structs` (this thread's last few batches)."""
-    recent: list[tuple[Sequence[msgspec.Struct], Columns]] = getattr(_local, "recent", [])
+    """Keep `cols` as the columns of `structs` (the process's last few batches)."""
+    global _recent
     # A copy: a list changed afterwards must not pass for the structs these columns are of.
-    _local.recent = [(tuple(structs), cols), *recent[: _KEEP - 1]]
+    _recent = [(tuple(structs), cols), *_recent[: _KEEP - 1]]
 
 
 def forget() -> None:
-    """Drop what this thread remembers (the structs it holds on to)."""
-    _local.recent = []
+    """Drop what is remembered (the structs it holds on to)."""
+    global _recent
+    _recent = []

@@ -437,14 +437,24 @@ def test_consumer_killed_mid_batch_loses_and_duplicates_nothing(
     watcher = threading.Thread(target=watch, daemon=True)
     watcher.start()
     watcher.join(timeout=120)
-    assert killed.is_set(), "".join(seen[-30:])
-    first.wait(10)
-    assert first.returncode == -signal.SIGKILL
+    try:
+        assert killed.is_set(), "".join(seen[-30:])
+        first.wait(10)
+        assert first.returncode == -signal.SIGKILL
 
-    # The killed member's session must expire before its partitions are handed on.
-    second = _consumer_process(env, "--idle-exit", str(3 * KAFKA_SESSION_TIMEOUT_MS / 1000))
-    out, _ = second.communicate(timeout=240)
-    assert second.returncode == 0, out[-3000:]
+        # The killed member's session must expire before its partitions are handed on.
+        second = _consumer_process(env, "--idle-exit", str(3 * KAFKA_SESSION_TIMEOUT_MS / 1000))
+        try:
+            out, _ = second.communicate(timeout=240)
+        finally:
+            if second.poll() is None:  # a failed run must not leave a consumer behind
+                second.kill()
+                second.wait()
+        assert second.returncode == 0, out[-3000:]
+    finally:
+        if first.poll() is None:
+            first.kill()
+            first.wait()
 
     count = subprocess.run(
         [sys.executable, "-c", _COUNT_SCRIPT],
@@ -459,3 +469,52 @@ def test_consumer_killed_mid_batch_loses_and_duplicates_nothing(
     assert counts["by_type"] == produced, counts
     assert counts["distinct"] == produced, counts
     assert counts["raw"] >= produced, counts  # before merges, a redelivered batch may be twice
+
+
+def test_a_member_joining_mid_stream_loses_nothing(
+    krt: Runtime, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Two members of one group, the second joining while the first is consuming: the
+    partitions are shared out mid-stream and every event is stored."""
+    import dataclasses
+    import logging
+
+    assert isinstance(krt.bus, KafkaBus)
+    krt.metadata.ensure_tenant(Tenant("acme", "Acme", "UTC"))
+    produced = 60_000
+    events = [make_event(i, person=i % 501) for i in range(produced)]
+    for i in range(0, produced, 10_000):
+        krt.bus.publish(events[i : i + 10_000], source="test")
+    options = dataclasses.replace(krt.bus.options, batch_size=500)
+    stop = threading.Event()
+    # At most ~5,000 events/s each, so the stream outlasts the second member's join.
+    first = EventConsumer(krt.pipeline, krt.bus, options, on_batch=lambda _: time.sleep(0.1))
+    second: list[EventConsumer] = []
+    done: list[BaseException | None] = []
+
+    def run(c: EventConsumer) -> None:
+        try:
+            c.run(stop, idle_exit_s=3 * KAFKA_SESSION_TIMEOUT_MS / 1000)
+            done.append(None)
+        except BaseException as exc:  # the assertion below names it
+            done.append(exc)
+
+    caplog.set_level(logging.INFO, logger="sendflowr.consumer")
+    threads = [threading.Thread(target=run, args=(first,), daemon=True)]
+    threads[0].start()
+    for _ in range(600):  # the first member is under way: the second joins now
+        if first.tally.messages >= 2_000:
+            break
+        time.sleep(0.05)
+    assert 0 < first.tally.messages < produced, first.tally
+    second.append(EventConsumer(krt.pipeline, krt.bus, options, on_batch=lambda _: time.sleep(0.1)))
+    threads.append(threading.Thread(target=run, args=(second[0],), daemon=True))
+    threads[1].start()
+    for t in threads:
+        t.join(timeout=240)
+    assert done == [None, None], done
+    assert krt.events.count_events("acme") == produced
+    text = caplog.text
+    assert "revoked" in text  # the rebalance happened while the first was consuming
+    assert second[0].tally.messages > 0, (first.tally, second[0].tally)  # it took partitions
+    assert first.tally.messages + second[0].tally.messages >= produced

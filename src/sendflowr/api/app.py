@@ -13,6 +13,7 @@ from fastapi.staticfiles import StaticFiles
 from sendflowr import __version__
 from sendflowr.api.auth import Authenticated, AuthFirstMiddleware
 from sendflowr.api.errors import document_errors, install_error_handlers
+from sendflowr.api.fast_decide import DecideFastPath
 from sendflowr.api.limits import BodyLimitMiddleware
 from sendflowr.api.routes import (
     accounts,
@@ -106,8 +107,10 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     install_error_handlers(app)
     document_errors(app)  # every 4xx/503 a route can answer, in the OpenAPI document
     # Each add wraps the ones before: a request passes DecisionLatency, AuthFirst, BodyLimit,
-    # then the routes. The key is checked before anything looks at the body (size, type, JSON),
-    # so a caller without a valid one gets 401 whatever it sends.
+    # DecideFastPath, then the routes. The key is checked before anything looks at the body
+    # (size, type, JSON), so a caller without a valid one gets 401 whatever it sends.
+    # POST /timing/decide answered without the framework's per-request work (fast_decide.py)
+    app.add_middleware(DecideFastPath)
     app.add_middleware(BodyLimitMiddleware)  # body caps (413) and JSON only (422)
     app.add_middleware(AuthFirstMiddleware)  # api/auth.py: 401/403/429 before the body is read
     app.add_middleware(DecisionLatencyMiddleware)  # sendflowr_decision_latency_seconds

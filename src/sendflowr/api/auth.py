@@ -56,7 +56,7 @@ from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBea
 from fastapi.security.utils import get_authorization_scheme_param
 from limits import RateLimitItem, parse
 from limits.errors import ConfigurationError
-from limits.storage import Storage, storage_from_string
+from limits.storage import MemoryStorage, Storage, storage_from_string
 from limits.strategies import MovingWindowRateLimiter
 from pydantic import BaseModel, SecretStr
 from starlette.concurrency import run_in_threadpool
@@ -66,6 +66,7 @@ from starlette.types import Scope as AsgiScope
 
 from sendflowr.api.deps import get_runtime
 from sendflowr.api.limits import BODY_METHODS, MIB, cap_for
+from sendflowr.api.local_limits import LocalMovingWindow
 from sendflowr.api.schemas import EventsIn
 from sendflowr.api.session import (
     COOKIE_NAME,
@@ -178,14 +179,20 @@ class _RateLimits:
             log.warning("rate limits counted per process: %s cannot be used (%s)", url, exc)
             storage = cast(Storage, storage_from_string("memory://"))
         self.storage_kind = type(storage).__name__
-        self.limiter = MovingWindowRateLimiter(storage)
+        # In this process: api/local_limits.py (the same answers as `limits`' memory storage,
+        # at a fraction of its cost per request).
+        self.limiter: MovingWindowRateLimiter | LocalMovingWindow = (
+            LocalMovingWindow()
+            if isinstance(storage, MemoryStorage)
+            else MovingWindowRateLimiter(storage)
+        )
         # While the shared store is unreachable, count in this process instead (fail over, not
         # open and never an error): a Redis outage must not fail authenticated requests.
-        self.local = MovingWindowRateLimiter(cast(Storage, storage_from_string("memory://")))
+        self.local = LocalMovingWindow()
         self.retry_seconds = settings.feature_cache_retry_seconds
         self.down_until = 0.0
 
-    def _limiter(self) -> MovingWindowRateLimiter:
+    def _limiter(self) -> MovingWindowRateLimiter | LocalMovingWindow:
         return self.local if time.monotonic() < self.down_until else self.limiter
 
     def hit(self, principal: Principal) -> None:
@@ -224,6 +231,17 @@ class _AuthState:
         self.touched: dict[str, float] = {}
         self.lock = threading.Lock()
         self.sessions = SessionCodec(runtime.hash_key)
+
+    def checks_without_io(self, token: str | None) -> bool:
+        """Whether checking `token` reads nothing (no key row, no shared rate-limit store):
+        the settings key with limits counted in this process. AuthFirstMiddleware then checks
+        it on the event loop instead of handing it to a worker thread."""
+        return (
+            token is not None
+            and self.admin_key is not None
+            and self.limits.storage_kind == "MemoryStorage"
+            and hmac.compare_digest(token.encode(), self.admin_key)
+        )
 
 
 _STATE_LOCK = threading.Lock()
@@ -306,9 +324,11 @@ def _from_cookie(request: Request, state: _AuthState) -> Principal:
     return principal
 
 
-# Where AuthFirstMiddleware leaves the principal it checked, for `authenticate` to reuse (an
-# ASGI scope key: nothing a client sends can set it).
-_SCOPE_PRINCIPAL = "sendflowr.principal"
+# Where AuthFirstMiddleware leaves the principal it checked, for `authenticate` to reuse, and
+# the route it matched (the router's choice), for api/fast_decide.py (ASGI scope keys: nothing
+# a client sends can set them).
+SCOPE_PRINCIPAL = "sendflowr.principal"
+SCOPE_ROUTE = "sendflowr.route"
 
 
 def authenticate(
@@ -318,7 +338,7 @@ def authenticate(
     api_key: ApiKeyDep,
 ) -> Principal:
     """The caller, after the key, rate-limit, method-scope and path/query tenant checks."""
-    checked = request.scope.get(_SCOPE_PRINCIPAL)
+    checked = request.scope.get(SCOPE_PRINCIPAL)
     if isinstance(checked, Principal):
         return checked  # AuthFirstMiddleware ran these checks before the body was read
     return _check_request(request, runtime, _token(bearer, api_key))
@@ -583,21 +603,40 @@ class AuthFirstMiddleware:
     tenant the key may not use is 403 before FastAPI validates anything, so a caller never sees
     another tenant's validation errors. The body is then handed to the app as read (BodyLimit
     still counts it against the cap). An operator key, or a body that is not JSON, is not read.
+
+    Per request cost: the match of a path that is a route's whole path (no parameters) is kept
+    per (method, path), since the router's answer for it depends on nothing else; the settings
+    operator key with limits counted in this process is checked on the event loop (nothing to
+    read), any other key in a worker thread (its row is read). The route matched is left in
+    the scope too (`SCOPE_ROUTE`), for api/fast_decide.py.
     """
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
         self._table: list[tuple[RouteContext, _Guarded | None]] | None = None
+        # (method, path) -> the match, for paths that are a route's whole path (no parameters):
+        # the router's answer for them depends on nothing else, and there are few of them.
+        self._static: dict[tuple[str, str], _Guarded | None] = {}
 
     def _match(self, scope: AsgiScope) -> tuple[_Guarded, dict[str, Any]] | None:
         if self._table is None:  # the app's routes are all in place by its first request
             self._table = _route_table(scope["app"])
+        path = scope.get("path")
+        key = (str(scope.get("method")), str(path))
+        static = not scope.get("root_path")
+        if static and key in self._static:
+            hit = self._static[key]
+            return None if hit is None else (hit, {})
         for context, guarded in self._table:
             match, child = context.matches(scope)
             if match == Match.FULL:
+                params = dict(child.get("path_params", {}))
+                route_path = getattr(context.original_route, "path", None)
+                if static and not params and route_path == path and len(self._static) < 1024:
+                    self._static[key] = guarded
                 if guarded is None:
                     return None
-                return guarded, dict(child.get("path_params", {}))
+                return guarded, params
         return None  # 404, 405 or a redirect: the router answers
 
     async def __call__(self, scope: AsgiScope, receive: Receive, send: Send) -> None:
@@ -615,9 +654,11 @@ class AuthFirstMiddleware:
         request = Request({**scope, "path_params": path_params})
         try:
             runtime = get_runtime(request)
-            principal = await run_in_threadpool(
-                _check_request, request, runtime, _request_token(request)
-            )
+            token = _request_token(request)
+            if auth_state(request, runtime).checks_without_io(token):
+                principal = _check_request(request, runtime, token)
+            else:
+                principal = await run_in_threadpool(_check_request, request, runtime, token)
             for guard in guarded.guards:
                 guard(principal)
             if guarded.body_tenant is not None and not principal.operator:
@@ -631,7 +672,8 @@ class AuthFirstMiddleware:
             scope["route"] = guarded.route.original_route  # labels (DecisionLatencyMiddleware)
             await response(scope, receive, send)
             return
-        scope[_SCOPE_PRINCIPAL] = principal
+        scope[SCOPE_PRINCIPAL] = principal
+        scope[SCOPE_ROUTE] = guarded.route.original_route
         await self.app(scope, receive, send)
 
 

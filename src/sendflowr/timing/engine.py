@@ -557,6 +557,8 @@ def _alternatives(
     if params.alternatives == 0 or n == 0:
         return alts, scores
     gap = params.alternative_gap_s
+    if n == 1:  # a single decision: the same picks on one row, without the 2-D masks
+        return _row_alternatives(prob[0], int(best[0]), candidates, params)
     lo = np.searchsorted(candidates, candidates - gap, side="right").astype(np.int32)
     hi = np.searchsorted(candidates, candidates + gap, side="left").astype(np.int32)
     idx = np.arange(c, dtype=np.int32)[None, :]
@@ -569,6 +571,29 @@ def _alternatives(
         ok = picked != -np.inf
         alts[ok, j] = candidates[chosen[ok]]
         scores[ok, j] = picked[ok]
+    return alts, scores
+
+
+def _row_alternatives(
+    prob: FloatArray, best: int, candidates: IntArray, params: EngineParams
+) -> tuple[IntArray, FloatArray]:
+    """`_alternatives` for one row: each round blanks the candidates within the gap of the
+    last pick (one contiguous slice) and takes the first maximum of what is left."""
+    alts = np.full((1, params.alternatives), -1, np.int64)
+    scores = np.full((1, params.alternatives), np.nan)
+    gap = params.alternative_gap_s
+    masked = prob.copy()
+    chosen = best
+    for j in range(params.alternatives):
+        at = int(candidates[chosen])
+        lo = int(np.searchsorted(candidates, at - gap, side="right"))
+        hi = int(np.searchsorted(candidates, at + gap, side="left"))
+        masked[lo:hi] = -np.inf
+        chosen = int(np.argmax(masked))
+        picked = masked[chosen]
+        if picked != -np.inf:
+            alts[0, j] = candidates[chosen]
+            scores[0, j] = picked
     return alts, scores
 
 

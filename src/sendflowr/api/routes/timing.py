@@ -7,7 +7,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from fastapi import APIRouter, Path, Query
 
-from sendflowr.api.auth import PrincipalDep
+from sendflowr.api.auth import Principal, PrincipalDep
 from sendflowr.api.deps import RuntimeDep
 from sendflowr.api.engagement_schemas import (
     EngagementHistoryOut,
@@ -185,6 +185,13 @@ def _out(tenant: str, uid: str, intent_id: str, r: DecisionRecord) -> DecisionOu
 def decide(body: DecideIn, runtime: RuntimeDep, principal: PrincipalDep) -> DecisionOut:
     """The minute to deliver to one person in a window, the trigger time (minus the ESP's
     latency), a confidence, alternatives and an explanation reference."""
+    # Most requests never reach this function: api/fast_decide.py answers them with
+    # `decide_one` (the same checks and answer, without the framework's per-request work).
+    return decide_one(runtime, principal, body)
+
+
+def decide_one(runtime: Runtime, principal: Principal, body: DecideIn) -> DecisionOut:
+    """POST /timing/decide once the body is valid: the tenant check, then the decision."""
     principal.check_tenant(body.tenant)
     return _decide(
         runtime,

@@ -6,7 +6,9 @@ Why: each write has a fixed cost that does not depend on its size - a chDB INSER
 part (about 15 ms of CPU for 100 events or 1,000), an archive file is a Parquet write and two
 fsyncs, the identity graph takes a transaction. Webhook deliveries of 100 events each paid
 them per delivery; under load the deliveries that arrive while one is being written now share
-the next write. A lone delivery is written at once, as before.
+the next write, and (`SENDFLOWR_INTAKE_LINGER_MS`, 200) the next write waits until its oldest
+delivery is that old, so a steady trickle is written a few deliveries at a time rather than
+one by one. A lone delivery is written at once, as before.
 """
 
 from __future__ import annotations
@@ -58,7 +60,10 @@ class Intake:
             group = self._groups.get(batch.source)
             if group is None:
                 group = self._groups[batch.source] = GroupCommit(
-                    self._write, max_size=self.max_events, size=lambda b: len(b.events)
+                    self._write,
+                    max_size=self.max_events,
+                    size=lambda b: len(b.events),
+                    linger_s=self.runtime.settings.intake_linger_ms / 1000,
                 )
         group.submit(batch)
 

@@ -213,6 +213,14 @@ class Settings(BaseSettings):
     feature_cache_ttl_seconds: int = Field(
         0, ge=0, le=365 * 86_400, description="Redis feature entries expire after this; 0 never"
     )
+    intake_linger_ms: int = Field(
+        200,
+        ge=0,
+        le=5_000,
+        description="under load (deliveries less than this apart), an accepted batch's write "
+        "waits until the batch is this old so concurrent ones share it (one chDB part, one "
+        "archive file); the 2xx comes after the write. 0: write at once",
+    )
     feature_cache_warmup: bool = Field(
         True,
         description="memory cache: `sendflowr run` rebuilds every tenant's people from the event "

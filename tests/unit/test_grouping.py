@@ -4,6 +4,7 @@ group; each caller gets its own result or error."""
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Sequence
 
 import pytest
@@ -106,3 +107,67 @@ def test_a_wrong_number_of_results_is_an_error_not_a_hang() -> None:
     with pytest.raises(RuntimeError, match="3 results for 1 jobs"):
         g.submit(1)
     assert g._busy is False  # the next caller is not left waiting
+
+
+def _simple(jobs: Sequence[int]) -> list[int]:
+    return [j * 10 for j in jobs]
+
+
+def test_a_lone_job_does_not_linger() -> None:
+    g: GroupCommit[int, int] = GroupCommit(_simple, max_size=100, linger_s=0.5)
+    started = time.monotonic()
+    assert g.submit(1) == 10
+    assert time.monotonic() - started < 0.25  # no earlier arrival: written at once
+    time.sleep(0.05)
+    t = time.monotonic()
+    assert g.submit(2) == 20  # 50 ms after the first: under load, but nothing else comes
+    assert 0.3 < time.monotonic() - t < 1.5  # it waited for company, and only its linger
+    g2: GroupCommit[int, int] = GroupCommit(_simple, max_size=100, linger_s=0.2)
+    g2.submit(1)
+    time.sleep(0.3)  # longer apart than the linger: a quiet spell
+    t = time.monotonic()
+    assert g2.submit(2) == 20
+    assert time.monotonic() - t < 0.15
+
+
+def test_under_load_jobs_linger_to_share_a_write() -> None:
+    groups: list[list[int]] = []
+
+    def run_many(jobs: Sequence[int]) -> list[int]:
+        groups.append(list(jobs))
+        return _simple(jobs)
+
+    g: GroupCommit[int, int] = GroupCommit(run_many, max_size=100, linger_s=0.5)
+    out: dict[int, object] = {}
+
+    def call(j: int) -> None:
+        out[j] = g.submit(j)
+
+    threads = []
+    for j in range(10):  # 10 jobs 20 ms apart: a steady trickle
+        t = threading.Thread(target=call, args=(j,))
+        t.start()
+        threads.append(t)
+        time.sleep(0.02)
+    _join(threads, out)
+    assert out == {j: j * 10 for j in range(10)}
+    assert sorted(j for grp in groups for j in grp) == list(range(10))
+    # Without the linger each job would be its own group (each write is instant).
+    assert len(groups) <= 3, groups
+
+
+def test_a_full_group_stops_lingering() -> None:
+    g: GroupCommit[int, int] = GroupCommit(_simple, max_size=3, size=lambda _j: 1, linger_s=30.0)
+    out: dict[int, object] = {}
+    started = time.monotonic()
+    threads = [
+        threading.Thread(target=lambda j=j: out.__setitem__(j, g.submit(j))) for j in range(7)
+    ]
+    for t in threads:
+        t.start()
+        time.sleep(0.01)
+    _join(threads, out)
+    assert out == {j: j * 10 for j in range(7)}
+    # The first job (no earlier arrival) runs at once; the six others come 10 ms apart (under
+    # load) and each group of 3 is written as soon as it is full, long before the 30 s linger.
+    assert time.monotonic() - started < 10

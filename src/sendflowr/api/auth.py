@@ -42,7 +42,6 @@ import os
 import secrets
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -64,8 +63,9 @@ from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Send
 from starlette.types import Scope as AsgiScope
 
+from sendflowr.api.asgi_body import read_body, replaying
 from sendflowr.api.deps import get_runtime
-from sendflowr.api.limits import BODY_METHODS, MIB, cap_for
+from sendflowr.api.limits import BODY_METHODS, MIB, cap_for, is_json
 from sendflowr.api.local_limits import LocalMovingWindow
 from sendflowr.api.schemas import EventsIn
 from sendflowr.api.session import (
@@ -505,11 +505,6 @@ def _route_table(app: Any) -> list[tuple[RouteContext, _Guarded | None]]:
 _PARSE_INLINE_BYTES = MIB  # larger bodies are parsed in a worker thread, off the event loop
 
 
-def _is_json(content_type: str) -> bool:
-    media = content_type.split(";", 1)[0].strip().lower()
-    return media == "application/json" or (media.startswith("application/") and "+json" in media)
-
-
 async def _read_body(scope: AsgiScope, receive: Receive) -> tuple[list[Message], bytes | None]:
     """The request's body messages as read, and the whole body when it is JSON and within the
     route's cap (api/limits.py). None when it is not worth reading (not JSON, a Content-Length
@@ -521,7 +516,7 @@ async def _read_body(scope: AsgiScope, receive: Receive) -> tuple[list[Message],
         return [], None
     headers = {k.lower(): v for k, v in scope.get("headers", [])}
     content_type = headers.get(b"content-type")
-    if content_type is None or not _is_json(content_type.decode("latin-1")):
+    if content_type is None or not is_json(content_type.decode("latin-1")):
         return [], None
     cap = cap_for(method, str(scope.get("path", "")))
     declared = headers.get(b"content-length")
@@ -529,32 +524,10 @@ async def _read_body(scope: AsgiScope, receive: Receive) -> tuple[list[Message],
         text = declared.decode("latin-1").strip()
         if not text.isdigit() or int(text) > cap:
             return [], None
-    messages: list[Message] = []
-    size = 0
-    while True:
-        message = await receive()
-        messages.append(message)
-        if message["type"] != "http.request":
-            return messages, None  # http.disconnect
-        size += len(message.get("body", b""))
-        if size > cap:
-            return messages, None
-        if not message.get("more_body", False):
-            break
-    body = b"".join(m.get("body", b"") for m in messages)
+    messages, body = await read_body(receive, cap)
+    if body is None:
+        return messages, None
     return [{"type": "http.request", "body": body, "more_body": False}], body
-
-
-def _replaying(messages: list[Message], receive: Receive) -> Receive:
-    """`receive` that first hands out `messages` (the body the middleware read)."""
-    pending = deque(messages)
-
-    async def replay() -> Message:
-        if pending:
-            return pending.popleft()
-        return await receive()
-
-    return replay
 
 
 def _parse(body: bytes) -> Any:
@@ -581,7 +554,7 @@ async def _check_body_tenant(
             doc = _parse(body)
         for tenant in spec.named(doc, demo_tenant):
             principal.check_tenant(tenant)
-    return _replaying(messages, receive) if messages else receive
+    return replaying(messages, receive) if messages else receive
 
 
 class AuthFirstMiddleware:

@@ -29,7 +29,6 @@ route's, which stays registered and answers whatever this does not take.
 from __future__ import annotations
 
 import inspect
-from collections import deque
 from typing import Any, Final
 
 import orjson
@@ -37,21 +36,17 @@ from pydantic import TypeAdapter, ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
+from sendflowr.api.asgi_body import read_body, replaying
 from sendflowr.api.auth import SCOPE_PRINCIPAL, SCOPE_ROUTE, Principal
-from sendflowr.api.limits import MIB, cap_for
+from sendflowr.api.limits import MIB, cap_for, is_json
 from sendflowr.api.routes import timing
 from sendflowr.api.schemas import DecideIn, DecisionOut
 from sendflowr.runtime import Runtime
 
 _OUT: Final = TypeAdapter(DecisionOut)  # what FastAPI's response field serialises with
 _MAX_INLINE: Final = MIB  # a body this large is not a single decision: the framework takes it
-
-
-def _is_json(content_type: bytes) -> bool:
-    media = content_type.split(b";", 1)[0].strip().lower()
-    return media == b"application/json" or (media.startswith(b"application/") and b"+json" in media)
 
 
 def _declared_length(scope: Scope) -> int | None:
@@ -67,7 +62,7 @@ def _declared_length(scope: Scope) -> int | None:
                 return None
             length = int(text)
         elif key == b"content-type":
-            json_type = _is_json(value)
+            json_type = is_json(value.decode("latin-1"))
         elif key == b"transfer-encoding":
             return None
     if length is None or length == 0 or not json_type:
@@ -75,35 +70,6 @@ def _declared_length(scope: Scope) -> int | None:
     if length > min(_MAX_INLINE, cap_for("POST", str(scope.get("path", "")))):
         return None
     return length
-
-
-async def _read(receive: Receive, length: int) -> tuple[list[Message], bytes | None]:
-    """The body messages as read, and the body when it arrived whole (else None)."""
-    messages: list[Message] = []
-    size = 0
-    while True:
-        message = await receive()
-        messages.append(message)
-        if message["type"] != "http.request":
-            return messages, None
-        size += len(message.get("body", b""))
-        if size > length:
-            return messages, None
-        if not message.get("more_body", False):
-            break
-    body = b"".join(m.get("body", b"") for m in messages)
-    return messages, body
-
-
-def _replaying(messages: list[Message], receive: Receive) -> Receive:
-    pending = deque(messages)
-
-    async def replay() -> Message:
-        if pending:
-            return pending.popleft()
-        return await receive()
-
-    return replay
 
 
 def _valid(body: bytes) -> DecideIn | None:
@@ -157,10 +123,10 @@ class DecideFastPath:
         if length is None:
             await self.app(scope, receive, send)
             return
-        messages, body = await _read(receive, length)
+        messages, body = await read_body(receive, length)
         parsed = _valid(body) if body is not None else None
         if parsed is None:
-            await self.app(scope, _replaying(messages, receive), send)
+            await self.app(scope, replaying(messages, receive), send)
             return
         assert isinstance(principal, Principal)
         scope["route"] = route  # as the router sets it (DecisionLatencyMiddleware's label)

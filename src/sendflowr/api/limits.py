@@ -85,7 +85,8 @@ def _too_large(cap: int) -> str:
     return f"the request body exceeds this route's cap of {_size(cap)} ({cap} bytes)"
 
 
-def _is_json(content_type: str) -> bool:
+def is_json(content_type: str) -> bool:
+    """A JSON media type: application/json or application/*+json (parameters ignored)."""
     media = content_type.split(";", 1)[0].strip().lower()
     return media == "application/json" or (media.startswith("application/") and "+json" in media)
 
@@ -115,7 +116,7 @@ def _check_headers(
         and content_type.split(";", 1)[0].strip().lower() == "application/x-www-form-urlencoded"
     ):
         return None
-    if content_type is None or not _is_json(content_type):
+    if content_type is None or not is_json(content_type):
         given = "no Content-Type" if content_type is None else f"Content-Type {content_type!r}"
         # 422 like any other unusable body (the API's contract: a 422 naming the field).
         return _Refusal(

@@ -215,6 +215,22 @@ def test_put_many_one_by_one_past_any_initial_capacity(backend: Backend) -> None
     assert got[ids[0]].to_bytes() == two.to_bytes()
 
 
+def test_a_rebuild_writes_one_by_one_past_any_initial_capacity(backend: Backend) -> None:
+    """The rebuild guard's writes (a single decision filling a miss) also go past whatever a
+    backend allocates up front (the memory rebuild once wrote its 1,025th row into the table it
+    had just outgrown: an IndexError on a tenant's 1,025th decided person)."""
+    cache = backend.cache
+    one, two = _profile(1), _profile(2)
+    ids = [f"r{i}" for i in range(3_000)]
+    for i, uid in enumerate(ids):
+        with cache.rebuilding("acme") as rebuild:
+            assert rebuild.put_many({uid: one if i % 2 else two}) == 1
+    got = cache.get_many("acme", ids)
+    assert len(got) == len(ids)
+    assert got[ids[-1]].to_bytes() == one.to_bytes()
+    assert got[ids[0]].to_bytes() == two.to_bytes()
+
+
 def test_put_table_then_get_many_round_trips(backend: Backend) -> None:
     cache = backend.cache
     n = 2_500  # more than one chunk of a pipelined backend

@@ -39,6 +39,10 @@ class _TenantTable:
             self.index[uid] = row
         return row
 
+    def put(self, uid: str, features: ProfileFeatures) -> None:
+        row = self.row_for(uid)  # may grow (replace) self.table: take the table after it
+        self.table.set_row(row, features)
+
     def write(
         self, uids: Sequence[str], src: FeatureTable, src_rows: npt.NDArray[np.int64] | slice
     ) -> None:
@@ -89,7 +93,7 @@ class _MemoryRebuild(Rebuild):
         with self._memory._lock:
             t, keep = self._kept(features.keys())
             for uid in keep:
-                t.table.set_row(t.row_for(uid), features[uid])
+                t.put(uid, features[uid])
             return len(keep)
 
     def put_table(self, universal_ids: Sequence[str], table: FeatureTable) -> int:
@@ -185,8 +189,7 @@ class MemoryFeatureCache(FeatureCache):
         with self._lock:
             t = self._tenants.setdefault(tenant, _TenantTable())
             for uid, f in features.items():
-                row = t.row_for(uid)  # may grow (replace) t.table: take the table after it
-                t.table.set_row(row, f)
+                t.put(uid, f)
 
     def put_table(self, tenant: str, universal_ids: Sequence[str], table: FeatureTable) -> None:
         """Whole arrays at once: a million profiles is a few copies, not a million rows."""

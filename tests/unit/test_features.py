@@ -443,3 +443,53 @@ def test_an_open_seconds_after_a_delivery_of_the_previous_batch_is_a_machine_ope
     assert second["p"].machine_opens_excluded == 1
     assert second["p"].engagements == 0
     assert not second["p"].activity.bins.any()
+
+
+def test_engagement_arrays_in_order_are_the_same_whatever_order_they_came_in() -> None:
+    """Two reads of the same events (dictionaries and rows in any order) put in order are
+    equal: ids and types sorted, events by person, time, type and flag."""
+    rng = np.random.default_rng(3)
+    ids, types = ["sf_b", "sf_a", "sf_c"], ["opened", "clicked", "received"]
+    n = 200
+    uid = rng.integers(0, 3, n)
+    kind = rng.integers(0, 3, n)
+    ms = rng.integers(0, 20, n) * 1_000  # many same-second ties
+    machine = rng.random(n) < 0.3
+    a = EngagementArrays(ids, uid, ms, types, kind, machine)
+    # the same events, both dictionaries re-coded and the rows shuffled
+    id_perm, type_perm, rows = np.array([2, 0, 1]), np.array([1, 2, 0]), rng.permutation(n)
+    b = EngagementArrays(
+        [ids[i] for i in np.argsort(id_perm)],
+        id_perm[uid][rows],
+        ms[rows],
+        [types[i] for i in np.argsort(type_perm)],
+        type_perm[kind][rows],
+        machine[rows],
+    )
+    x, y = a.in_order(), b.in_order()
+    assert x.universal_ids == y.universal_ids == ["sf_a", "sf_b", "sf_c"]
+    assert x.event_types == y.event_types == ["clicked", "opened", "received"]
+    for name in ("uid_code", "utc_ms", "type_code", "is_machine_open"):
+        np.testing.assert_array_equal(getattr(x, name), getattr(y, name), err_msg=name)
+    # the same events as before, person by person
+    got = sorted(
+        zip(
+            [x.universal_ids[c] for c in x.uid_code],
+            x.utc_ms.tolist(),
+            [x.event_types[c] for c in x.type_code],
+            x.is_machine_open.tolist(),
+            strict=True,
+        )
+    )
+    want = sorted(
+        zip(
+            [ids[c] for c in uid],
+            ms.tolist(),
+            [types[c] for c in kind],
+            machine.tolist(),
+            strict=True,
+        )
+    )
+    assert got == want
+    keys = list(zip(x.uid_code.tolist(), x.utc_ms.tolist(), strict=True))
+    assert keys == sorted(keys)

@@ -72,6 +72,27 @@ class EngagementArrays:
     def __len__(self) -> int:
         return len(self.utc_ms)
 
+    def in_order(self) -> EngagementArrays:
+        """The same events whatever order the store returned them in: ids and types sorted,
+        events by person, time, type and flag. A fold of it (float sums, same-second ties)
+        is then the same in every process and every read."""
+        ids, id_rank = _sorted_dictionary(self.universal_ids)
+        types, type_rank = _sorted_dictionary(self.event_types)
+        uid = id_rank[self.uid_code]
+        kind = type_rank[self.type_code]
+        order = np.lexsort((self.is_machine_open, kind, self.utc_ms, uid))
+        return EngagementArrays(
+            ids, uid[order], self.utc_ms[order], types, kind[order], self.is_machine_open[order]
+        )
+
+
+def _sorted_dictionary(values: list[str]) -> tuple[list[str], npt.NDArray[np.int64]]:
+    """(values sorted, the new code of each old code)."""
+    order = np.argsort(np.asarray(values, dtype=object), kind="stable")
+    rank = np.empty(len(values), np.int64)
+    rank[order] = np.arange(len(values), dtype=np.int64)
+    return [values[i] for i in order.tolist()], rank
+
 
 def _dictionary(column: pa.ChunkedArray) -> tuple[list[str], npt.NDArray[np.int64]]:
     """(distinct values, per-row code) of a string or dictionary column."""

@@ -53,6 +53,13 @@ def _settings() -> Settings:
         _fail(str(exc))
 
 
+def _fix_malloc(settings: Settings) -> None:
+    """A long-running process keeps freed large blocks from glibc's heap (sendflowr/allocator)."""
+    from sendflowr.allocator import fix_mmap_threshold
+
+    fix_mmap_threshold(settings.malloc_mmap_threshold_kib)
+
+
 def _runtime(settings: Settings):  # type: ignore[no-untyped-def]  # imported lazily: start-up cost
     from sendflowr.runtime import Runtime
 
@@ -102,6 +109,7 @@ def run(
     from sendflowr.api import create_app
 
     settings = _settings()
+    _fix_malloc(settings)
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(levelname)s %(name)s: %(message)s"
     )
@@ -676,6 +684,7 @@ def worker(
     from sendflowr.execution.registry import dispatchers
 
     settings = _settings()
+    _fix_malloc(settings)
     runtime = _runtime(settings)
     options = ExecutorOptions(
         claim_limit=claim,
@@ -738,6 +747,7 @@ def consumer(
     from sendflowr.consumer import ConsumerStoppedError, open_consumer
 
     settings = _settings()
+    _fix_malloc(settings)
     if settings.bus.kind != "kafka":
         _fail("SENDFLOWR_BUS_URL (bus_url): the consumer needs kafka://host:port")
     logging.basicConfig(

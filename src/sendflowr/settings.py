@@ -221,6 +221,14 @@ class Settings(BaseSettings):
         "waits until the batch is this old so concurrent ones share it (one chDB part, one "
         "archive file); the 2xx comes after the write. 0: write at once",
     )
+    malloc_mmap_threshold_kib: int = Field(
+        128,
+        ge=0,
+        le=32 * 1024,
+        description="glibc: blocks this large (KiB) get their own mapping, returned to the "
+        "system when freed (`run`, `worker` and `consumer` set it at start-up; glibc's own "
+        "default moves up and keeps freed numpy temporaries in its heap). 0: glibc's default",
+    )
     feature_cache_warmup: bool = Field(
         True,
         description="memory cache: `sendflowr run` rebuilds every tenant's people from the event "

@@ -23,6 +23,7 @@ JSON to bench/results/soak.json.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import resource
@@ -292,6 +293,49 @@ def _get(port: int, path: str, admin_key: str) -> Any:
         return json.loads(resp.read())
 
 
+TIMELINE_S = 30.0
+_COUNTERS = {
+    "events_stored": ("sendflowr_events_stored_total", ""),
+    "decisions": ("sendflowr_decision_latency_seconds_count", 'route="/timing/decide"'),
+    "cache_hits": ("sendflowr_feature_cache_lookups_total", 'result="hit"'),
+    "cache_misses": ("sendflowr_feature_cache_lookups_total", 'result="miss"'),
+}
+
+
+def _tick(pid: int, port: int, admin_key: str, at: float) -> dict[str, float]:
+    """The server's cumulative CPU and a few /metrics counters at one instant (a scrape the
+    busy server does not answer within 30 s leaves the counters out)."""
+    row = {"t": at, "cpu_s": cpu_seconds(pid)}
+    req = urllib.request.Request(
+        f"http://127.0.0.1:{port}/metrics", headers={"Authorization": f"Bearer {admin_key}"}
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            text = resp.read().decode()
+    except OSError:
+        return row
+    for name, (metric, label) in _COUNTERS.items():
+        row[name] = sum(
+            float(line.rsplit(" ", 1)[1])
+            for line in text.splitlines()
+            if line.startswith(metric) and label in line
+        )
+    return row
+
+
+def _timeline(ticks: list[dict[str, float]]) -> list[dict[str, float]]:
+    """Per interval between ticks: the server's cores, and what it got done (rates)."""
+    out = []
+    for a, b in itertools.pairwise(ticks):
+        span = b["t"] - a["t"]
+        row = {"t": round(b["t"], 1), "server_cores": round((b["cpu_s"] - a["cpu_s"]) / span, 2)}
+        for name in _COUNTERS:
+            if name in a and name in b:
+                row[f"{name}_per_s"] = round((b[name] - a[name]) / span, 1)
+        out.append(row)
+    return out
+
+
 def _settled_count(port: int, admin_key: str, expected: int) -> tuple[int, float]:
     """The stored count once the server has worked through requests still queued when the
     load stopped: polled until it reaches `expected` or stops moving (at most 10 minutes)."""
@@ -365,10 +409,17 @@ def main() -> None:
         stop = threading.Event()
         t_start = time.monotonic()
 
+        timeline: list[dict[str, float]] = []
+
         def sample() -> None:
             assert proc is not None
+            last_tick = -TIMELINE_S
             while not stop.is_set():
-                samples.append((time.monotonic() - t_start, _rss_kib(proc.pid)))
+                now = time.monotonic() - t_start
+                samples.append((now, _rss_kib(proc.pid)))
+                if now - last_tick >= TIMELINE_S:
+                    last_tick = now
+                    timeline.append(_tick(proc.pid, port, admin_key, now))
                 stop.wait(2.0)
 
         sampler = threading.Thread(target=sample, daemon=True)
@@ -447,6 +498,7 @@ def main() -> None:
                 "rss_mib_after_drain": round(rss_end / 1024, 1),
                 "rss_growth_ok": rss["rss_growth_pct"] < TARGET_RSS_GROWTH_PCT,
                 "rss_samples_mib": [(round(t, 1), round(k / 1024, 1)) for t, k in samples[::5]],
+                "timeline": _timeline(timeline),
                 "people_with_history": args.people,
                 "connections_per_stream": args.connections,
                 "server_log": str(RESULTS / "soak_server.log"),

@@ -18,6 +18,7 @@ from fastapi.testclient import TestClient
 
 from sendflowr import event_columns
 from sendflowr.api import create_app
+from sendflowr.connectors.klaviyo.normalize import WEBHOOK_IDENTIFIERS, normalize_webhook_item
 from sendflowr.events import CanonicalEvent, EventType, Identifiers
 from sendflowr.identity.hashing import hash_email
 from sendflowr.identity.identifiers import ANON, EMAIL, Identifier
@@ -243,15 +244,41 @@ def test_erasure_drops_in_memory_copies_of_the_persons_identifiers(
     rt: Runtime, api: TestClient
 ) -> None:
     """The ingest path's memos (usable identifiers per identifier set, the last batches'
-    columns) must not keep an erased person's email hash in the process."""
+    columns, the webhook receivers' profile identifiers) must not keep an erased person's
+    email or its hash in the process."""
     digest = hash_email(KEY, "memo@x.test")
     line = msgspec.json.encode(ev(email="memo@x.test"))
     assert rt.pipeline.process_json("test", [line]).stored == 1
+    item = {
+        "payload": {
+            "data": {
+                "type": "event",
+                "id": "memo-hook-1",
+                "attributes": {"datetime": "2026-01-05T10:00:00+00:00", "event_properties": {}},
+                "relationships": {
+                    "profile": {"data": {"type": "profile", "id": "PMEMO"}},
+                    "metric": {"data": {"type": "metric", "id": "M1"}},
+                },
+            },
+            "included": [
+                {"type": "profile", "id": "PMEMO", "attributes": {"email": "memo@x.test"}},
+                {"type": "metric", "id": "M1", "attributes": {"name": "Opened Email"}},
+            ],
+        }
+    }
+    hooked = normalize_webhook_item(item, tenant="acme", hash_key=KEY, cache=WEBHOOK_IDENTIFIERS)
+    assert hooked.identifiers.email_hash == digest
 
     def held() -> bool:
         memo = rt.identity._usable_cache[1]
         recent = [c for _, cols in event_columns._recent for c in cols.get("email_hash", ())]
-        return any(digest in repr(k) for k in memo) or digest in recent
+        hooks = repr(WEBHOOK_IDENTIFIERS._entries)
+        return (
+            any(digest in repr(k) for k in memo)
+            or digest in recent
+            or "memo@x.test" in hooks
+            or digest in hooks
+        )
 
     assert held()  # the test can fail: the memos do hold it after ingest
     uid = rt.identity.owner("acme", Identifier(EMAIL, digest))

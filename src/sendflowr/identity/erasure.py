@@ -36,6 +36,7 @@ import sqlalchemy as sa
 
 from sendflowr import event_columns
 from sendflowr.archive.store import ArchiveErasure, RawArchive
+from sendflowr.connectors.klaviyo.normalize import WEBHOOK_IDENTIFIERS
 from sendflowr.errors import NotFoundError
 from sendflowr.identity.matching import PersonMatcher
 from sendflowr.identity.store import ErasedPerson, IdentityGraphStore
@@ -106,6 +107,7 @@ def erase_person(
     }
     done: ErasedPerson = identity.erase(tenant, subject, actor, removed)
     event_columns.forget()  # the last ingest batches' columns may hold their identifiers
+    WEBHOOK_IDENTIFIERS.clear()  # plaintext identifiers of profiles seen on webhooks
     committed = datetime.now(UTC)
     late = events.erase_people(tenant, ids, ingested_before=committed)
     features.invalidate(tenant, ids)

@@ -26,6 +26,7 @@ from sendflowr.connectors.klaviyo.flow_actions import (
     flow_action_event,
 )
 from sendflowr.connectors.klaviyo.normalize import (
+    WEBHOOK_IDENTIFIERS,
     NormalizationError,
     UnknownMetricError,
     normalize_webhook_item,
@@ -158,7 +159,11 @@ def _normalise(
     ignored = 0
     for i, item in enumerate(items):
         try:
-            events.append(normalize_webhook_item(item, tenant=tenant, hash_key=hash_key))
+            events.append(
+                normalize_webhook_item(
+                    item, tenant=tenant, hash_key=hash_key, cache=WEBHOOK_IDENTIFIERS
+                )
+            )
             raw.append(orjson.dumps(item, default=str).decode())
         except UnknownMetricError:
             ignored += 1

@@ -220,6 +220,9 @@ class IdentifierCache:
     def __len__(self) -> int:
         return len(self._entries)
 
+    def clear(self) -> None:
+        self._entries.clear()
+
     def get(
         self,
         profile_id: str | None,
@@ -476,10 +479,21 @@ def normalize_resource(
     )
 
 
+# The webhook receivers' cache, one per process (their threads share it: a race costs at most
+# a second hash of the same profile). It holds plaintext identifiers, so a data-subject
+# erasure clears it (identity/erasure.py). 50,000 profiles: about 35 MB at most.
+WEBHOOK_IDENTIFIERS = IdentifierCache(max_entries=50_000)
+
+
 def normalize_webhook_item(
-    item: Mapping[str, Any], *, tenant: str, hash_key: bytes
+    item: Mapping[str, Any],
+    *,
+    tenant: str,
+    hash_key: bytes,
+    cache: IdentifierCache | None = None,
 ) -> CanonicalEvent:
-    """One webhook `data[]` item: its payload's event, profile and metric from `included`."""
+    """One webhook `data[]` item: its payload's event, profile and metric from `included`;
+    `cache` as for `normalize_event`."""
     item = _mapping(item, (), "a webhook item")
     payload = _mapping(item.get("payload"), ("payload",), "payload")
     try:
@@ -510,7 +524,12 @@ def normalize_webhook_item(
             profile = profiles[0] if len(profiles) == 1 else None
         try:
             return normalize_event(
-                event, metric_name=name, profile=profile, tenant=tenant, hash_key=hash_key
+                event,
+                metric_name=name,
+                profile=profile,
+                tenant=tenant,
+                hash_key=hash_key,
+                cache=cache,
             )
         except NormalizationError as exc:
             raise exc.prefixed(("data",)) from None
@@ -525,6 +544,7 @@ __all__ = [
     "EXTERNAL_ID_NAMESPACE",
     "MACHINE_OPEN_FLAGS",
     "PROFILE_FIELDS",
+    "WEBHOOK_IDENTIFIERS",
     "IdentifierCache",
     "NormalizationError",
     "PageLike",

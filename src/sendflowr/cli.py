@@ -54,10 +54,13 @@ def _settings() -> Settings:
 
 
 def _fix_malloc(settings: Settings) -> None:
-    """A long-running process keeps freed large blocks from glibc's heap (sendflowr/allocator)."""
+    """A long-running process keeps freed large blocks from glibc's heap (sendflowr/allocator)
+    and runs Python's cyclic collector less often (sendflowr/gcpause)."""
     from sendflowr.allocator import fix_mmap_threshold
+    from sendflowr.gcpause import set_gen0_threshold
 
     fix_mmap_threshold(settings.malloc_mmap_threshold_kib)
+    set_gen0_threshold(settings.gc_gen0_threshold)
 
 
 def _runtime(settings: Settings):  # type: ignore[no-untyped-def]  # imported lazily: start-up cost

@@ -229,6 +229,22 @@ class Settings(BaseSettings):
         "system when freed (`run`, `worker` and `consumer` set it at start-up; glibc's own "
         "default moves up and keeps freed numpy temporaries in its heap). 0: glibc's default",
     )
+    api_worker_threads: int = Field(
+        8,
+        ge=1,
+        le=1_000,
+        description="threads the API runs blocking work on (decisions, webhook deliveries, "
+        "store reads); a request finding them all busy waits for one. Python runs one of them "
+        "at a time, and more of them mostly hand the GIL to each other (anyio's default is 40)",
+    )
+    gc_gen0_threshold: int = Field(
+        10_000,
+        ge=0,
+        le=10_000_000,
+        description="Python's cyclic garbage collector runs after this many more allocations "
+        "than frees (`run`, `worker` and `consumer` set it at start-up; Python's default, 700, "
+        "means hundreds of collections a second under webhook load). 0: Python's default",
+    )
     feature_cache_warmup: bool = Field(
         True,
         description="memory cache: `sendflowr run` rebuilds every tenant's people from the event "

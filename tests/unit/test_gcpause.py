@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import gc
 
-from sendflowr.gcpause import gc_paused
+from sendflowr.gcpause import gc_paused, set_gen0_threshold
 
 
 def test_pause_nests_and_restores() -> None:
@@ -50,3 +50,14 @@ def test_freezing_start_up_objects_keeps_later_ones_collectable() -> None:
     finally:
         gc.unfreeze()
     assert gc.get_freeze_count() == 0
+
+
+def test_gen0_threshold_is_set_and_zero_leaves_it() -> None:
+    before = gc.get_threshold()
+    try:
+        set_gen0_threshold(0)
+        assert gc.get_threshold() == before
+        set_gen0_threshold(12_345)
+        assert gc.get_threshold() == (12_345, before[1], before[2])
+    finally:
+        gc.set_threshold(*before)

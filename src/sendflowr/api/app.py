@@ -7,6 +7,7 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import anyio.to_thread
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
@@ -50,6 +51,10 @@ async def _workers(runtime: Runtime) -> AsyncIterator[None]:
     executor (each when enabled; at scale they run as their own processes)."""
     from sendflowr.connectors.klaviyo.manager import BackfillManager
 
+    # the worker threads run_in_threadpool (and so every sync route) hands work to
+    anyio.to_thread.current_default_thread_limiter().total_tokens = (
+        runtime.settings.api_worker_threads
+    )
     manager = BackfillManager(runtime) if runtime.settings.backfill_worker else None
     if manager is not None:
         manager.start()

@@ -58,3 +58,38 @@ def radoslaw_dir() -> Path | None:
     if shared := os.environ.get("SENDFLOWR_SHARED_DIR"):
         candidates.append(Path(shared) / "data" / "radoslaw_email")
     return next((p for p in candidates if (p / "out.radoslaw_email").is_file()), None)
+
+
+def klaviyo_webhook_item(
+    event_id: str,
+    profile_id: str,
+    profile_attributes: dict[str, Any],
+    at: datetime,
+    *,
+    uuid: str | None = None,
+) -> dict[str, Any]:
+    """One Klaviyo webhook `data[]` item: an Opened Email event of one profile, with the
+    profile and the metric in `included`, as Klaviyo sends it."""
+    attributes: dict[str, Any] = {"timestamp": int(at.timestamp()), "datetime": at.isoformat()}
+    if uuid is not None:
+        attributes["uuid"] = uuid
+    attributes["event_properties"] = {"$message": "msg1"}
+    return {
+        "external_id": event_id,
+        "topic": "event:klaviyo.opened_email",
+        "payload": {
+            "data": {
+                "type": "event",
+                "id": event_id,
+                "attributes": attributes,
+                "relationships": {
+                    "profile": {"data": {"type": "profile", "id": profile_id}},
+                    "metric": {"data": {"type": "metric", "id": "M1"}},
+                },
+            },
+            "included": [
+                {"type": "profile", "id": profile_id, "attributes": profile_attributes},
+                {"type": "metric", "id": "M1", "attributes": {"name": "Opened Email"}},
+            ],
+        },
+    }

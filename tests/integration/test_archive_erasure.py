@@ -28,6 +28,7 @@ from sendflowr.secrets import generate_key
 from sendflowr.settings import Settings
 from sendflowr.storage.metadata.store import Tenant
 from tests.conftest import ADMIN_HEADERS, HASH_KEY, open_runtime
+from tests.factories import klaviyo_webhook_item
 from tests.integration.test_webhooks import FLOW_SECRET, SECRET, _deliver
 
 KEY = HASH_KEY.encode()
@@ -41,31 +42,8 @@ BOB = {"email": "bob@example.com", "klaviyo": "01HBOB00000000000000000000", "pho
 
 def _item(n: int, person: dict[str, str], *, email: str | None = None) -> dict[str, Any]:
     at = datetime.now(UTC) - timedelta(minutes=30 - n)
-    profile = person["klaviyo"]
     attrs = {"email": email or person["email"], "phone_number": person["phone"]}
-    return {
-        "external_id": f"evt-{n}",
-        "topic": "event:klaviyo.opened_email",
-        "payload": {
-            "data": {
-                "type": "event",
-                "id": f"evt-{n}",
-                "attributes": {
-                    "timestamp": int(at.timestamp()),
-                    "datetime": at.isoformat(),
-                    "event_properties": {"$message": "msg1"},
-                },
-                "relationships": {
-                    "profile": {"data": {"type": "profile", "id": profile}},
-                    "metric": {"data": {"type": "metric", "id": "M1"}},
-                },
-            },
-            "included": [
-                {"type": "profile", "id": profile, "attributes": attrs},
-                {"type": "metric", "id": "M1", "attributes": {"name": "Opened Email"}},
-            ],
-        },
-    }
+    return klaviyo_webhook_item(f"evt-{n}", person["klaviyo"], attrs, at)
 
 
 @pytest.fixture

@@ -29,6 +29,7 @@ from sendflowr.storage.metadata.store import DeadLetter, Tenant
 from sendflowr.storage.metadata.tables import identity_erasures, identity_merges
 from sendflowr.storage.metadata.triggers import Schedule
 from tests.conftest import ADMIN_HEADERS, HASH_KEY
+from tests.factories import klaviyo_webhook_item
 
 KEY = HASH_KEY.encode()
 _n = 0
@@ -249,23 +250,8 @@ def test_erasure_drops_in_memory_copies_of_the_persons_identifiers(
     digest = hash_email(KEY, "memo@x.test")
     line = msgspec.json.encode(ev(email="memo@x.test"))
     assert rt.pipeline.process_json("test", [line]).stored == 1
-    item = {
-        "payload": {
-            "data": {
-                "type": "event",
-                "id": "memo-hook-1",
-                "attributes": {"datetime": "2026-01-05T10:00:00+00:00", "event_properties": {}},
-                "relationships": {
-                    "profile": {"data": {"type": "profile", "id": "PMEMO"}},
-                    "metric": {"data": {"type": "metric", "id": "M1"}},
-                },
-            },
-            "included": [
-                {"type": "profile", "id": "PMEMO", "attributes": {"email": "memo@x.test"}},
-                {"type": "metric", "id": "M1", "attributes": {"name": "Opened Email"}},
-            ],
-        }
-    }
+    at = datetime(2026, 1, 5, 10, tzinfo=UTC)
+    item = klaviyo_webhook_item("memo-hook-1", "PMEMO", {"email": "memo@x.test"}, at)
     hooked = normalize_webhook_item(item, tenant="acme", hash_key=KEY, cache=WEBHOOK_IDENTIFIERS)
     assert hooked.identifiers.email_hash == digest
 

@@ -34,7 +34,7 @@ from sendflowr.secrets import generate_key
 from sendflowr.settings import Settings
 from sendflowr.storage.metadata.store import Tenant
 from tests.conftest import ADMIN_HEADERS
-from tests.factories import email_hash
+from tests.factories import email_hash, klaviyo_webhook_item
 
 SECRET = "whsec_hostile_0123456789abcdef"
 OTHER_SECRET = "whsec_other_0123456789abcdef"
@@ -123,30 +123,8 @@ def assert_4xx_naming(r: Any, *names: str) -> None:
 
 def _item(n: int) -> dict[str, Any]:
     at = datetime.now(UTC) - timedelta(minutes=5)
-    return {
-        "external_id": f"evt{n}",
-        "topic": "event:klaviyo.opened_email",
-        "payload": {
-            "data": {
-                "type": "event",
-                "id": f"evt{n}",
-                "attributes": {
-                    "timestamp": int(at.timestamp()),
-                    "datetime": at.isoformat(),
-                    "uuid": f"00000000-0000-0000-0000-{n:012d}",
-                    "event_properties": {"$message": "msg1"},
-                },
-                "relationships": {
-                    "profile": {"data": {"type": "profile", "id": "prof1"}},
-                    "metric": {"data": {"type": "metric", "id": "M1"}},
-                },
-            },
-            "included": [
-                {"type": "profile", "id": "prof1", "attributes": {"email": "p1@example.com"}},
-                {"type": "metric", "id": "M1", "attributes": {"name": "Opened Email"}},
-            ],
-        },
-    }
+    uuid = f"00000000-0000-0000-0000-{n:012d}"
+    return klaviyo_webhook_item(f"evt{n}", "prof1", {"email": "p1@example.com"}, at, uuid=uuid)
 
 
 def _body(*ns: int) -> bytes:

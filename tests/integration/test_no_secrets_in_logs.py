@@ -39,6 +39,7 @@ from sendflowr.runtime import Runtime
 from sendflowr.secrets import generate_key
 from sendflowr.settings import Settings
 from tests.conftest import ADMIN_HEADERS, ADMIN_KEY, HASH_KEY
+from tests.factories import klaviyo_webhook_item
 
 pytestmark = pytest.mark.network
 
@@ -137,30 +138,8 @@ def _ok(r: httpx.Response, status: int = 200) -> Any:
 
 def _webhook_item(n: int, email: str) -> dict[str, Any]:
     at = datetime.now(UTC) - timedelta(minutes=5)
-    return {
-        "external_id": f"logs-evt{n}",
-        "topic": "event:klaviyo.opened_email",
-        "payload": {
-            "data": {
-                "type": "event",
-                "id": f"logs-evt{n}",
-                "attributes": {
-                    "timestamp": int(at.timestamp()),
-                    "datetime": at.isoformat(),
-                    "uuid": f"10000000-0000-0000-0000-{n:012d}",
-                    "event_properties": {"$message": "msg1"},
-                },
-                "relationships": {
-                    "profile": {"data": {"type": "profile", "id": f"logsprof{n}"}},
-                    "metric": {"data": {"type": "metric", "id": "M1"}},
-                },
-            },
-            "included": [
-                {"type": "profile", "id": f"logsprof{n}", "attributes": {"email": email}},
-                {"type": "metric", "id": "M1", "attributes": {"name": "Opened Email"}},
-            ],
-        },
-    }
+    uuid = f"10000000-0000-0000-0000-{n:012d}"
+    return klaviyo_webhook_item(f"logs-evt{n}", f"logsprof{n}", {"email": email}, at, uuid=uuid)
 
 
 def _deliver(api: TestClient, tenant: str, items: list[dict[str, Any]]) -> httpx.Response:

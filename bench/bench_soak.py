@@ -285,12 +285,17 @@ def _prepare(env: dict[str, str], people: int) -> None:
         rt.close()
 
 
-def _get(port: int, path: str, admin_key: str) -> Any:
+def _fetch(port: int, path: str, admin_key: str) -> bytes:
     req = urllib.request.Request(
         f"http://127.0.0.1:{port}{path}", headers={"Authorization": f"Bearer {admin_key}"}
     )
     with urllib.request.urlopen(req, timeout=30) as resp:
-        return json.loads(resp.read())
+        body: bytes = resp.read()
+        return body
+
+
+def _get(port: int, path: str, admin_key: str) -> Any:
+    return json.loads(_fetch(port, path, admin_key))
 
 
 TIMELINE_S = 30.0
@@ -306,12 +311,8 @@ def _tick(pid: int, port: int, admin_key: str, at: float) -> dict[str, float]:
     """The server's cumulative CPU and a few /metrics counters at one instant (a scrape the
     busy server does not answer within 30 s leaves the counters out)."""
     row = {"t": at, "cpu_s": cpu_seconds(pid)}
-    req = urllib.request.Request(
-        f"http://127.0.0.1:{port}/metrics", headers={"Authorization": f"Bearer {admin_key}"}
-    )
     try:
-        with urllib.request.urlopen(req, timeout=30) as resp:
-            text = resp.read().decode()
+        text = _fetch(port, "/metrics", admin_key).decode()
     except OSError:
         return row
     for name, (metric, label) in _COUNTERS.items():

@@ -53,9 +53,10 @@ def _settings() -> Settings:
         _fail(str(exc))
 
 
-def _fix_malloc(settings: Settings) -> None:
-    """A long-running process keeps freed large blocks from glibc's heap (sendflowr/allocator)
-    and runs Python's cyclic collector less often (sendflowr/gcpause)."""
+def _tune_process(settings: Settings) -> None:
+    """For a long-running process: freed large blocks go back to the system instead of staying
+    in glibc's heap (sendflowr/allocator), and Python's cyclic collector runs less often
+    (sendflowr/gcpause)."""
     from sendflowr.allocator import fix_mmap_threshold
     from sendflowr.gcpause import set_gen0_threshold
 
@@ -112,7 +113,7 @@ def run(
     from sendflowr.api import create_app
 
     settings = _settings()
-    _fix_malloc(settings)
+    _tune_process(settings)
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(levelname)s %(name)s: %(message)s"
     )
@@ -687,7 +688,7 @@ def worker(
     from sendflowr.execution.registry import dispatchers
 
     settings = _settings()
-    _fix_malloc(settings)
+    _tune_process(settings)
     runtime = _runtime(settings)
     options = ExecutorOptions(
         claim_limit=claim,
@@ -750,7 +751,7 @@ def consumer(
     from sendflowr.consumer import ConsumerStoppedError, open_consumer
 
     settings = _settings()
-    _fix_malloc(settings)
+    _tune_process(settings)
     if settings.bus.kind != "kafka":
         _fail("SENDFLOWR_BUS_URL (bus_url): the consumer needs kafka://host:port")
     logging.basicConfig(

@@ -47,11 +47,12 @@ log = logging.getLogger("sendflowr")
 
 @asynccontextmanager
 async def _workers(runtime: Runtime) -> AsyncIterator[None]:
-    """Background work that lives as long as the app: the backfill worker and the trigger
-    executor (each when enabled; at scale they run as their own processes)."""
+    """What lives as long as the app: its worker threads' number, and the background work
+    (the backfill worker and the trigger executor, each when enabled; at scale they run as
+    their own processes)."""
     from sendflowr.connectors.klaviyo.manager import BackfillManager
 
-    # the worker threads run_in_threadpool (and so every sync route) hands work to
+    # the threads run_in_threadpool (every sync route, the webhooks, the decisions) runs on
     anyio.to_thread.current_default_thread_limiter().total_tokens = (
         runtime.settings.api_worker_threads
     )

@@ -105,8 +105,13 @@ def gather(
     intent: Intent | None = None,
     esp: str | None = None,
     exclude_decisions: Sequence[str] = (),
+    person_ids: Sequence[str] | None = None,
 ) -> PolicyContext:
-    """The policy facts of a batch: `universal_ids` are the people's root ids (rows)."""
+    """The policy facts of a batch: `universal_ids` are the people's root ids (rows).
+    `person_ids`: for a single person, the ids their events are stored under as
+    `identity.aliases` gives them (the root first), when the caller read them already."""
+    if person_ids is not None and list(universal_ids) != [person_ids[0]]:
+        raise ValueError("person_ids are one person's ids, the root (universal_ids[0]) first")
     store = PolicyStore(metadata)
     policy = store.hot(tenant)  # with the ESP call counts: at most HOT_TTL_S old
     cfg = effective_config(policy, intent)
@@ -129,7 +134,7 @@ def gather(
     stored_ids: list[str] | None = None
     if len(row_of) == 1:  # a single decision: its own aliases (an indexed read), not the map
         (root,) = row_of
-        stored_ids = identity.aliases(tenant, root)
+        stored_ids = list(person_ids) if person_ids else identity.aliases(tenant, root)
         aliases = dict.fromkeys(stored_ids[1:], root)
     elif len(universal_ids) <= SMALL_BATCH:
         aliases = identity.alias_map(tenant)

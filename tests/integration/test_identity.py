@@ -264,3 +264,24 @@ def test_guardrails_come_from_settings(settings: Settings) -> None:
     finally:
         runtime.events._command(f"DROP DATABASE IF EXISTS `{runtime.events.database}`")
         runtime.close()
+
+
+def test_owner_root_aliases_is_root_then_aliases_from_any_identifier(rt: Runtime) -> None:
+    """The single decision's lookup: one query giving what root(owner()) and aliases() give."""
+    rt.pipeline.process([ev(email="ann@x.test")])
+    rt.pipeline.process([ev(esp_profile_id="K1")])
+    rt.pipeline.process([ev(phone="+15550100200")])
+    k1 = Identifier(ESP_PREFIX + "klaviyo", "K1")
+    alone = rt.identity.owner("acme", k1)
+    assert alone is not None
+    assert rt.identity.owner_root_aliases("acme", k1) == [alone]  # no merge yet: no alias
+    rt.pipeline.process([ev(email="ann@x.test", esp_profile_id="K1", phone="+15550100200")])
+    root = email_owner(rt, "ann@x.test")
+    assert root is not None
+    expected = rt.identity.aliases("acme", root)
+    assert len(expected) == 3  # the root, then the two ids merged into it
+    email = Identifier(EMAIL, hash_email(KEY, "ann@x.test"))
+    for ident in (email, k1, Identifier("phone", "+15550100200")):
+        assert rt.identity.owner_root_aliases("acme", ident) == expected
+    assert rt.identity.owner_root_aliases("acme", Identifier(ESP_PREFIX + "klaviyo", "K9")) is None
+    assert rt.identity.owner_root_aliases("beta", k1) is None  # another tenant's person

@@ -50,14 +50,22 @@ def api(rt: Runtime) -> Iterator[TestClient]:
         yield c
 
 
-def _event(rt: Runtime, who: str, kind: EventType, at: datetime, n: int) -> CanonicalEvent:
+def _event(
+    rt: Runtime,
+    who: str,
+    kind: EventType,
+    at: datetime,
+    n: int,
+    identifiers: Identifiers | None = None,
+) -> CanonicalEvent:
     return CanonicalEvent(
         tenant=T,
         esp="klaviyo",
         esp_event_id=f"{who}-{kind}-{n}",
         event_type=kind,
         occurred_at=at,
-        identifiers=Identifiers(email_hash=hash_email(rt.hash_key, f"{who}@acme.test")),
+        identifiers=identifiers
+        or Identifiers(email_hash=hash_email(rt.hash_key, f"{who}@acme.test")),
     )
 
 
@@ -179,6 +187,33 @@ def test_unsubscribed_person_is_suppressed_with_the_reason(api: TestClient, rt: 
     # a tenant that turns the breaker off sends to Ben again
     _put(api, breakers=["bounced", "spam_complaint"])
     assert _decide(api, "ben")["suppressed"] is False
+
+
+def test_a_breaker_event_stored_under_a_merged_id_suppresses_the_person(
+    api: TestClient, rt: Runtime
+) -> None:
+    """The single decision reads the person and the ids merged into them in one query, and
+    the breakers look at events under every one of those ids."""
+    _people(rt, "carl")
+    at = datetime.now(UTC) - timedelta(days=1)
+    # the unsubscribe arrives under Carl's Klaviyo id alone: another person, for now
+    alone = _event(rt, "carl", EventType.UNSUBSCRIBED, at, 1, Identifiers(esp_profile_id="K-carl"))
+    rt.pipeline.process([alone])
+    assert _decide(api, "carl")["suppressed"] is False
+    both = Identifiers(
+        email_hash=hash_email(rt.hash_key, "carl@acme.test"), esp_profile_id="K-carl"
+    )
+    link = _event(rt, "carl", EventType.OPENED, at, 2, both)
+    rt.pipeline.process([link])  # one event with both ids: the two people are merged
+    by_email = _decide(api, "carl")
+    by_klaviyo = api.post(
+        "/timing/decide",
+        json={"tenant": T, "identifier": {"type": "klaviyo_id", "value": "K-carl"}},
+    ).json()
+    for answer in (by_email, by_klaviyo):
+        assert answer["suppressed"] is True
+        assert answer["suppression"]["policy"] == "unsubscribed"
+    assert by_email["universal_id"] == by_klaviyo["universal_id"]
 
 
 def test_quiet_hours_move_single_and_batch_decisions(api: TestClient, rt: Runtime) -> None:

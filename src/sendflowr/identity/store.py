@@ -106,16 +106,37 @@ class BatchResolution:
     refused: int = 0
 
 
-# The decision path's two identity reads, built once: building a select per call (its clauses
-# and its cache key) cost SQLAlchemy about twice what running it does.
-_OWNER_ROOT: Final = (
-    sa.select(ids_t.c.universal_id, profiles_t.c.merged_into)
+# The decision path's identity reads, built once: building a select per call (its clauses and
+# its cache key) cost SQLAlchemy about twice what running it does.
+_ALIASES: Final = (
+    sa.select(profiles_t.c.universal_id)
+    .where(
+        profiles_t.c.tenant == sa.bindparam("tenant"),
+        profiles_t.c.merged_into == sa.bindparam("root"),
+    )
+    .order_by(profiles_t.c.seq)
+)
+# root(owner(identifier)) and its aliases in one statement (a single decision needs the
+# person and the ids their events are stored under): a row per alias, or one row with a NULL
+# alias; the aliases in _ALIASES's order.
+_ALIAS_T: Final = profiles_t.alias("alias_profiles")
+_OWNER_ROOT_ALIASES: Final = (
+    sa.select(
+        ids_t.c.universal_id, profiles_t.c.merged_into, _ALIAS_T.c.universal_id.label("alias")
+    )
     .select_from(
         ids_t.outerjoin(
             profiles_t,
             sa.and_(
                 profiles_t.c.tenant == ids_t.c.tenant,
                 profiles_t.c.universal_id == ids_t.c.universal_id,
+            ),
+        ).outerjoin(
+            _ALIAS_T,
+            sa.and_(
+                _ALIAS_T.c.tenant == ids_t.c.tenant,
+                _ALIAS_T.c.merged_into
+                == sa.func.coalesce(profiles_t.c.merged_into, ids_t.c.universal_id),
             ),
         )
     )
@@ -124,14 +145,7 @@ _OWNER_ROOT: Final = (
         ids_t.c.kind == sa.bindparam("kind"),
         ids_t.c.value == sa.bindparam("value"),
     )
-)
-_ALIASES: Final = (
-    sa.select(profiles_t.c.universal_id)
-    .where(
-        profiles_t.c.tenant == sa.bindparam("tenant"),
-        profiles_t.c.merged_into == sa.bindparam("root"),
-    )
-    .order_by(profiles_t.c.seq)
+    .order_by(_ALIAS_T.c.seq)
 )
 
 
@@ -525,17 +539,6 @@ class IdentityGraphStore:
             ).scalar_one_or_none()
         return uid
 
-    def owner_root(self, tenant: str, identifier: Identifier) -> str | None:
-        """root(owner(identifier)) in one query: the person an identifier names now (None:
-        nobody). The decision path's lookup (a prepared statement: see _OWNER_ROOT)."""
-        with self.metadata._guard(), self.engine.connect() as conn:
-            row = conn.execute(
-                _OWNER_ROOT, {"tenant": tenant, "kind": identifier.kind, "value": identifier.value}
-            ).first()
-        if row is None:
-            return None
-        return str(row.merged_into or row.universal_id)
-
     def owners(self, tenant: str, identifiers: Sequence[Identifier]) -> dict[Identifier, str]:
         """Root universal ids of many identifiers at once (absent: unknown)."""
         by_kind: dict[str, list[str]] = {}
@@ -566,6 +569,20 @@ class IdentityGraphStore:
                 )
             )
             return {str(u): str(m) for u, m in rows}
+
+    def owner_root_aliases(self, tenant: str, identifier: Identifier) -> list[str] | None:
+        """The person an identifier names now (root(owner(identifier))) followed by the ids
+        merged into it, as `aliases` gives them, in one query (the single decision's lookup);
+        None: nobody."""
+        with self.metadata._guard(), self.engine.connect() as conn:
+            rows = conn.execute(
+                _OWNER_ROOT_ALIASES,
+                {"tenant": tenant, "kind": identifier.kind, "value": identifier.value},
+            ).all()
+        if not rows:
+            return None
+        root = str(rows[0].merged_into or rows[0].universal_id)
+        return [root, *(str(r.alias) for r in rows if r.alias is not None)]
 
     def aliases(self, tenant: str, universal_id: str) -> list[str]:
         """The universal ids whose stored events are this person's (itself first)."""

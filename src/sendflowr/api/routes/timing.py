@@ -52,21 +52,24 @@ router = APIRouter(tags=["timing"])
 DEFAULT_LATENCY_SECONDS = 60
 
 
-def _person(runtime: Runtime, tenant: str, id_type: str, value: str) -> tuple[str, bool]:
-    """The person's universal id, and whether we know them. A stranger still gets a decision
-    (from the audience and the prior) under the id they will get when first seen."""
+def _person(
+    runtime: Runtime, tenant: str, id_type: str, value: str
+) -> tuple[str, bool, list[str] | None]:
+    """The person's universal id, whether we know them, and (when the lookup read them) the
+    ids their events are stored under, the root first. A stranger still gets a decision (from
+    the audience and the prior) under the id they will get when first seen."""
     if id_type == "universal_id":
-        return resolve_identifier(runtime, tenant, id_type, value), True
+        return resolve_identifier(runtime, tenant, id_type, value), True, None
     try:
         ident = parse_lookup(id_type, value, runtime.hash_key, runtime.identity.blocklist)
     except IdentifierError as exc:
         raise InvalidInputError(
             [{"loc": ["query", exc.field], "msg": exc.reason, "type": "value_error"}]
         ) from None
-    uid = runtime.identity.owner_root(tenant, ident)
-    if uid is None:
-        return unknown_person_id(runtime.identity, tenant, ident), False
-    return uid, True
+    ids = runtime.identity.owner_root_aliases(tenant, ident)  # one query for both
+    if ids is None:
+        return unknown_person_id(runtime.identity, tenant, ident), False, None
+    return ids[0], True, ids
 
 
 def _latency_and_window(
@@ -97,12 +100,12 @@ def _decide(
     t = runtime.metadata.hot_tenant(tenant)
     latency, window = _latency_and_window(t, latency, send_after, send_before)
     try:
-        uid, known = _person(runtime, tenant, id_type, value)
+        uid, known, stored_ids = _person(runtime, tenant, id_type, value)
     except InvalidInputError as exc:
         raise InvalidInputError(
             [{**e, "loc": ["body", *loc, *e["loc"][1:]]} for e in exc.errors]
         ) from None
-    policy = _policy(runtime, tenant, [uid], window, intent_id)
+    policy = _policy(runtime, tenant, [uid], window, intent_id, stored_ids)
     record = runtime.timing.decide(
         tenant, uid, known, ZoneInfo(t.timezone), window, latency, intent_id, channel,
         policy=policy,
@@ -134,14 +137,20 @@ def _curve(record: DecisionRecord, horizon_s: int) -> DecisionCurveOut:
 
 
 def _policy(
-    runtime: Runtime, tenant: str, uids: list[str], window: Window, intent_id: str
+    runtime: Runtime,
+    tenant: str,
+    uids: list[str],
+    window: Window,
+    intent_id: str,
+    person_ids: list[str] | None = None,
 ) -> PolicyContext:
     """The send policies' facts for these people (the intent's hot paths and suppression
-    sources when it names a known intent)."""
+    sources when it names a known intent). `person_ids`: a single person's stored ids, when
+    the caller read them already."""
     intent = runtime.intents.find(tenant, intent_id) if intent_id else None
     return gather(
         runtime.metadata, runtime.events, runtime.identity, tenant, uids, window.start,
-        window.end, datetime.now(UTC), intent=intent,
+        window.end, datetime.now(UTC), intent=intent, person_ids=person_ids,
     )  # fmt: skip
 
 

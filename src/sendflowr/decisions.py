@@ -334,9 +334,11 @@ class TimingService:
             suppression = applied.suppressed[0]
             if suppression is not None:  # the minute it would have had, for the record
                 decision = choose(scores, latency_seconds, self.params).row(0)
-            else:
-                decision = choose_allowed(applied, latency_seconds, self.params).decisions.row(0)
-            policy_list, detail_list = describe(applied, np.array([decision.target_minute_utc]))
+                policy_list, detail_list = describe(applied, np.array([decision.target_minute_utc]))
+            else:  # described at the minute it chose
+                allowed = choose_allowed(applied, latency_seconds, self.params)
+                decision = allowed.decisions.row(0)
+                policy_list, detail_list = allowed.policies, allowed.details
             policies, policy_details = policy_list[0], detail_list[0]
         explanation = _explanation(
             tenant,

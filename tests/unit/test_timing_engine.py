@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import struct
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 import numpy as np
@@ -37,6 +37,7 @@ from sendflowr.timing.engine import (
     decide,
     decide_batch,
     local_minute_of_week,
+    utc_offsets,
 )
 from sendflowr.timing.rhythm import estimate_utc_offset
 from tests.factories import radoslaw_dir
@@ -527,3 +528,17 @@ def test_zone_from_rhythm_on_simulated_people_beats_chance() -> None:
     # 9 of the 105 candidate offsets are within an hour: chance is under 0.09
     assert tried > 100
     assert hits / tried > 0.15
+
+
+def test_local_minute_of_week_of_one_instant_is_that_of_many() -> None:
+    """A single decision's one probe takes a shortcut; it must agree with the general path
+    (across DST changes and odd offsets)."""
+    rng = np.random.default_rng(3)
+    start = int(datetime(2024, 1, 1, tzinfo=UTC).timestamp())
+    minutes = start + rng.integers(0, 2 * 366 * 1440, 400) * 60
+    for name in ("Europe/Warsaw", "America/New_York", "Asia/Kolkata", "Australia/Lord_Howe"):
+        zone = ZoneInfo(name)
+        many = local_minute_of_week(minutes, zone)
+        ones = [int(local_minute_of_week(minutes[i : i + 1], zone)[0]) for i in range(400)]
+        assert ones == many.tolist()
+        assert np.array_equal(utc_offsets(minutes[:1], zone), utc_offsets(minutes, zone)[:1])

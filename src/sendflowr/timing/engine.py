@@ -127,12 +127,17 @@ def local_minute_of_week(utc_minutes: IntArray, zone: ZoneInfo | int) -> IntArra
     if isinstance(zone, int):
         return minute_of_week(utc_minutes + zone)
     probes = utc_minutes - utc_minutes % _PROBE_S
+    if probes.size == 1:  # a single decision's probe: no sort for one value
+        return minute_of_week(utc_minutes + _offset_s(int(probes.flat[0]), zone))
     uniq, back = np.unique(probes, return_inverse=True)
-    offsets = np.empty(len(uniq), np.int64)
-    for i, p in enumerate(uniq.tolist()):
-        delta = datetime.fromtimestamp(p, UTC).astimezone(zone).utcoffset()
-        offsets[i] = int(delta.total_seconds()) if delta is not None else 0
+    offsets = np.array([_offset_s(p, zone) for p in uniq.tolist()], np.int64)
     return minute_of_week(utc_minutes + offsets[back.ravel()])
+
+
+def _offset_s(utc_s: int, zone: ZoneInfo) -> int:
+    """`zone`'s UTC offset in seconds at the instant `utc_s`."""
+    delta = datetime.fromtimestamp(utc_s, UTC).astimezone(zone).utcoffset()
+    return int(delta.total_seconds()) if delta is not None else 0
 
 
 def _circulant(sigma_bins: float) -> FloatArray:

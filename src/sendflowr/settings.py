@@ -237,6 +237,15 @@ class Settings(BaseSettings):
         "store reads); a request finding them all busy waits for one. Python runs one of them "
         "at a time, and more of them mostly hand the GIL to each other (anyio's default is 40)",
     )
+    api_delivery_threads: int = Field(
+        32,
+        ge=1,
+        le=1_000,
+        description="threads the signed webhook receivers run on, apart from "
+        "api_worker_threads: a delivery keeps its thread until its events are durable (its "
+        "group write), so deliveries in flight wait here instead of taking the threads "
+        "decisions and reads run on",
+    )
     gc_gen0_threshold: int = Field(
         10_000,
         ge=0,

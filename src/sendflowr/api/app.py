@@ -38,6 +38,7 @@ from sendflowr.api.routes import (
     webhook_esp,
     webhooks,
 )
+from sendflowr.api.threads import set_delivery_threads
 from sendflowr.metrics import DecisionLatencyMiddleware
 from sendflowr.runtime import Runtime
 from sendflowr.settings import Settings, load_settings
@@ -52,10 +53,12 @@ async def _workers(runtime: Runtime) -> AsyncIterator[None]:
     their own processes)."""
     from sendflowr.connectors.klaviyo.manager import BackfillManager
 
-    # the threads run_in_threadpool (every sync route, the webhooks, the decisions) runs on
+    # the threads run_in_threadpool (every sync route, the decisions) runs on
     anyio.to_thread.current_default_thread_limiter().total_tokens = (
         runtime.settings.api_worker_threads
     )
+    # the webhook deliveries' own (api/threads.py)
+    set_delivery_threads(runtime.settings.api_delivery_threads)
     manager = BackfillManager(runtime) if runtime.settings.backfill_worker else None
     if manager is not None:
         manager.start()

@@ -15,9 +15,9 @@ from typing import Annotated, Any
 import orjson
 from fastapi import APIRouter, Header, Request
 from pydantic import BaseModel, ValidationError
-from starlette.concurrency import run_in_threadpool
 
 from sendflowr.api.deps import RuntimeDep
+from sendflowr.api.threads import run_delivery
 from sendflowr.archive import keep_accepted
 from sendflowr.connectors.klaviyo.constants import ESP
 from sendflowr.connectors.klaviyo.flow_actions import (
@@ -79,7 +79,7 @@ async def klaviyo_webhook(
 ) -> WebhookOut:
     """Receive a signed Klaviyo webhook delivery (`data[]` items become canonical events)."""
     body = await request.body()  # capped at 5 MiB while streaming (api/limits.py)
-    return await run_in_threadpool(
+    return await run_delivery(  # on the deliveries' own threads (api/threads.py)
         _accept_delivery, runtime, tenant, body, klaviyo_timestamp, klaviyo_signature,
         klaviyo_webhook_id,
     )  # fmt: skip
@@ -190,9 +190,7 @@ async def klaviyo_flow_action(
 ) -> WebhookOut:
     """Receive a Klaviyo flow webhook action, authenticated by the tenant's flow secret."""
     body = await request.body()  # capped at 5 MiB while streaming (api/limits.py)
-    return await run_in_threadpool(
-        _accept_flow_action, runtime, tenant, body, x_sendflowr_flow_secret
-    )
+    return await run_delivery(_accept_flow_action, runtime, tenant, body, x_sendflowr_flow_secret)
 
 
 def _accept_flow_action(

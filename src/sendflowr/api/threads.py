@@ -17,9 +17,10 @@ import anyio
 import anyio.lowlevel
 import anyio.to_thread
 
+from sendflowr.settings import Settings
+
 T = TypeVar("T")
 
-DEFAULT_DELIVERY_THREADS = 32
 _LIMITER: anyio.lowlevel.RunVar[anyio.CapacityLimiter] = anyio.lowlevel.RunVar(
     "sendflowr_delivery_threads"
 )
@@ -35,7 +36,7 @@ def delivery_limiter() -> anyio.CapacityLimiter:
     try:
         return _LIMITER.get()
     except LookupError:
-        limiter = anyio.CapacityLimiter(DEFAULT_DELIVERY_THREADS)
+        limiter = anyio.CapacityLimiter(Settings.model_fields["api_delivery_threads"].default)
         _LIMITER.set(limiter)
         return limiter
 

@@ -26,7 +26,6 @@ active day, blended like the curve. It is the probability given the person engag
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any, Final, TypeVar
 from zoneinfo import ZoneInfo
@@ -48,6 +47,7 @@ from sendflowr.timing.activity import (
     send_time_corrected,
 )
 from sendflowr.timing.archetypes import Archetypes, fit_archetypes
+from sendflowr.timing.features import utc_offset_at
 
 MODEL_VERSION: Final = "sendflowr-timing-3"
 LEVELS: Final = ("personal", "audience", "global")
@@ -128,16 +128,10 @@ def local_minute_of_week(utc_minutes: IntArray, zone: ZoneInfo | int) -> IntArra
         return minute_of_week(utc_minutes + zone)
     probes = utc_minutes - utc_minutes % _PROBE_S
     if probes.size == 1:  # a single decision's probe: no sort for one value
-        return minute_of_week(utc_minutes + _offset_s(int(probes.flat[0]), zone))
+        return minute_of_week(utc_minutes + utc_offset_at(int(probes.flat[0]), zone))
     uniq, back = np.unique(probes, return_inverse=True)
-    offsets = np.array([_offset_s(p, zone) for p in uniq.tolist()], np.int64)
+    offsets = np.array([utc_offset_at(p, zone) for p in uniq.tolist()], np.int64)
     return minute_of_week(utc_minutes + offsets[back.ravel()])
-
-
-def _offset_s(utc_s: int, zone: ZoneInfo) -> int:
-    """`zone`'s UTC offset in seconds at the instant `utc_s`."""
-    delta = datetime.fromtimestamp(utc_s, UTC).astimezone(zone).utcoffset()
-    return int(delta.total_seconds()) if delta is not None else 0
 
 
 def _circulant(sigma_bins: float) -> FloatArray:

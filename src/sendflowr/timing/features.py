@@ -71,7 +71,8 @@ def zone_tag(zone: ZoneInfo) -> int:
     return zlib.crc32(zone.key.encode())
 
 
-def _offset_at(utc_s: int, zone: ZoneInfo) -> int:
+def utc_offset_at(utc_s: int, zone: ZoneInfo) -> int:
+    """`zone`'s UTC offset in seconds at the instant `utc_s`."""
     delta = datetime.fromtimestamp(utc_s, UTC).astimezone(zone).utcoffset()
     return int(delta.total_seconds()) if delta is not None else 0
 
@@ -87,11 +88,11 @@ def utc_offsets(utc_s: npt.NDArray[np.int64], zone: ZoneInfo) -> npt.NDArray[np.
     first, last = int(day.min()), int(day.max())
     if last - first > 200_000:  # centuries apart: bad data, but answer it exactly
         probes, back = np.unique(utc_s // _PROBE_S, return_inverse=True)
-        offs = np.fromiter((_offset_at(int(p) * _PROBE_S, zone) for p in probes), np.int64)
+        offs = np.fromiter((utc_offset_at(int(p) * _PROBE_S, zone) for p in probes), np.int64)
         out: npt.NDArray[np.int64] = offs[back.ravel()]
         return out
     starts = np.fromiter(
-        (_offset_at((first + i) * _DAY_S, zone) for i in range(last - first + 2)), np.int64
+        (utc_offset_at((first + i) * _DAY_S, zone) for i in range(last - first + 2)), np.int64
     )
     rel = day - first
     out = starts[rel]
@@ -101,7 +102,7 @@ def utc_offsets(utc_s: npt.NDArray[np.int64], zone: ZoneInfo) -> npt.NDArray[np.
         moving[changes] = True
         at = np.flatnonzero(moving[rel])
         probes, back = np.unique(utc_s[at] // _PROBE_S, return_inverse=True)
-        offs = np.fromiter((_offset_at(int(p) * _PROBE_S, zone) for p in probes), np.int64)
+        offs = np.fromiter((utc_offset_at(int(p) * _PROBE_S, zone) for p in probes), np.int64)
         out[at] = offs[back.ravel()]
     return out
 

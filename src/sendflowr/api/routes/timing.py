@@ -100,12 +100,12 @@ def _decide(
     t = runtime.metadata.hot_tenant(tenant)
     latency, window = _latency_and_window(t, latency, send_after, send_before)
     try:
-        uid, known, stored_ids = _person(runtime, tenant, id_type, value)
+        uid, known, person_ids = _person(runtime, tenant, id_type, value)
     except InvalidInputError as exc:
         raise InvalidInputError(
             [{**e, "loc": ["body", *loc, *e["loc"][1:]]} for e in exc.errors]
         ) from None
-    policy = _policy(runtime, tenant, [uid], window, intent_id, stored_ids)
+    policy = _policy(runtime, tenant, [uid], window, intent_id, person_ids)
     record = runtime.timing.decide(
         tenant, uid, known, ZoneInfo(t.timezone), window, latency, intent_id, channel,
         policy=policy,

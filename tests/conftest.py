@@ -23,6 +23,7 @@ from fastapi.testclient import TestClient
 
 from sendflowr.runtime import Runtime
 from sendflowr.settings import Settings
+from sendflowr.storage.metadata.store import Tenant
 
 SERVER_MARKERS = ("postgres", "redis", "kafka", "clickhouse", "network", "browser")
 POSTGRES_URL = os.environ.get(
@@ -87,6 +88,24 @@ def open_runtime(settings: Settings) -> Iterator[Runtime]:
         if drop is not None:
             drop()
         rt.close()
+
+
+def klaviyo_webhook_tenant(
+    rt: Runtime,
+    tenant: str,
+    name: str,
+    secret: str,
+    *,
+    flow_secret: str | None = None,
+    api_key: str = "pk_test",
+) -> None:
+    """A tenant with its Klaviyo account connected (a private key) and its webhook secret,
+    and its flow-action secret when given: what the signed receivers need."""
+    rt.metadata.create_tenant(Tenant(tenant, name, "UTC"))
+    rt.accounts.connect(tenant, "klaviyo", "api_key", {"api_key": api_key})
+    rt.accounts.set_webhook_secret(tenant, "klaviyo", secret)
+    if flow_secret is not None:
+        rt.accounts.set_webhook_secret(tenant, "klaviyo", flow_secret, flow=True)
 
 
 @pytest.fixture

@@ -21,8 +21,7 @@ from sendflowr.intake import Accepted
 from sendflowr.runtime import Runtime
 from sendflowr.secrets import generate_key
 from sendflowr.settings import Settings
-from sendflowr.storage.metadata.store import Tenant
-from tests.conftest import ADMIN_HEADERS
+from tests.conftest import ADMIN_HEADERS, klaviyo_webhook_tenant, open_runtime
 from tests.factories import klaviyo_webhook_item
 
 TENANT = "acme"
@@ -40,18 +39,10 @@ def app_rt(settings: Settings) -> Iterator[tuple[TestClient, Runtime]]:
             "api_delivery_threads": 3,
         }
     )
-    rt = Runtime.open(configured)
-    try:
-        rt.metadata.create_tenant(Tenant(TENANT, "Acme", "UTC"))
-        rt.accounts.connect(TENANT, "klaviyo", "api_key", {"api_key": "pk_test"})
-        rt.accounts.set_webhook_secret(TENANT, "klaviyo", SECRET)
+    with open_runtime(configured) as rt:
+        klaviyo_webhook_tenant(rt, TENANT, "Acme", SECRET)
         with TestClient(create_app(configured, runtime=rt), headers=ADMIN_HEADERS) as client:
             yield client, rt
-    finally:
-        drop = getattr(rt.events, "drop_database", None)
-        if drop is not None:
-            drop()
-        rt.close()
 
 
 def _delivery(n: int) -> tuple[bytes, dict[str, str]]:

@@ -32,8 +32,7 @@ from sendflowr.connectors.klaviyo.webhooks import sign
 from sendflowr.runtime import Runtime
 from sendflowr.secrets import generate_key
 from sendflowr.settings import Settings
-from sendflowr.storage.metadata.store import Tenant
-from tests.conftest import ADMIN_HEADERS
+from tests.conftest import ADMIN_HEADERS, klaviyo_webhook_tenant, open_runtime
 from tests.factories import email_hash, klaviyo_webhook_item
 
 SECRET = "whsec_hostile_0123456789abcdef"
@@ -69,23 +68,12 @@ def hostile(settings: Settings) -> Iterator[tuple[TestClient, Runtime]]:
             "executor": False,
         }
     )
-    rt = Runtime.open(keyed)
-    try:
-        rt.metadata.create_tenant(Tenant(TENANT, "Acme", "UTC"))
-        rt.metadata.create_tenant(Tenant("other", "Other", "UTC"))
-        rt.accounts.connect(TENANT, "klaviyo", "api_key", {"api_key": "pk_test"})
-        rt.accounts.set_webhook_secret(TENANT, "klaviyo", SECRET)
-        rt.accounts.set_webhook_secret(TENANT, "klaviyo", FLOW_SECRET, flow=True)
-        rt.accounts.connect("other", "klaviyo", "api_key", {"api_key": "pk_other"})
-        rt.accounts.set_webhook_secret("other", "klaviyo", OTHER_SECRET)
+    with open_runtime(keyed) as rt:
+        klaviyo_webhook_tenant(rt, TENANT, "Acme", SECRET, flow_secret=FLOW_SECRET)
+        klaviyo_webhook_tenant(rt, "other", "Other", OTHER_SECRET, api_key="pk_other")
         app = create_app(keyed, runtime=rt)
         with TestClient(app, headers=ADMIN_HEADERS) as client:
             yield client, rt
-    finally:
-        drop = getattr(rt.events, "drop_database", None)
-        if drop is not None:
-            drop()
-        rt.close()
 
 
 def snapshot(rt: Runtime) -> dict[str, int]:

@@ -23,8 +23,7 @@ from schemathesis import checks as st_checks
 from sendflowr.runtime import Runtime
 from sendflowr.secrets import generate_key
 from sendflowr.settings import Settings
-from sendflowr.storage.metadata.store import Tenant
-from tests.conftest import ADMIN_HEADERS
+from tests.conftest import ADMIN_HEADERS, klaviyo_webhook_tenant, open_runtime
 
 MAX_EXAMPLES = 15  # per operation: about 2-3 minutes for the whole document here
 TENANT = "acme"
@@ -49,18 +48,11 @@ def st_runtime(settings: Settings) -> Iterator[Runtime]:
             "executor": False,
         }
     )
-    rt = Runtime.open(keyed)
-    try:
-        rt.metadata.create_tenant(Tenant(TENANT, "Acme", "UTC"))
-        rt.accounts.connect(TENANT, "klaviyo", "api_key", {"api_key": "pk_test"})
-        rt.accounts.set_webhook_secret(TENANT, "klaviyo", "whsec_0123456789abcdef")
-        rt.accounts.set_webhook_secret(TENANT, "klaviyo", "flow_0123456789abcdef", flow=True)
+    with open_runtime(keyed) as rt:
+        klaviyo_webhook_tenant(
+            rt, TENANT, "Acme", "whsec_0123456789abcdef", flow_secret="flow_0123456789abcdef"
+        )
         yield rt
-    finally:
-        drop = getattr(rt.events, "drop_database", None)
-        if drop is not None:
-            drop()
-        rt.close()
 
 
 def _app() -> Any:

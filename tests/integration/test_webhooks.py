@@ -22,8 +22,7 @@ from sendflowr.connectors.klaviyo.webhooks import (
 from sendflowr.runtime import Runtime
 from sendflowr.secrets import generate_key
 from sendflowr.settings import Settings
-from sendflowr.storage.metadata.store import Tenant
-from tests.conftest import ADMIN_HEADERS
+from tests.conftest import ADMIN_HEADERS, klaviyo_webhook_tenant, open_runtime
 
 SECRET = "whsec_test_0123456789abcdef"
 FLOW_SECRET = "flow_secret_0123456789abcdef"
@@ -37,19 +36,10 @@ def keyed_client(settings: Settings) -> Iterator[tuple[TestClient, Runtime]]:
     keyed = settings.model_copy(
         update={"secret_key": SecretStr(generate_key()), "backfill_worker": False}
     )
-    rt = Runtime.open(keyed)
-    try:
-        rt.metadata.create_tenant(Tenant("brand", "Brand", "UTC"))
-        rt.accounts.connect("brand", "klaviyo", "api_key", {"api_key": "pk_test"})
-        rt.accounts.set_webhook_secret("brand", "klaviyo", SECRET)
-        rt.accounts.set_webhook_secret("brand", "klaviyo", FLOW_SECRET, flow=True)
+    with open_runtime(keyed) as rt:
+        klaviyo_webhook_tenant(rt, "brand", "Brand", SECRET, flow_secret=FLOW_SECRET)
         with TestClient(create_app(keyed, runtime=rt), headers=ADMIN_HEADERS) as client:
             yield client, rt
-    finally:
-        drop = getattr(rt.events, "drop_database", None)
-        if drop is not None:
-            drop()
-        rt.close()
 
 
 def _item(n: int, metric: str = "Opened Email", **props: Any) -> dict[str, Any]:

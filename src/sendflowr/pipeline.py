@@ -80,18 +80,24 @@ class RecentEventIds:
 
     def first_seen(self, event_ids: Sequence[str]) -> npt.NDArray[np.bool_]:
         keys = np.fromiter(map(hash, event_ids), np.int64, len(event_ids))
-        _, first = np.unique(keys, return_index=True)
-        fresh = np.zeros(len(keys), bool)
-        fresh[first] = True
+        # Sorted once: the binary searches below then walk the big arrays in order (numpy
+        # narrows each search from the previous key's position), several times faster than
+        # the same searches in arrival order, and the fresh keys come out sorted.
+        order = np.argsort(keys, kind="stable")
+        ordered = keys[order]
+        fresh = np.ones(len(keys), bool)
+        fresh[1:] = ordered[1:] != ordered[:-1]  # a repeat within the batch: its first only
         for seen in (self._old, self._current, *self._chunks):
-            fresh &= ~_contains(seen, keys)
-        self._chunks.append(np.sort(keys[fresh]))
+            fresh &= ~_contains(seen, ordered)
+        self._chunks.append(ordered[fresh])
         if len(self._chunks) >= 16:
             self._current = np.sort(np.concatenate([self._current, *self._chunks]))
             self._chunks = []
             if len(self._current) >= self._capacity:
                 self._old, self._current = self._current, np.empty(0, np.int64)
-        return fresh
+        out = np.empty(len(keys), bool)
+        out[order] = fresh
+        return out
 
 
 def _contains(

@@ -56,6 +56,7 @@ from sendflowr.timing.engine import (
     Decision,
     EngineParams,
     audience_archetypes,
+    audience_minute,
     audience_scores,
     choose,
     score_batch,
@@ -227,11 +228,11 @@ class TimingService:
     ) -> tuple[ActivityTable, AudienceScores]:
         """The tenant's audience and what scoring `window` at `now` takes from it and the
         prior (engine.audience_scores), the latter kept for the tenant's last window: single
-        decisions within the same second and window minutes share it. The cached audience
+        decisions within the same minute and window minutes share it. The cached audience
         is never changed in place, so its identity says it is the same."""
         audience = self.audience(tenant, zone, now)
         start, end = int(window.start.timestamp()), int(window.end.timestamp())
-        key = (*window_minutes(start, end), zone, now, self.params)
+        key = (*window_minutes(start, end), zone, audience_minute(now), self.params)
         with self._lock:
             hit = self._scored.get(tenant)
         if hit is not None and hit[0] is audience and hit[1].key == key:

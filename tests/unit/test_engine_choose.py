@@ -1,5 +1,6 @@
 """engine._alternatives (restructured for speed) against the plain greedy reference it replaced:
-identical picks and scores, ties and exhausted windows included."""
+identical picks and scores, ties and exhausted windows included, for a batch and for one row
+(a single decision's path)."""
 
 from __future__ import annotations
 
@@ -46,6 +47,10 @@ def test_alternatives_equal_the_reference(c: int, k: int, gap: int) -> None:
     want = _reference(prob, best, candidates, params)
     np.testing.assert_array_equal(got[0], want[0])
     np.testing.assert_array_equal(got[1], want[1])
+    for i in range(0, 500, 7):  # one row: a single decision's own path
+        one = _alternatives(prob[i : i + 1], best[i : i + 1], candidates, params)
+        np.testing.assert_array_equal(one[0], want[0][i : i + 1])
+        np.testing.assert_array_equal(one[1], want[1][i : i + 1])
     scored = BatchScores(candidates, prob, np.tile([0.5, 0.3, 0.2], (500, 1)))
     decided = choose(scored, 120, params)
     np.testing.assert_array_equal(decided.alternatives, want[0])

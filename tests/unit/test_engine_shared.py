@@ -61,7 +61,12 @@ def test_shared_audience_scores_change_nothing_and_must_match() -> None:
     )
     np.testing.assert_array_equal(again.prob, alone.prob)
     np.testing.assert_array_equal(again.weights, alone.weights)
+    # the audience part is taken at the start of the minute: a decision later in the minute
+    # shares it, and gets what it would get alone
+    later = score_batch(people, rows, audience, prior, start, end, ZONE, NOW + 59, params, shared)
+    later_alone = score_batch(people, rows, audience, prior, start, end, ZONE, NOW + 59, params)
+    np.testing.assert_array_equal(later.prob, later_alone.prob)
     with pytest.raises(ValueError, match="another window"):
-        score_batch(people, rows, audience, prior, start, end, ZONE, NOW + 1, params, shared)
+        score_batch(people, rows, audience, prior, start, end, ZONE, NOW + 60, params, shared)
     with pytest.raises(ValueError, match="another window"):
         score_batch(people, rows, audience, prior, start + 60, end, ZONE, NOW, params, shared)

@@ -25,6 +25,7 @@ active day, blended like the curve. It is the probability given the person engag
 
 from __future__ import annotations
 
+from bisect import bisect_left, bisect_right
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any, Final, TypeVar
@@ -370,7 +371,8 @@ class AudienceScores:
     """What scoring a window takes from the audience and the prior alone: the same for every
     person of a batch (and for a tenant's single decisions within one second)."""
 
-    key: tuple[int, int, ZoneInfo | int, int, EngineParams]  # window minutes, zone, now, params
+    # window minutes, zone, the minute of `now` (audience_minute), params
+    key: tuple[int, int, ZoneInfo | int, int, EngineParams]
     ops: _Operators
     audience: FloatArray  # (1, C) the audience curve's shares
     archetypes: FloatArray | None  # (K, C) the archetypes' shares
@@ -389,9 +391,15 @@ def audience_scores(
     params: EngineParams = EngineParams(),
 ) -> AudienceScores:
     """`score_batch`'s audience and prior part for this window at `now`. A caller that keeps
-    an audience unchanged may compute it once and pass it to several `score_batch` calls."""
+    an audience unchanged may compute it once and pass it to several `score_batch` calls.
+
+    The audience is taken as of the start of `now`'s minute (`audience_minute`): what it
+    says changes by a few millionths within a minute (its aging, its open exposures), so
+    every decision of a minute shares one computation, and the result still depends on
+    `now` alone (not on which decision of the minute came first)."""
     first, last = window_minutes(start_utc, end_utc)
     ops = _operators(first, last, zone, params)
+    now = audience_minute(now)
     audience_bins = curves(audience, np.zeros(1, np.int64), zone, now, params.activity)
     s_a, has_a = _shares(audience_bins.astype(np.float64), ops.audience)
     arch = audience.archetypes if params.archetypes > 0 else None
@@ -409,6 +417,11 @@ def audience_scores(
         m / (m + params.k_audience),
         m / a_days if a_days > 0 else 1.0,
     )
+
+
+def audience_minute(now: int) -> int:
+    """The instant the audience part of a decision at `now` is taken at: its minute's start."""
+    return now - now % MINUTE
 
 
 def window_minutes(start_utc: int, end_utc: int) -> tuple[int, int]:
@@ -441,7 +454,7 @@ def score_batch(
     the caller has it (else computed here)."""
     if shared is None:
         shared = audience_scores(audience, prior, start_utc, end_utc, zone, now, params)
-    elif shared.key != (*window_minutes(start_utc, end_utc), zone, now, params):
+    elif shared.key != (*window_minutes(start_utc, end_utc), zone, audience_minute(now), params):
         raise ValueError("audience scores of another window, zone, instant or parameters")
     ops, s_a, s_k, s_g = shared.ops, shared.audience, shared.archetypes, shared.prior
     a_share, k_aud = shared.audience_share, shared.audience_sittings
@@ -577,21 +590,23 @@ def _row_alternatives(
     prob: FloatArray, best: int, candidates: IntArray, params: EngineParams
 ) -> tuple[IntArray, FloatArray]:
     """`_alternatives` for one row: each round blanks the candidates within the gap of the
-    last pick (one contiguous slice) and takes the first maximum of what is left."""
+    last pick (one contiguous slice, found by bisection in a list: numpy's searchsorted costs
+    more per call than the search itself on a hundred candidates) and takes the first maximum
+    of what is left."""
     alts = np.full((1, params.alternatives), -1, np.int64)
     scores = np.full((1, params.alternatives), np.nan)
     gap = params.alternative_gap_s
+    at = candidates.tolist()
     masked = prob.copy()
     chosen = best
     for j in range(params.alternatives):
-        at = int(candidates[chosen])
-        lo = int(np.searchsorted(candidates, at - gap, side="right"))
-        hi = int(np.searchsorted(candidates, at + gap, side="left"))
+        lo = bisect_right(at, at[chosen] - gap)
+        hi = bisect_left(at, at[chosen] + gap)
         masked[lo:hi] = -np.inf
         chosen = int(np.argmax(masked))
         picked = masked[chosen]
         if picked != -np.inf:
-            alts[0, j] = candidates[chosen]
+            alts[0, j] = at[chosen]
             scores[0, j] = picked
     return alts, scores
 

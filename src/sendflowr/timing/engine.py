@@ -369,7 +369,7 @@ def _personal_shares(
 @dataclass(frozen=True, slots=True)
 class AudienceScores:
     """What scoring a window takes from the audience and the prior alone: the same for every
-    person of a batch (and for a tenant's single decisions within one second)."""
+    person of a batch (and for a tenant's single decisions within one minute)."""
 
     # window minutes, zone, the minute of `now` (audience_minute), params
     key: tuple[int, int, ZoneInfo | int, int, EngineParams]

@@ -54,6 +54,14 @@ def _acquire(path: Path) -> Any:
         return sess
 
 
+def _ipc_stream(data: pa.Table) -> bytes:
+    """`data` in the Arrow IPC stream format (ClickHouse's ArrowStream input)."""
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, data.schema) as writer:
+        writer.write_table(data)
+    return sink.getvalue().to_pybytes()
+
+
 def _release(path: Path) -> None:
     with _lock:
         if path not in _open:
@@ -155,11 +163,21 @@ class ChdbEventStore(EventStore):
     def _insert_arrow(self, table: str, data: pa.Table) -> None:
         self._check_open()
         columns = ", ".join(f"`{n}`" for n in data.column_names)
-        # chDB's Python() table function reads the Arrow table from this frame's local `data`.
-        sql = f"INSERT INTO `{self.database}`.`{table}` ({columns}) SELECT * FROM Python(data)"
+        # The table as an Arrow IPC stream through chDB's streaming insert. Not its Python()
+        # table function: that costs about 20 ms a call whatever the table's size (measured
+        # on a Null engine), twice the whole insert this way, which every small write paid
+        # (a webhook delivery group, a flush of single decisions' explanations).
+        sql = f"INSERT INTO `{self.database}`.`{table}` ({columns})"
+        stream = _ipc_stream(data)
         try:
             with _query_lock:
-                self._session.query(sql, "Null")
+                inserter = self._session.send_insert(sql, "ArrowStream")
+                try:
+                    inserter.append(stream)
+                except BaseException:
+                    inserter.cancel()
+                    raise
+                inserter.finish()
         except Exception as exc:
             raise EventStoreError(f"insert into {table} failed: {_short(exc)}") from exc
         finally:

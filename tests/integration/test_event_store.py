@@ -118,8 +118,8 @@ def test_every_column_is_stored_as_written(store: EventStore) -> None:
     events = [
         make_event(
             1,
-            campaign_id="c'1\n\"x\"",
-            properties={"Subject": "Été \u2603 \\ \"q\"", "n": 1, "nested": {"a": [1, None]}},
+            campaign_id='c\'1\n"x"',
+            properties={"Subject": 'Été \u2603 \\ "q"', "n": 1, "nested": {"a": [1, None]}},
             at=T0 + timedelta(milliseconds=1_234),
         ),
         make_event(2, flow_id="f1", message_id="m1", machine=True),
@@ -139,9 +139,7 @@ def test_every_column_is_stored_as_written(store: EventStore) -> None:
     assert table.column("tenant").num_chunks == 2
     store.insert_events(table)
     names = ", ".join(f"`{n}`" for n in table.column_names)
-    got = store._arrow(
-        f"SELECT {names} FROM `{store.database}`.email_events ORDER BY esp_event_id"
-    )
+    got = store._arrow(f"SELECT {names} FROM `{store.database}`.email_events ORDER BY esp_event_id")
     for name in table.column_names:
         want = table.column(name).to_pylist()
         have = got.column(name).to_pylist()

@@ -76,6 +76,21 @@ def settings(tmp_path: Path, chdb_url: str) -> Settings:
     )
 
 
+def keyed_settings(settings: Settings, **update: Any) -> Settings:
+    """`settings` with a fresh credentials key and without the background backfill worker
+    and trigger executor (tests drive those themselves), plus `update`."""
+    from pydantic import SecretStr
+
+    from sendflowr.secrets import generate_key
+
+    base: dict[str, Any] = {
+        "secret_key": SecretStr(generate_key()),
+        "backfill_worker": False,
+        "executor": False,
+    }
+    return settings.model_copy(update={**base, **update})
+
+
 @contextmanager
 def open_runtime(settings: Settings) -> Iterator[Runtime]:
     """A runtime over `settings`; afterwards its event-store database is dropped and every

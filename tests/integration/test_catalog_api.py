@@ -7,17 +7,15 @@ from collections.abc import Iterator
 
 import pytest
 from fastapi.testclient import TestClient
-from pydantic import SecretStr
 
 from sendflowr.api import create_app
 from sendflowr.klaviyo_sim import SimServerConfig, run_in_thread
 from sendflowr.klaviyo_sim.brand import TRIGGER_METRIC
 from sendflowr.runtime import Runtime
-from sendflowr.secrets import generate_key
 from sendflowr.settings import Settings
 from sendflowr.storage.metadata.catalog import CatalogItem
 from sendflowr.storage.metadata.store import Tenant
-from tests.conftest import ADMIN_HEADERS
+from tests.conftest import ADMIN_HEADERS, keyed_settings
 
 pytestmark = pytest.mark.network
 
@@ -39,13 +37,7 @@ def sim_url() -> Iterator[str]:
 
 @pytest.fixture
 def rt(settings: Settings, sim_url: str) -> Iterator[Runtime]:
-    keyed = settings.model_copy(
-        update={
-            "secret_key": SecretStr(generate_key()),
-            "backfill_worker": False,
-            "executor": False,
-        }
-    )
+    keyed = keyed_settings(settings)
     runtime = Runtime.open(keyed)
     try:
         runtime.metadata.create_tenant(Tenant(TENANT, "Brand", "UTC"))

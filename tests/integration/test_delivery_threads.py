@@ -12,16 +12,14 @@ from typing import Any
 import orjson
 import pytest
 from fastapi.testclient import TestClient
-from pydantic import SecretStr
 
 from sendflowr.api import create_app
 from sendflowr.api.threads import delivery_limiter
 from sendflowr.connectors.klaviyo.webhooks import sign
 from sendflowr.intake import Accepted
 from sendflowr.runtime import Runtime
-from sendflowr.secrets import generate_key
 from sendflowr.settings import Settings
-from tests.conftest import ADMIN_HEADERS, klaviyo_webhook_tenant, open_runtime
+from tests.conftest import ADMIN_HEADERS, keyed_settings, klaviyo_webhook_tenant, open_runtime
 from tests.factories import klaviyo_webhook_item
 
 TENANT = "acme"
@@ -30,14 +28,10 @@ SECRET = "whsec_threads_0123456789abcdef"
 
 @pytest.fixture
 def app_rt(settings: Settings) -> Iterator[tuple[TestClient, Runtime]]:
-    configured = settings.model_copy(
-        update={
-            "secret_key": SecretStr(generate_key()),
-            "backfill_worker": False,
-            "executor": False,
-            "api_worker_threads": 1,  # one: a delivery holding it would stall every read
-            "api_delivery_threads": 3,
-        }
+    configured = keyed_settings(
+        settings,
+        api_worker_threads=1,  # one: a delivery holding it would stall every read
+        api_delivery_threads=3,
     )
     with open_runtime(configured) as rt:
         klaviyo_webhook_tenant(rt, TENANT, "Acme", SECRET)

@@ -25,14 +25,12 @@ import orjson
 import pytest
 import sqlalchemy as sa
 from fastapi.testclient import TestClient
-from pydantic import SecretStr
 
 from sendflowr.api.limits import WEBHOOK_MAX_BODY
 from sendflowr.connectors.klaviyo.webhooks import sign
 from sendflowr.runtime import Runtime
-from sendflowr.secrets import generate_key
 from sendflowr.settings import Settings
-from tests.conftest import ADMIN_HEADERS, klaviyo_webhook_tenant, open_runtime
+from tests.conftest import ADMIN_HEADERS, keyed_settings, klaviyo_webhook_tenant, open_runtime
 from tests.factories import email_hash, klaviyo_webhook_item
 
 SECRET = "whsec_hostile_0123456789abcdef"
@@ -61,13 +59,7 @@ INJECTIONS = [
 def hostile(settings: Settings) -> Iterator[tuple[TestClient, Runtime]]:
     from sendflowr.api import create_app
 
-    keyed = settings.model_copy(
-        update={
-            "secret_key": SecretStr(generate_key()),
-            "backfill_worker": False,
-            "executor": False,
-        }
-    )
+    keyed = keyed_settings(settings)
     with open_runtime(keyed) as rt:
         klaviyo_webhook_tenant(rt, TENANT, "Acme", SECRET, flow_secret=FLOW_SECRET)
         klaviyo_webhook_tenant(rt, "other", "Other", OTHER_SECRET, api_key="pk_other")

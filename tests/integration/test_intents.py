@@ -13,7 +13,6 @@ from typing import Any
 import httpx
 import pytest
 from fastapi.testclient import TestClient
-from pydantic import SecretStr
 
 from sendflowr.api import create_app
 from sendflowr.events import CanonicalEvent, EventType, Identifiers
@@ -24,10 +23,9 @@ from sendflowr.identity.hashing import hash_email
 from sendflowr.klaviyo_sim import SimServerConfig, run_in_thread
 from sendflowr.klaviyo_sim.brand import TRIGGER_METRIC
 from sendflowr.runtime import Runtime
-from sendflowr.secrets import generate_key
 from sendflowr.settings import Settings
 from sendflowr.storage.metadata.store import Tenant
-from tests.conftest import ADMIN_HEADERS
+from tests.conftest import ADMIN_HEADERS, keyed_settings
 
 pytestmark = pytest.mark.network
 
@@ -58,13 +56,7 @@ def sim(sim_url: str) -> Iterator[httpx.Client]:
 
 @pytest.fixture
 def rt(settings: Settings, sim_url: str) -> Iterator[Runtime]:
-    keyed = settings.model_copy(
-        update={
-            "secret_key": SecretStr(generate_key()),
-            "backfill_worker": False,
-            "executor": False,
-        }
-    )
+    keyed = keyed_settings(settings)
     runtime = Runtime.open(keyed)
     try:
         runtime.metadata.create_tenant(Tenant(TENANT, "Brand", "UTC"))

@@ -17,13 +17,11 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck
 from hypothesis import settings as hsettings
-from pydantic import SecretStr
 from schemathesis import checks as st_checks
 
 from sendflowr.runtime import Runtime
-from sendflowr.secrets import generate_key
 from sendflowr.settings import Settings
-from tests.conftest import ADMIN_HEADERS, klaviyo_webhook_tenant, open_runtime
+from tests.conftest import ADMIN_HEADERS, keyed_settings, klaviyo_webhook_tenant, open_runtime
 
 MAX_EXAMPLES = 15  # per operation: about 2-3 minutes for the whole document here
 TENANT = "acme"
@@ -41,13 +39,7 @@ pytestmark = [pytest.mark.slow]
 
 @pytest.fixture
 def st_runtime(settings: Settings) -> Iterator[Runtime]:
-    keyed = settings.model_copy(
-        update={
-            "secret_key": SecretStr(generate_key()),
-            "backfill_worker": False,
-            "executor": False,
-        }
-    )
+    keyed = keyed_settings(settings)
     with open_runtime(keyed) as rt:
         klaviyo_webhook_tenant(
             rt, TENANT, "Acme", "whsec_0123456789abcdef", flow_secret="flow_0123456789abcdef"

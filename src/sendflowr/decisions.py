@@ -56,12 +56,11 @@ from sendflowr.timing.engine import (
     Decision,
     EngineParams,
     audience_archetypes,
-    audience_minute,
+    audience_key,
     audience_scores,
     choose,
     score_batch,
     utc_offsets,
-    window_minutes,
 )
 from sendflowr.timing.explanation import Explanation
 from sendflowr.timing.features import (
@@ -232,7 +231,7 @@ class TimingService:
         is never changed in place, so its identity says it is the same."""
         audience = self.audience(tenant, zone, now)
         start, end = int(window.start.timestamp()), int(window.end.timestamp())
-        key = (*window_minutes(start, end), zone, audience_minute(now), self.params)
+        key = audience_key(start, end, zone, now, self.params)
         with self._lock:
             hit = self._scored.get(tenant)
         if hit is not None and hit[0] is audience and hit[1].key == key:

@@ -371,8 +371,7 @@ class AudienceScores:
     """What scoring a window takes from the audience and the prior alone: the same for every
     person of a batch (and for a tenant's single decisions within one minute)."""
 
-    # window minutes, zone, the minute of `now` (audience_minute), params
-    key: tuple[int, int, ZoneInfo | int, int, EngineParams]
+    key: AudienceKey  # audience_key: window minutes, zone, minute of `now`, params
     ops: _Operators
     audience: FloatArray  # (1, C) the audience curve's shares
     archetypes: FloatArray | None  # (K, C) the archetypes' shares
@@ -409,7 +408,7 @@ def audience_scores(
     m = float(audience.evidence[0] * aud_age) if has_a[0] else 0.0
     a_days = float(audience.active_days[0] * aud_age)
     return AudienceScores(
-        (first, last, zone, now, params),
+        audience_key(start_utc, end_utc, zone, now, params),
         ops,
         _frozen(s_a),
         None if s_k is None else _frozen(s_k),
@@ -422,6 +421,17 @@ def audience_scores(
 def audience_minute(now: int) -> int:
     """The instant the audience part of a decision at `now` is taken at: its minute's start."""
     return now - now % MINUTE
+
+
+AudienceKey = tuple[int, int, ZoneInfo | int, int, EngineParams]
+
+
+def audience_key(
+    start_utc: int, end_utc: int, zone: ZoneInfo | int, now: int, params: EngineParams
+) -> AudienceKey:
+    """What `audience_scores` depends on: the window's minutes, the zone, the minute of
+    `now` and the parameters (`AudienceScores.key`)."""
+    return (*window_minutes(start_utc, end_utc), zone, audience_minute(now), params)
 
 
 def window_minutes(start_utc: int, end_utc: int) -> tuple[int, int]:
@@ -454,7 +464,7 @@ def score_batch(
     the caller has it (else computed here)."""
     if shared is None:
         shared = audience_scores(audience, prior, start_utc, end_utc, zone, now, params)
-    elif shared.key != (*window_minutes(start_utc, end_utc), zone, audience_minute(now), params):
+    elif shared.key != audience_key(start_utc, end_utc, zone, now, params):
         raise ValueError("audience scores of another window, zone, instant or parameters")
     ops, s_a, s_k, s_g = shared.ops, shared.audience, shared.archetypes, shared.prior
     a_share, k_aud = shared.audience_share, shared.audience_sittings

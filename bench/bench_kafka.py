@@ -42,7 +42,7 @@ from tests.kafka import free_port, start_tansu
 
 from bench.common import median, write_result
 from sendflowr.bus.kafka import KafkaBus, KafkaOptions, KafkaTopics
-from sendflowr.consumer import EventConsumer
+from sendflowr.consumer import ConsumerTally, EventConsumer
 from sendflowr.events import CanonicalEvent, derive_event_id, to_builtins
 from sendflowr.runtime import Runtime
 from sendflowr.settings import Settings
@@ -191,9 +191,12 @@ def api_to_kafka(
 class _TimedConsumer(EventConsumer):
     assigned_at: float | None = None
 
+    cpu_at_assign: float | None = None
+
     def _on_assign(self, consumer, partitions):  # type: ignore[no-untyped-def]
         if self.assigned_at is None:
             self.assigned_at = time.perf_counter()
+            self.cpu_at_assign = time.process_time()
         super()._on_assign(consumer, partitions)
 
 
@@ -208,6 +211,26 @@ def _close(rt: Runtime) -> None:
     rt.close()
 
 
+def _consume_all(rt: Runtime, total: int) -> tuple[float, float]:
+    """What `sendflowr consumer` runs (EventConsumer.run: one batch written while the next is
+    prepared) until `total` messages are committed: (wall seconds, process CPU seconds), from
+    the partition assignment (the group join excluded) to the last commit."""
+    assert isinstance(rt.bus, KafkaBus)
+    stop = threading.Event()
+    marks: dict[str, float] = {}
+
+    def on_batch(tally: ConsumerTally) -> None:
+        if tally.messages >= total:
+            marks["end"], marks["cpu_end"] = time.perf_counter(), time.process_time()
+            stop.set()
+
+    consumer = _TimedConsumer(rt.pipeline, rt.bus, on_batch=on_batch)
+    consumer.run(stop)
+    assert consumer.assigned_at is not None
+    assert consumer.cpu_at_assign is not None
+    return marks["end"] - consumer.assigned_at, marks["cpu_end"] - consumer.cpu_at_assign
+
+
 def kafka_to_chdb(bootstrap: str, events: list[CanonicalEvent], repeats: int) -> dict[str, object]:
     root = Path(tempfile.mkdtemp(prefix="sf-bench-kafka-"))
     rates: list[float] = []
@@ -219,19 +242,8 @@ def kafka_to_chdb(bootstrap: str, events: list[CanonicalEvent], repeats: int) ->
         assert isinstance(rt.bus, KafkaBus)
         for i in range(0, len(events), 20_000):
             rt.bus.publish(events[i : i + 20_000], source="bench")
-        consumer = _TimedConsumer(rt.pipeline, rt.bus)
-        try:
-            while consumer.assigned_at is None and consumer.tally.messages < len(events):
-                consumer.run_batch()
-            cpu_start = time.process_time()
-            while consumer.tally.messages < len(events):
-                consumer.run_batch()
-            end = time.perf_counter()
-            cpu = time.process_time() - cpu_start
-        finally:
-            consumer.close()
-        assert consumer.assigned_at is not None
-        rate = len(events) / (end - consumer.assigned_at)
+        seconds, cpu = _consume_all(rt, len(events))
+        rate = len(events) / seconds
         rates.append(rate)
         cpu_rates.append(len(events) / cpu)
         stored.append(rt.events.count_events(TENANT))

@@ -12,6 +12,7 @@ from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from operator import attrgetter
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -33,6 +34,7 @@ from sendflowr.events import (
 )
 from sendflowr.gcpause import gc_paused
 from sendflowr.identity.resolver import IdentityResolver
+from sendflowr.identity.store import BatchResolution
 from sendflowr.metrics import observe_ingest
 from sendflowr.storage.events.base import EventStore
 from sendflowr.storage.events.rows import events_to_arrow
@@ -42,6 +44,8 @@ from sendflowr.timing.activity import ActivityParams
 from sendflowr.timing.features import BatchColumns, FoldContext, type_indexes
 
 log = logging.getLogger("sendflowr.pipeline")
+_tenant = attrgetter("tenant")
+_occurred_at = attrgetter("occurred_at")
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +66,17 @@ class IngestResult:
         self.stored += other.stored
         self.profiles_updated += other.profiles_updated
         self.rejected.extend(other.rejected)
+
+
+@dataclass(slots=True)
+class PreparedBatch:
+    """A batch validated and resolved, ready to be stored (`Pipeline.prepare_json`, then
+    `Pipeline.store`): the two halves of `process_json`, so a consumer can prepare the next
+    batch while this one is written."""
+
+    source: str
+    result: IngestResult  # received and rejected so far; store() adds stored and profiles
+    tenants: list[tuple[str, BatchResolution, pa.Table]]
 
 
 class RecentEventIds:
@@ -139,24 +154,36 @@ class Pipeline:
         """Validate canonical-event payloads (as decoded JSON), then process them."""
         with gc_paused():
             parsed = parse_events(payloads)
-            return self._process_parsed(source, list(payloads), parsed)
+            return self._store(self._prepare_parsed(source, list(payloads), parsed))
 
     def process_json(self, source: str, lines: Sequence[bytes]) -> IngestResult:
         """Decode and validate canonical events from JSON documents (one event each), then
         process them: what a bus consumer does with message values."""
+        return self.store(self.prepare_json(source, lines))
+
+    def prepare_json(self, source: str, lines: Sequence[bytes]) -> PreparedBatch:
+        """The first half of `process_json`: decode and validate (the bad documents go to the
+        dead letters), resolve identities, build each tenant's rows. Nothing is stored yet."""
         with gc_paused():
             parsed = decode_events_json(lines)  # = parse_events_json(lines), batch-wise
             raw = {i: lines[i].decode("utf-8", "replace") for i, _ in parsed.rejected}
-            return self._process_parsed(source, raw, parsed)
+            return self._prepare_parsed(source, raw, parsed)
 
-    def _process_parsed(
+    def store(self, prepared: PreparedBatch) -> IngestResult:
+        """The second half of `process_json`: write the rows, then fold them into features.
+        Prepared batches must be stored in the order they were prepared."""
+        with gc_paused():
+            return self._store(prepared)
+
+    def _prepare_parsed(
         self,
         source: str,
         originals: Sequence[Any] | Mapping[int, Any],
         parsed: ParsedBatch,
-    ) -> IngestResult:
+    ) -> PreparedBatch:
         total = len(parsed.events) + len(parsed.rejected)
-        result = self._process(parsed.events, source)
+        prepared = self._prepare(parsed.events, source)
+        result = prepared.result
         # Indexes in `result.rejected` refer to parsed.events; map them back to the input.
         bad_index = {b for b, _ in parsed.rejected}
         good_index = [i for i in range(total) if i not in bad_index]
@@ -165,53 +192,70 @@ class Pipeline:
         self._dead_letter(source, [(originals[r.index], r) for r in bad])
         result.rejected = sorted(bad + remapped, key=lambda r: r.index)
         result.received = total
-        return result
+        return prepared
 
     def process(self, batch: Sequence[CanonicalEvent], source: str = "pipeline") -> IngestResult:
         """Store a batch of canonical events and fold them into features."""
         with gc_paused():
-            return self._process(batch, source)
+            return self._store(self._prepare(batch, source))
 
-    def _process(self, batch: Sequence[CanonicalEvent], source: str) -> IngestResult:
+    def _prepare(self, batch: Sequence[CanonicalEvent], source: str) -> PreparedBatch:
         result = IngestResult(received=len(batch))
-        late = {r.index: r for r in self.future_rejections(batch)}
-        by_tenant: dict[str, list[CanonicalEvent]] = defaultdict(list)
-        future: list[tuple[Mapping[str, Any], Rejected]] = []
-        for i, event in enumerate(batch):
-            if i in late:
-                result.rejected.append(late[i])
-                future.append((to_builtins(event), late[i]))
-            else:
-                by_tenant[event.tenant].append(event)
-        self._dead_letter(source, future)
+        by_tenant: Mapping[str, Sequence[CanonicalEvent]]
+        tenants = set(map(_tenant, batch))
+        if len(tenants) == 1 and max(map(_occurred_at, batch)) <= self._horizon():
+            by_tenant = {tenants.pop(): batch}  # the usual batch: one tenant, none too late
+        else:
+            late = {r.index: r for r in self.future_rejections(batch)}
+            grouped: dict[str, list[CanonicalEvent]] = defaultdict(list)
+            future: list[tuple[Mapping[str, Any], Rejected]] = []
+            for i, event in enumerate(batch):
+                if i in late:
+                    result.rejected.append(late[i])
+                    future.append((to_builtins(event), late[i]))
+                else:
+                    grouped[event.tenant].append(event)
+            self._dead_letter(source, future)
+            by_tenant = grouped
+        rows = []
         for tenant, events in by_tenant.items():
             resolution = self.identity.resolve_events(tenant, events)
-            table = events_to_arrow(events, resolution.universal_ids)
+            rows.append((tenant, resolution, events_to_arrow(events, resolution.universal_ids)))
+        return PreparedBatch(source, result, rows)
+
+    def _store(self, prepared: PreparedBatch) -> IngestResult:
+        stored = profiles = 0  # counted afresh: a store retried after a failure counts once
+        for tenant, resolution, table in prepared.tenants:
             # a feature rebuild reading the store meanwhile must not cache these people
             with self.features.ingesting(tenant, resolution.universal_ids):
-                result.stored += self.events.insert_events(table)
+                stored += self.events.insert_events(table)
                 if resolution.merged:
                     # Merged people are rebuilt from the store (both histories) on next read.
                     merged = [u for s, gone in resolution.merged.items() for u in (s, *gone)]
                     self.features.invalidate(tenant, merged)
-                result.profiles_updated += self._update_features(tenant, table)
+                profiles += self._update_features(tenant, table)
             for listener in self.listeners:
                 try:
                     listener(tenant, table)
                 except Exception:
                     log.exception("pipeline listener %r failed", listener)
-        observe_ingest(source, stored=result.stored)  # metrics hook (issue 7)
+        observe_ingest(prepared.source, stored=stored)  # metrics hook (issue 7)
+        result = prepared.result
+        result.stored, result.profiles_updated = stored, profiles
         return result
 
     def future_rejections(self, batch: Sequence[CanonicalEvent]) -> list[Rejected]:
         """Events dated further ahead than the allowed clock skew (a sender's clock is wrong)."""
-        horizon = self.clock() + self.max_future_skew
+        horizon = self._horizon()
         reason = f"is more than {self.max_future_skew} in the future"
         return [
             Rejected(i, (FieldError(("occurred_at",), reason),))
             for i, event in enumerate(batch)
             if event.occurred_at > horizon
         ]
+
+    def _horizon(self) -> datetime:
+        return self.clock() + self.max_future_skew
 
     def _update_features(self, tenant: str, table: pa.Table) -> int:
         fresh = self._recent.first_seen(table.column("event_id").to_pylist())

@@ -11,7 +11,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -26,6 +26,7 @@ from sendflowr.bus.kafka import KafkaBus, KafkaOptions, KafkaTopics, event_key
 from sendflowr.consumer import ConsumerStoppedError, EventConsumer, consumer_lag, open_consumer
 from sendflowr.events import CanonicalEvent, EventType, Identifiers, to_builtins
 from sendflowr.identity.hashing import hash_email
+from sendflowr.pipeline import IngestResult, Pipeline, PreparedBatch
 from sendflowr.runtime import Runtime
 from sendflowr.settings import Settings
 from sendflowr.storage.metadata.store import Tenant
@@ -325,6 +326,65 @@ def test_a_failing_store_write_stops_the_consumer_without_committing(krt: Runtim
     assert krt.events.count_events("acme") == 100
 
 
+class _GatedPipeline(Pipeline):
+    """The runtime's pipeline, whose first write waits until the next batch is being
+    prepared (so it proves the two overlap) and whose later writes fail."""
+
+    def __init__(self, inner: Pipeline) -> None:
+        super().__init__(inner.events, inner.features, inner.identity, inner.metadata)
+        self.prepared: list[int] = []
+        self.next_prepared = threading.Event()
+        self.overlapped = False
+        self.writes = 0
+
+    def prepare_json(self, source: str, lines: Sequence[bytes]) -> PreparedBatch:
+        out = super().prepare_json(source, lines)
+        self.prepared.append(len(lines))
+        if len(self.prepared) == 2:
+            self.next_prepared.set()
+        return out
+
+    def store(self, prepared: PreparedBatch) -> IngestResult:
+        self.writes += 1
+        if self.writes == 1:
+            self.overlapped = self.next_prepared.wait(timeout=20)
+            return super().store(prepared)
+        raise RuntimeError("the store is down")
+
+
+def test_run_writes_one_batch_while_preparing_the_next_and_commits_only_what_is_written(
+    krt: Runtime,
+) -> None:
+    """EventConsumer.run (what `sendflowr consumer` runs): the next batch is decoded and
+    resolved while the previous one is written; a batch is committed only once written, so
+    when a later write keeps failing the consumer stops with the earlier batches committed
+    and stored, and nothing of the failed one committed."""
+    import dataclasses
+
+    assert isinstance(krt.bus, KafkaBus)
+    krt.metadata.ensure_tenant(Tenant("acme", "Acme", "UTC"))
+    krt.bus.publish([make_event(i, person=i % 7) for i in range(300)], source="test")
+    options = dataclasses.replace(krt.bus.options, batch_size=100, store_retry_s=1.0)
+    gated = _GatedPipeline(krt.pipeline)
+    consumer = EventConsumer(gated, krt.bus, options)
+    with pytest.raises(ConsumerStoppedError, match="without committing"):
+        consumer.run(threading.Event())
+    assert gated.overlapped, "the first write ended before the next batch was prepared"
+    first = gated.prepared[0]
+    assert consumer.tally.batches == 1
+    assert consumer.tally.messages == first
+    assert krt.events.count_events("acme") == first
+    assert consumer.tally.retries >= 1
+    # What the group committed: the first batch's messages, not the failed second batch's.
+    reader = Consumer({"bootstrap.servers": options.bootstrap, "group.id": options.group})
+    try:
+        partitions = [TopicPartition(options.topics.events, p) for p in range(options.partitions)]
+        committed = reader.committed(partitions, timeout=10)
+    finally:
+        reader.close()
+    assert sum(max(tp.offset, 0) for tp in committed) == first
+
+
 def test_publish_on_an_unreachable_broker_is_a_503_not_an_ack() -> None:
     from sendflowr.bus.kafka import BusUnavailableError
 
@@ -381,6 +441,7 @@ def _consumer_process(env: dict[str, str], *args: str) -> subprocess.Popen[str]:
 
 
 _SETUP_SCRIPT = """
+from sendflowr.pipeline import IngestResult, Pipeline, PreparedBatch
 from sendflowr.runtime import Runtime
 from sendflowr.settings import load_settings
 from sendflowr.storage.metadata.store import Tenant

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+import msgspec
 import numpy as np
 import pytest
 
@@ -146,3 +147,31 @@ def test_json_documents_decode_validate_and_dead_letter(runtime: Runtime) -> Non
     letters = {d.payload: d for d in runtime.metadata.list_dead_letters()}
     assert "{not json" in letters
     assert "malformed JSON" in letters["{not json"].reason
+
+
+def test_prepare_then_store_is_process_json_and_a_retried_store_counts_once(
+    runtime: Runtime,
+) -> None:
+    """The consumer's two halves: prepare_json stores nothing (bad documents already go to
+    the dead letters), store writes and folds; a store run again after a failure (the
+    consumer's retry) counts its events once and duplicates nothing."""
+    import json
+
+    _tenant(runtime)
+    _tenant(runtime, "beta")
+    good = [make_event(i, person=i % 3, tenant="beta" if i == 4 else "acme") for i in range(6)]
+    lines = [msgspec.json.encode(e) for e in good[:3]]
+    lines += [b"{not json", *(msgspec.json.encode(e) for e in good[3:])]
+    lines.append(json.dumps(payload(9, occurred_at="2099-01-01T00:00:00Z")).encode())
+    prepared = runtime.pipeline.prepare_json("kafka", lines)
+    assert runtime.events.count_events("acme") == 0
+    assert [r.index for r in prepared.result.rejected] == [3, 7]
+    assert len(runtime.metadata.list_dead_letters()) == 2
+    first = runtime.pipeline.store(prepared)
+    again = runtime.pipeline.store(prepared)
+    assert (first.received, first.stored) == (8, 6)
+    assert (again.received, again.stored) == (8, 6)
+    assert runtime.events.count_events("acme") == 5
+    assert runtime.events.count_events("beta") == 1
+    uid = _uid(runtime, "acme", 0)
+    assert _features(runtime, "acme", uid).count("opened") == 2  # events 0 and 3, once each

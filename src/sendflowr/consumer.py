@@ -5,7 +5,10 @@ Each pass: poll a batch (up to `kafka_batch_size` messages, waiting at most
 (identity -> event store -> features), put the bad ones on the dead-letter topic, and only then
 commit the batch's offsets, synchronously. A crash at any point before the commit means the
 batch is delivered again; the event store keeps each event once (deterministic event ids) and
-features skip ids they have already counted, so redelivery never double-counts.
+features skip ids they have already counted, so redelivery never double-counts. `run` keeps two
+batches under way: one written on a second thread while the next is polled, decoded and
+resolved on the calling thread, which makes every call on the Kafka consumer and every commit,
+in order, each after its own batch's write.
 
 - A message that cannot be decoded or validated goes to the dead-letter topic with headers
   `reason`, `source-topic`, `source-partition`, `source-offset`, `source` (and to the metadata
@@ -111,26 +114,32 @@ class EventConsumer:
         self._pending: tuple[_Prepared, Future[list[IngestResult]]] | None = None
         self._failed: BaseException | None = None
         retry_ms = int(self.options.store_retry_s * 1000)
+        tuning = {  # defaults: settings' kafka_client_config overrides each of them
+            "fetch.max.bytes": 64 * 1024 * 1024,
+            "queued.max.messages.kbytes": 256 * 1024,
+            # A partition whose local queue was full is fetched again this soon, not after
+            # librdkafka's default second: with the default, a consumer that drains its queue
+            # quickly sat idle for half-second gaps (poll alone: 110,000 messages/s on Tansu,
+            # 360,000 with this).
+            "fetch.queue.backoff.ms": 20,
+        }
         self._consumer = Consumer(
-            self.options.client(
-                **{
-                    "group.id": self.options.group,
-                    "enable.auto.commit": False,
-                    "enable.auto.offset.store": False,
-                    "auto.offset.reset": "earliest",
-                    "session.timeout.ms": self.options.session_timeout_ms,
-                    "heartbeat.interval.ms": max(self.options.session_timeout_ms // 10, 100),
-                    # A batch retried for store_retry_s must not cost the group membership.
-                    "max.poll.interval.ms": max(300_000, retry_ms + 60_000),
-                    "fetch.max.bytes": 64 * 1024 * 1024,
-                    "queued.max.messages.kbytes": 256 * 1024,
-                    # A partition whose local queue was full is fetched again this soon, not
-                    # after librdkafka's default second: with the default, a consumer that
-                    # drains its queue quickly sat idle for half-second gaps (poll alone:
-                    # 110,000 messages/s on Tansu, 360,000 with this).
-                    "fetch.queue.backoff.ms": 20,
-                }
-            )
+            {
+                **tuning,
+                **self.options.client(
+                    **{
+                        "group.id": self.options.group,
+                        "enable.auto.commit": False,
+                        "enable.auto.offset.store": False,
+                        "auto.offset.reset": "earliest",
+                        "session.timeout.ms": self.options.session_timeout_ms,
+                        "heartbeat.interval.ms": max(self.options.session_timeout_ms // 10, 100),
+                        # A batch retried for store_retry_s must not cost the group membership.
+                        "max.poll.interval.ms": max(300_000, retry_ms + 60_000),
+                    }
+                ),
+                **{k: v for k, v in self.options.client_config.items() if k in tuning},
+            }
         )
         self._consumer.subscribe([self.topic], on_assign=self._on_assign, on_revoke=self._on_revoke)
         _LIVE.add(self)

@@ -9,8 +9,9 @@
   Timed from the partition assignment (the group join is excluded) to the last commit.
   Target: 50,000 events/s.
 - sustained: a producer process publishes at `--rate` (20,000/s) for `--duration` seconds
-  (300 for the issue's 5 minutes) while one consumer runs; the consumer's lag (high
-  watermark - committed, all partitions) is sampled about every second (between batches);
+  (300 for the issue's 5 minutes) while one consumer runs (`EventConsumer.run` on its own
+  thread); its lag (high watermark - committed, all partitions, as of its last batch) is
+  sampled every second;
   then the rest is drained for at most `--drain-limit` seconds. Reports lag p50/p95/max, at
   the end of the load and after the drain, and whether the consumer kept up.
 - kafka_to_chdb also reports events per second of the process's CPU time, which depends
@@ -328,9 +329,22 @@ def sustained(
     prefix = f"s{uuid.uuid4().hex[:6]}."
     rt = _open(root, bootstrap, prefix)
     assert isinstance(rt.bus, KafkaBus)
+    # What `sendflowr consumer` runs (EventConsumer.run) on its own thread; this one samples
+    # the lag (EventConsumer.lag is safe to read from another thread).
     consumer = EventConsumer(rt.pipeline, rt.bus)
-    while not consumer.lag() and consumer._assigned == []:  # join the group first
-        consumer.run_batch()
+    stop = threading.Event()
+    failed: list[BaseException] = []
+
+    def consume() -> None:
+        try:
+            consumer.run(stop)
+        except BaseException as exc:  # reported below
+            failed.append(exc)
+
+    worker = threading.Thread(target=consume, name="bench-consumer", daemon=True)
+    worker.start()
+    while not consumer.lag() and not failed:  # join the group first
+        time.sleep(0.1)
     producer = subprocess.Popen(
         [
             sys.executable,
@@ -349,7 +363,7 @@ def sustained(
     start = time.monotonic()
     last = 0.0
     while producer.poll() is None:
-        consumer.run_batch()
+        time.sleep(max(0.0, last + 1.0 - time.monotonic()))
         if time.monotonic() - last >= 1.0:
             last = time.monotonic()
             samples.append((round(last - start, 1), consumer.total_lag()))
@@ -364,10 +378,15 @@ def sustained(
     # Drain what is left, for at most drain_limit seconds (a consumer that fell far behind
     # would otherwise keep the benchmark running for as long again).
     while consumer.tally.messages < produced and time.monotonic() - end_of_load < drain_limit:
-        consumer.run_batch()
+        if failed:
+            raise failed[0]
+        time.sleep(0.05)
     drain_s = time.monotonic() - end_of_load
     final_lag = consumer.total_lag()
-    consumer.close()
+    stop.set()
+    worker.join()
+    if failed:
+        raise failed[0]
     stored = rt.events.count_events(TENANT)
     _close(rt)
     lags = sorted(lag for _, lag in samples)

@@ -171,6 +171,8 @@ class EventConsumer:
                 self._settle()
                 if prepared is not None:
                     self._pending = (prepared, pool.submit(self._write, prepared))
+                else:
+                    self._update_lag()  # idle: the lag of partitions assigned meanwhile
                 if messages or not self._assigned:
                     idle_since = time.monotonic()
                 elif idle_exit_s is not None and time.monotonic() - idle_since >= idle_exit_s:

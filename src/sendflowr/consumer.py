@@ -137,8 +137,7 @@ class EventConsumer:
                         # A batch retried for store_retry_s must not cost the group membership.
                         "max.poll.interval.ms": max(300_000, retry_ms + 60_000),
                     }
-                ),
-                **{k: v for k, v in self.options.client_config.items() if k in tuning},
+                ),  # which holds kafka_client_config, so that overrides `tuning`
             }
         )
         self._consumer.subscribe([self.topic], on_assign=self._on_assign, on_revoke=self._on_revoke)

@@ -449,7 +449,9 @@ def backfill(
     days: Annotated[
         int | None, typer.Option(min=1, max=3650, help="Days of history (default 90).")
     ] = None,
-    years: Annotated[int | None, typer.Option(min=1, max=10, help="Years of history.")] = None,
+    years: Annotated[
+        int | None, typer.Option(min=1, max=10, help="Calendar years of history (not with --days).")
+    ] = None,
     incremental: Annotated[
         bool, typer.Option(help="Only what is new since the last completed backfill.")
     ] = False,
@@ -470,6 +472,10 @@ def backfill(
 
     if not tenant and not all_tenants:
         _fail("name a tenant with --tenant, or use --all")
+    if days is not None and years is not None:
+        _fail("--days, --years: give one of them, not both")
+    if incremental and (days is not None or years is not None):
+        _fail("--incremental: it continues from the last completed backfill; drop --days/--years")
     settings = _settings()
     rt = _runtime(settings)
     try:
@@ -495,7 +501,9 @@ def backfill(
                         start, end = incremental_range(rt, name, now)
                     else:
                         start, end = plan_range(
-                            now, days_back=days or (None if years else 90), years_back=years
+                            now,
+                            days_back=90 if days is None and years is None else days,
+                            years_back=years,
                         )
                     job = rt.backfills.create_job(
                         name, ESP, "incremental" if incremental else "backfill", start, end

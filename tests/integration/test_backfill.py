@@ -267,3 +267,27 @@ def test_routes_status_summary_and_orders(rt: Runtime, sim: SimApp, brand: Brand
         assert client.post(f"/api/connector/backfill/{TENANT}/retry").status_code == 409
         cleared = client.delete(f"/api/connector/backfill/{TENANT}")
         assert cleared.json()["jobs_deleted"] == 1
+
+
+def test_a_backfill_of_years_goes_back_calendar_years_and_days_with_years_is_refused(
+    rt: Runtime,
+) -> None:
+    from sendflowr.api import create_app
+
+    with TestClient(create_app(rt.settings, runtime=rt), headers=ADMIN_HEADERS) as client:
+        both = client.post(f"/api/connector/backfill/{TENANT}?days=30&years=1")
+        assert both.status_code == 422, both.text
+        [problem] = both.json()["detail"]
+        assert problem["loc"] == ["query", "years"]
+        assert "not both" in problem["msg"]
+        all_both = client.post("/api/connector/backfill/start-all?days=30&years=1")
+        assert all_both.status_code == 422, all_both.text
+        assert rt.backfills.latest_job(TENANT, "klaviyo") is None  # nothing queued
+        before = datetime.now(UTC)
+        started = client.post(f"/api/connector/backfill/{TENANT}?years=2")
+        assert started.status_code == 202, started.text
+        after = datetime.now(UTC)
+    job = rt.backfills.get_job(started.json()["job_id"])
+    assert before <= job.range_end <= after
+    # a calendar span (the same instant two years before), not 730 days
+    assert job.range_start == job.range_end.replace(year=job.range_end.year - 2)

@@ -121,3 +121,19 @@ def test_evaluate_rejects_bad_arguments(env: dict[str, str], tmp_path: Path) -> 
         assert result.exit_code == 2, (args, result.output)
         assert needle in result.output
         assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize(
+    ("args", "named"),
+    [
+        (["--days", "30", "--years", "1"], "--days, --years"),
+        (["--incremental", "--years", "1"], "--incremental"),
+    ],
+)
+def test_backfill_refuses_contradictory_ranges(
+    env: dict[str, str], args: list[str], named: str
+) -> None:
+    result = CliRunner().invoke(app, ["backfill", "--tenant", "brand", *args], env=env)
+    assert result.exit_code == 2
+    assert named in result.output
+    assert "Traceback" not in result.output

@@ -35,10 +35,19 @@ router = APIRouter(prefix="/api/connector", tags=["connector"])
 Days = Annotated[
     int | None, Query(ge=1, le=3650, description="history to fetch, in days (default 90)")
 ]
-Years = Annotated[int | None, Query(ge=1, le=10, description="history to fetch, in years")]
+Years = Annotated[
+    int | None,
+    Query(ge=1, le=10, description="history to fetch, in calendar years (not with days)"),
+]
+
+
+def _check_range(days: int | None, years: int | None) -> None:
+    if days is not None and years is not None:
+        raise InvalidInputError.at(("query", "years"), "give days or years, not both")
 
 
 def _start(runtime: Runtime, tenant: str, days: int | None, years: int | None) -> Job:
+    _check_range(days, years)
     runtime.metadata.get_tenant(tenant)
     account = runtime.accounts.find(tenant, ESP)
     if account is None or account.status == "disconnected":
@@ -60,6 +69,7 @@ def start_all(
 ) -> StartAllOut:
     """Queue a backfill for every tenant (this key may act on) with a connected Klaviyo
     account."""
+    _check_range(days, years)  # before any job is queued
     started: list[JobOut] = []
     skipped: dict[str, str] = {}
     for account in runtime.accounts.list():

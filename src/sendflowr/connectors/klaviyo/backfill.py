@@ -437,9 +437,18 @@ def _archived(page: EventsPage, i: int) -> tuple[bytes, bytes | None]:
 def plan_range(
     now: datetime, *, days_back: int | None = None, years_back: int | None = None
 ) -> tuple[datetime, datetime]:
-    """[start, end) for a backfill of the last N days or years, ending now."""
-    span = timedelta(days=(days_back or 0) + 365 * (years_back or 0))
-    return now - span, now
+    """[start, end) for a backfill of the last N days or the last N calendar years (the same
+    date and time N years before; 29 February becomes the 28th), ending now. Exactly one of
+    the two."""
+    if (days_back is None) == (years_back is None):
+        raise ValueError("give days_back or years_back, exactly one")
+    if years_back is not None:
+        year = now.year - years_back
+        try:
+            return now.replace(year=year), now
+        except ValueError:  # 29 February, in a year without one
+            return now.replace(year=year, day=28), now
+    return now - timedelta(days=days_back or 0), now
 
 
 def incremental_range(runtime: Runtime, tenant: str, now: datetime) -> tuple[datetime, datetime]:

@@ -10,6 +10,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -107,11 +108,34 @@ def test_round_trip(store: EventStore) -> None:
     assert store.profile_events("other", "sf_0000000000000001") == []
 
 
-def test_every_column_is_stored_as_written(store: EventStore) -> None:
+@pytest.fixture(params=["stream", "table function"])
+def chdb_insert_path(
+    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[list[int]]:
+    """chDB takes a table by one of two paths, by its size (chdb_store.STREAM_INSERT_MAX_ROWS):
+    each test using this runs once through each. Yields how many IPC streams were built."""
+    from sendflowr.storage.events import chdb_store
+
+    built: list[int] = []
+    real = chdb_store._ipc_stream
+
+    def counted(data: Any) -> bytes:
+        built.append(data.num_rows)
+        return real(data)
+
+    monkeypatch.setattr(chdb_store, "_ipc_stream", counted)
+    big = request.param == "stream"
+    monkeypatch.setattr(chdb_store, "STREAM_INSERT_MAX_ROWS", 10**9 if big else 0)
+    yield built
+    if isinstance(request.getfixturevalue("store"), ChdbEventStore):
+        assert bool(built) == big  # the path the parameter names was the one taken
+
+
+def test_every_column_is_stored_as_written(store: EventStore, chdb_insert_path: list[int]) -> None:
     """The Arrow table handed to insert_events reads back column for column: every type of
     the schema (strings with quotes, newlines and non-ASCII text, '' for absent, the
     external-ids map, millisecond times, booleans, the schema version), in two record
-    batches (a table built from several chunks)."""
+    batches (a table built from several chunks); through either of chDB's insert paths."""
     import msgspec
     import pyarrow as pa
 
@@ -150,15 +174,21 @@ def test_every_column_is_stored_as_written(store: EventStore) -> None:
         assert have == want, name
 
 
-def test_a_rejected_insert_is_one_clear_error_and_the_store_goes_on(store: EventStore) -> None:
+def test_a_rejected_insert_is_one_clear_error_and_the_store_goes_on(
+    store: EventStore, chdb_insert_path: list[int]
+) -> None:
     import pyarrow as pa
 
     good = events_to_arrow([make_event(1)], ["sf_0000000000000001"])
     wrong = good.set_column(
         good.column_names.index("occurred_at"), "occurred_at", pa.array(["not a time"])
     )
-    with pytest.raises(EventStoreError):
+    # Refused before the backend sees it: chDB's Python() table function would have stored
+    # the string as 1970-01-01 (checked).
+    with pytest.raises(EventStoreError, match="occurred_at is string, not timestamp"):
         store.insert_events(wrong)
+    with pytest.raises(EventStoreError, match="schema_version is missing; extra is not a column"):
+        store.insert_events(good.drop_columns(["schema_version"]).append_column("extra", [["x"]]))
     store.insert_events(good)
     assert [e.event_id for e in store.profile_events("acme", "sf_0000000000000001")] == [
         make_event(1).event_id

@@ -19,7 +19,11 @@ from sendflowr.storage.events.data_views import ORDER_COLUMNS, DataViews, order_
 from sendflowr.storage.events.explanation_buffer import ExplanationBuffer
 from sendflowr.storage.events.migrations import MIGRATIONS, STATUS_TABLE, Migration
 from sendflowr.storage.events.millis import from_ms, to_ms
-from sendflowr.storage.events.rows import explanations_to_arrow
+from sendflowr.storage.events.rows import (
+    EMAIL_EVENT_SCHEMA,
+    EXPLANATION_SCHEMA,
+    explanations_to_arrow,
+)
 from sendflowr.storage.health import BackendHealth
 from sendflowr.timing.explanation import Explanation
 
@@ -191,6 +195,7 @@ class EventStore(DataViews):
     def insert_events(self, rows: pa.Table) -> int:
         """Write rows built by `rows.events_to_arrow`; durable when this returns."""
         if rows.num_rows:
+            _conform("email_events", rows, EMAIL_EVENT_SCHEMA)
             self._insert_arrow("email_events", rows)
         return int(rows.num_rows)
 
@@ -388,6 +393,7 @@ class EventStore(DataViews):
     def insert_explanation_table(self, table: pa.Table) -> int:
         """Explanations already in columns (EXPLANATION_SCHEMA): the bulk path of schedules."""
         if table.num_rows:
+            _conform("timing_explanations", table, EXPLANATION_SCHEMA)
             self._insert_arrow("timing_explanations", table)
         return int(table.num_rows)
 
@@ -561,3 +567,21 @@ class EventStore(DataViews):
 def _short(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return (text[0] if text else type(exc).__name__)[:300]
+
+
+def _conform(table: str, data: pa.Table, schema: pa.Schema) -> None:
+    """Refuse rows whose columns are not exactly the table's (names, order and types): a
+    backend may convert a wrong type silently (chDB's Python() table function reads a string
+    into a DateTime64 column as 1970-01-01)."""
+    if data.schema.equals(schema, check_metadata=False):
+        return
+    have = {f.name: f.type for f in data.schema}
+    wrong = [
+        f"{f.name} is {have[f.name]}, not {f.type}" if f.name in have else f"{f.name} is missing"
+        for f in schema
+        if have.get(f.name) != f.type
+    ]
+    wrong += [f"{n} is not a column of {table}" for n in have if schema.get_field_index(n) < 0]
+    raise EventStoreError(
+        f"rows for {table} do not match its columns: {'; '.join(wrong) or 'in another order'}"
+    )

@@ -54,6 +54,18 @@ def _acquire(path: Path) -> Any:
         return sess
 
 
+# Two ways into chDB, by size. Small tables go as an Arrow IPC stream through its streaming
+# insert: its Python() table function costs about 20 ms a call whatever the size (measured on a
+# Null engine), twice the whole insert of a few hundred rows, which every small write paid (a
+# webhook delivery group, a flush of single decisions' explanations). Large tables go through
+# Python(), which reads the Arrow buffers in place: the stream is serialised, copied and parsed,
+# and a schedule's 1,000,000 explanation rows took 6.9-8.1 s that way against 1.1 s
+# (bench_schedule.py, alternating runs). In between it is about even: 10,000-100,000
+# explanation rows within 20% either way (medians of 7), the consumer's batches of 20,000
+# events 3-5% faster as a stream (bench_kafka.py, two alternating pairs).
+STREAM_INSERT_MAX_ROWS = 50_000
+
+
 def _ipc_stream(data: pa.Table) -> bytes:
     """`data` in the Arrow IPC stream format (ClickHouse's ArrowStream input)."""
     sink = pa.BufferOutputStream()
@@ -164,21 +176,21 @@ class ChdbEventStore(EventStore):
     def _insert_arrow(self, table: str, data: pa.Table) -> None:
         self._check_open()
         columns = ", ".join(f"`{n}`" for n in data.column_names)
-        # The table as an Arrow IPC stream through chDB's streaming insert. Not its Python()
-        # table function: that costs about 20 ms a call whatever the table's size (measured
-        # on a Null engine), twice the whole insert this way, which every small write paid
-        # (a webhook delivery group, a flush of single decisions' explanations).
         sql = f"INSERT INTO `{self.database}`.`{table}` ({columns})"
-        stream = _ipc_stream(data)
+        stream = _ipc_stream(data) if data.num_rows <= STREAM_INSERT_MAX_ROWS else None
         try:
             with _query_lock:
-                inserter = self._session.send_insert(sql, "ArrowStream")
-                try:
-                    inserter.append(stream)
-                except BaseException:
-                    inserter.cancel()
-                    raise
-                inserter.finish()
+                if stream is not None:
+                    inserter = self._session.send_insert(sql, "ArrowStream")
+                    try:
+                        inserter.append(stream)
+                    except BaseException:
+                        inserter.cancel()
+                        raise
+                    inserter.finish()
+                else:
+                    # chDB's Python() table function reads this frame's local `data`.
+                    self._session.query(f"{sql} SELECT * FROM Python(data)", "Null")
         except Exception as exc:
             raise EventStoreError(f"insert into {table} failed: {_short(exc)}") from exc
         finally:

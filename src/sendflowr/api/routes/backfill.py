@@ -47,7 +47,7 @@ def _check_range(days: int | None, years: int | None) -> None:
 
 
 def _start(runtime: Runtime, tenant: str, days: int | None, years: int | None) -> Job:
-    _check_range(days, years)
+    """Queue one tenant's backfill; `_check_range` has been called."""
     runtime.metadata.get_tenant(tenant)
     account = runtime.accounts.find(tenant, ESP)
     if account is None or account.status == "disconnected":
@@ -69,7 +69,7 @@ def start_all(
 ) -> StartAllOut:
     """Queue a backfill for every tenant (this key may act on) with a connected Klaviyo
     account."""
-    _check_range(days, years)  # before any job is queued
+    _check_range(days, years)  # once, before any job is queued
     started: list[JobOut] = []
     skipped: dict[str, str] = {}
     for account in runtime.accounts.list():
@@ -121,6 +121,7 @@ def status_one(tenant: str, runtime: RuntimeDep) -> JobOut:
 @router.post("/backfill/{tenant}", response_model=JobOut, status_code=status.HTTP_202_ACCEPTED)
 def start(tenant: str, runtime: RuntimeDep, days: Days = None, years: Years = None) -> JobOut:
     """Queue a backfill of the last `days` (or `years`) of the tenant's Klaviyo history."""
+    _check_range(days, years)
     return JobOut.of(_start(runtime, tenant, days, years))
 
 

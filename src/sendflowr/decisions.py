@@ -39,6 +39,7 @@ from sendflowr.storage.events.rows import EXPLANATION_SCHEMA
 from sendflowr.storage.features.base import FeatureCache
 from sendflowr.storage.features.memory import MemoryFeatureCache
 from sendflowr.storage.features.rebuild import fold_arrays, fold_stored
+from sendflowr.tenant_calibration import tenant_calibration
 from sendflowr.timing.activity import (
     ActivityParams,
     ActivityProfile,
@@ -46,6 +47,7 @@ from sendflowr.timing.activity import (
     global_prior,
     summed,
 )
+from sendflowr.timing.calibration import Calibration
 from sendflowr.timing.engine import (
     LEVELS,
     MODEL_VERSION,
@@ -256,6 +258,10 @@ class TimingService:
             people = folded.activity
             audience = summed(people, now, self.params.activity.half_life_s)
             audience.archetypes = audience_archetypes(people, zone, now, self.params)
+            audience.calibration = tenant_calibration(
+                self.events, tenant, arrays, now - AUDIENCE_DAYS * 86_400, now,
+                self.params.horizon_s,
+            )  # fmt: skip
         return audience
 
     def person_profile(
@@ -340,6 +346,9 @@ class TimingService:
                 decision = allowed.decisions.row(0)
                 policy_list, detail_list = allowed.policies, allowed.details
             policies, policy_details = policy_list[0], detail_list[0]
+        calibration = (
+            {} if audience.calibration is None else {"calibration": audience.calibration.describe()}
+        )
         explanation = _explanation(
             tenant,
             decision_id,
@@ -361,6 +370,7 @@ class TimingService:
                 "latency_estimate_seconds": latency_seconds,
                 "window": [window.start.isoformat(), window.end.isoformat()],
                 "alternatives": [[t, s] for t, s in decision.alternatives],
+                **calibration,
                 **policy_details,
             },
             policies,
@@ -435,10 +445,14 @@ def decide_many(
     details: Sequence[dict[str, Any]] = [{}] * n  # one shared empty dict: read only
     exploring = [False] * n
     if policy is None:
-        batch = BatchDecisions(*_spread(n, where, _map(chosen, where, threads), _DECISION_FIELDS))
+        decided = _map(chosen, where, threads)
+        calibrated = decided[0].model_confidence is not None  # the one audience's map, or none
+        fields = (*_DECISION_FIELDS, "model_confidence") if calibrated else _DECISION_FIELDS
+        batch = BatchDecisions(*_spread(n, where, decided, fields))
     else:
         parts = _map(scored, where, threads)
-        scores = BatchScores(parts[0].candidates, *_spread(n, where, parts, ("prob", "weights")))
+        prob, weights = _spread(n, where, parts, ("prob", "weights"))
+        scores = BatchScores(parts[0].candidates, prob, weights, parts[0].calibration)
         applied = apply(scores, policy.config, policy.facts, zone, decision_ids)
         allowed = choose_allowed(applied, latency_seconds, params)
         batch, policies, details = allowed.decisions, allowed.policies, allowed.details
@@ -449,7 +463,7 @@ def decide_many(
         explanation_table(
             tenant, decision_ids, refs, universal_ids, intent_id, now_dt, batch,
             feats.machine_opens, feats.evidence, known, latency_seconds, policies, details,
-            exploring,
+            exploring, audience.calibration,
         )
     )  # fmt: skip
     return BatchRecord(
@@ -534,20 +548,19 @@ def explanation_table(
     policies: Sequence[tuple[str, ...]],
     details: Sequence[dict[str, Any]],
     exploring: Sequence[bool],
+    calibration: Calibration | None = None,
 ) -> pa.Table:
     """A batch's explanation rows in columns (EXPLANATION_SCHEMA): the same content as
     `_explanation` gives each decision, without a Python object per row. The JSON of the
     evidence and details is written per row only where it differs from its neighbours'."""
     n = len(decision_ids)
     dumps = orjson.dumps
-    plain = dumps({"batch": True, "latency_estimate_seconds": latency_seconds}).decode()
+    common: dict[str, Any] = {"batch": True, "latency_estimate_seconds": latency_seconds}
+    if calibration is not None:
+        common["calibration"] = calibration.describe()
+    plain = dumps(common).decode()
     detail_json = (
-        [
-            dumps({"batch": True, "latency_estimate_seconds": latency_seconds, **d}).decode()
-            if d
-            else plain
-            for d in details
-        ]
+        [dumps({**common, **d}).decode() if d else plain for d in details]
         if any(details)
         else [plain] * n
     )
@@ -588,6 +601,10 @@ def explanation_table(
         "policies": _string_lists(policies),
         "exploration": np.asarray(exploring, np.bool_),
         "details": pa.array(detail_json, pa.string()),
+        "model_confidence": np.asarray(
+            batch.confidence if batch.model_confidence is None else batch.model_confidence,
+            np.float64,
+        ).astype(np.float32),
     }
     return pa.Table.from_pydict(cols, schema=EXPLANATION_SCHEMA)
 
@@ -753,6 +770,7 @@ def _explanation(
         exploration=exploration,
         evidence=evidence,
         details=details,
+        model_confidence=d.model_confidence,
     )
 
 
@@ -794,6 +812,13 @@ def explain_in_words(e: Explanation) -> str:
             "ignored."
         )
     parts.append(f"Estimated chance of engagement within the hour: {e.confidence_score:.0%}.")
+    calibration = e.details.get("calibration")
+    if isinstance(calibration, dict) and e.model_confidence is not None:
+        parts.append(
+            f"That is the model's {e.model_confidence:.0%} calibrated on this brand's "
+            f"{calibration.get('decisions')} past sends and what followed them "
+            f"({calibration.get('observed_rate', 0):.0%} were engaged with within the hour)."
+        )
     if e.policies:
         parts.append("Policies applied: " + ", ".join(e.policies) + ".")
     for name in e.policies:

@@ -296,6 +296,7 @@ def test_explanations_round_trip_and_dedup(store: EventStore) -> None:
         exploration=True,
         evidence={"clicks": 4, "opens": 9},
         details={"alternatives": [1, 2]},
+        model_confidence=0.75,
     )
     assert store.insert_explanations([row, row]) == 2
     got = store.get_explanation("acme", "exp_1")
@@ -303,6 +304,12 @@ def test_explanations_round_trip_and_dedup(store: EventStore) -> None:
     assert store.get_explanation("other", "exp_1") is None
     count = store._rows(f"SELECT count() FROM `{store.database}`.timing_explanations FINAL")
     assert int(count[0][0]) == 1
+    # without a calibration map the model's confidence is the stated one
+    plain = dataclasses.replace(row, explanation_ref="exp_2", model_confidence=None)
+    store.insert_explanations([plain])
+    assert store.get_explanation("acme", "exp_2") == dataclasses.replace(
+        plain, model_confidence=0.625
+    )
 
 
 @pytest.mark.network

@@ -35,6 +35,7 @@ def _row(ref: str, uid: str = "sf_0123456789abcdef") -> Explanation:
         machine_opens_excluded=0,
         evidence={"engagements": 0},
         details={"channel": "email"},
+        model_confidence=0.5,  # as the store reads back a row written without a map
     )
 
 

@@ -377,6 +377,31 @@ def test_reference_figures_on_radoslaw_email() -> None:
         assert f["ci_low"] <= f["ewh"] <= f["ci_high"]
 
 
+def test_the_replay_calibrates_confidence_online_without_moving_a_choice(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The sendflowr policy fits the tenant map (timing/calibration.py) on its own past days:
+    the same times, a lower Brier score than the model's confidence alone."""
+    path = radoslaw_dir()
+    if path is None:
+        pytest.skip("../shared/data/radoslaw_email not found (set SENDFLOWR_SHARED_DIR)")
+    from sendflowr.evaluate import sendflowr_policy
+    from sendflowr.evaluate.replay import build_windows, evaluate_policy
+
+    windows = build_windows(load_events(path, "konect"), WARSAW, 0)
+    mapped = evaluate_policy(windows, "sendflowr", sendflowr_policy.SendflowrPolicy())
+    monkeypatch.setattr(sendflowr_policy, "fit_calibration", lambda *a, **k: None)
+    plain = evaluate_policy(windows, "sendflowr", sendflowr_policy.SendflowrPolicy())
+    np.testing.assert_array_equal(mapped.t, plain.t)
+    assert mapped.confidence is not None
+    assert plain.confidence is not None
+    assert not np.allclose(mapped.confidence, plain.confidence)
+    assert (
+        brier_score(mapped.confidence, mapped.success)
+        < brier_score(plain.confidence, plain.success) - 0.004
+    )
+
+
 # --- section 2: oracle share in the simulator ---------------------------------------------------
 
 SIM_ARGS = ["evaluate", "--simulated", "--profiles", "60", "--days", "21", "--windows", "2"]

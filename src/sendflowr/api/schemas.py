@@ -335,6 +335,11 @@ class ExplanationOut(BaseModel):
     target_minute_utc: datetime | None = Field(description="null when suppressed")
     trigger_timestamp_utc: datetime | None = Field(description="null when suppressed")
     confidence_score: float | None = Field(description="null when suppressed")
+    model_confidence: float | None = Field(
+        None,
+        description="the engine's confidence before the tenant's calibration map (equal to "
+        "confidence_score when the tenant has no map yet); null when suppressed",
+    )
     fallback_level: str
     context_weights: dict[str, float]
     machine_opens_excluded: int

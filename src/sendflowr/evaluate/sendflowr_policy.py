@@ -9,12 +9,14 @@ signal of weight 1 and delivery is instant (latency 0), so target = trigger = th
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from zoneinfo import ZoneInfo
 
 import numpy as np
 
-from sendflowr.evaluate.replay import Day, Decisions, IntArray, ReplaySetup
+from sendflowr.evaluate.replay import Day, Decisions, FloatArray, IntArray, ReplaySetup
 from sendflowr.timing.activity import ActivityTable, global_prior
+from sendflowr.timing.calibration import Calibration, any_between, fit_calibration
 from sendflowr.timing.engine import EngineParams, audience_archetypes, decide_batch
 
 
@@ -26,6 +28,8 @@ class SendflowrPolicy:
         self._audiences: list[ActivityTable] = []
         self._prior = global_prior()
         self._fitted: dict[int, int] = {}
+        self._seen: list[tuple[IntArray, IntArray]] = []  # every event observed
+        self._decided: list[_Decided] = []  # per past day: what was decided
 
     def begin(self, setup: ReplaySetup) -> None:
         self._setup = setup
@@ -33,12 +37,15 @@ class SendflowrPolicy:
         # one audience per zone: the replay's days are per zone, as a tenant's audience would be
         self._audiences = [ActivityTable.empty(1) for _ in setup.clocks]
         self._fitted = {}  # zone -> week its archetypes were fitted
+        self._seen = []
+        self._decided = []
 
     def observe(self, users: IntArray, unix_ts: IntArray) -> None:
         if self._setup is None:
             raise RuntimeError("observe before begin")
         if len(users) == 0:
             return
+        self._seen.append((users, unix_ts))
         offsets = self._setup.local_seconds(users, unix_ts) - unix_ts
         now = int(unix_ts.max())
         act = self.params.activity
@@ -68,6 +75,10 @@ class SendflowrPolicy:
             self._audiences[day.zone].archetypes = audience_archetypes(
                 people, zone, day.start, self.params
             )
+        # the confidence map, fitted as production fits a tenant's (timing/calibration.py) on
+        # the past decisions of this zone and what followed them: a day's decision was acted
+        # on when its person was active that day (the windows the replay scores)
+        self._audiences[day.zone].calibration = self._calibration(day)
         got = decide_batch(
             self._people,
             day.users,
@@ -80,7 +91,34 @@ class SendflowrPolicy:
             day.start,
             self.params,
         )
+        stated = got.confidence if got.model_confidence is None else got.model_confidence
+        self._decided.append(_Decided(day.zone, day.start, day.end, day.users, got.target, stated))
         return Decisions(got.target, got.confidence)
+
+    def _calibration(self, day: Day) -> Calibration | None:
+        past = [d for d in self._decided if d.zone == day.zone and d.end <= day.start]
+        if not past or not self._seen:
+            return None
+        ev_users = np.concatenate([u for u, _ in self._seen])
+        ev_ts = np.concatenate([t for _, t in self._seen])
+        users = np.concatenate([d.users for d in past])
+        start = np.concatenate([np.full(len(d.users), d.start, np.int64) for d in past])
+        end = np.concatenate([np.full(len(d.users), d.end, np.int64) for d in past])
+        t = np.concatenate([d.target for d in past])
+        acted = any_between(users, start, end, ev_users, ev_ts)
+        engaged = any_between(users, t, t + self.params.horizon_s, ev_users, ev_ts)
+        stated = np.concatenate([d.stated for d in past])
+        return fit_calibration(stated[acted], engaged[acted])
+
+
+@dataclass(frozen=True, slots=True)
+class _Decided:
+    zone: int
+    start: int
+    end: int
+    users: IntArray
+    target: IntArray
+    stated: FloatArray  # the engine's confidence before calibration
 
 
 def sendflowr_policy(params: EngineParams | None = None) -> SendflowrPolicy:

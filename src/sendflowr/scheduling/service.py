@@ -36,6 +36,7 @@ from sendflowr.scheduling import planner
 from sendflowr.scheduling.audience import Recipient, resolve
 from sendflowr.storage.events.rows import EXPLANATION_SCHEMA
 from sendflowr.storage.metadata.triggers import Schedule
+from sendflowr.timing.calibration import Calibration
 from sendflowr.timing.engine import LEVELS, MODEL_VERSION
 from sendflowr.timing.explanation import Explanation
 from sendflowr.timing.policy import Applied, Suppression, apply, describe
@@ -103,10 +104,12 @@ def schedule(
     evidence: list[np.ndarray[Any, np.dtype[np.float64]]] = []
     policed = _Policed()
     first = last = 0
+    calibration: Calibration | None = None  # the tenant's confidence map (every chunk's)
     for chunk in score_chunks(
         runtime.timing, intent.tenant, audience.universal_ids, audience.known, zone, window, now
     ):
         size = len(chunk.scores.prob)
+        calibration = chunk.scores.calibration
         first, last = int(chunk.scores.candidates[0]), int(chunk.scores.candidates[-1])
         applied = apply(
             chunk.scores, policy.config, policy.facts_slice(chunk.start, size), zone,
@@ -153,7 +156,7 @@ def schedule(
         np.concatenate(machine), np.concatenate(evidence), latency, window, capacity,
         [policed.policies.get(i, ()) for i in kept_list],
         [policed.details.get(i, {}) for i in kept_list],
-        np.asarray([i in policed.exploring for i in kept_list], np.bool_),
+        np.asarray([i in policed.exploring for i in kept_list], np.bool_), calibration,
     )  # fmt: skip
     runtime.events.insert_explanation_table(explanations)
 
@@ -343,8 +346,10 @@ def _explanations(
     policies: Sequence[tuple[str, ...]],
     policy_details: Sequence[dict[str, Any]],
     exploring: np.ndarray[Any, np.dtype[np.bool_]],
+    calibration: Calibration | None = None,
 ) -> pa.Table:
-    """One explanation row per person, built in columns (a million rows in seconds)."""
+    """One explanation row per person, built in columns (a million rows in seconds). The
+    stated confidence is the planned minute's value through the tenant's map, if it has one."""
     n = len(uids)
     dumps = orjson.dumps
     win = [window.start.isoformat(), window.end.isoformat()]
@@ -354,6 +359,7 @@ def _explanations(
     value = plan.value.tolist()
     pref_value = plan.preferred_value.tolist()
     details = []
+    described = None if calibration is None else calibration.describe()
     for i in range(n):
         d: dict[str, Any] = {
             "schedule_id": schedule_id,
@@ -374,10 +380,13 @@ def _explanations(
                 if isinstance(info, dict) and "chosen_minute_utc" in info:
                     info = {**info, "chosen_minute_utc": _iso(target[i])}
                 d[name] = info
+        if calibration is not None:
+            d["calibration"] = described
         details.append(dumps(d).decode())
     known_ev = evidence.tolist()
     ev = [dumps({"evidence": round(e, 4), "known_person": e > 0}).decode() for e in known_ev]
     levels = np.asarray(LEVELS, dtype=object)[np.argmax(weights, axis=1)]
+    stated = np.clip(plan.value, 0.0, 1.0).astype(np.float64)
     created = np.full(n, int(now.timestamp() * 1000), np.int64)
     empty: list[str] = []
     capacity_policy = ["esp_capacity"]
@@ -393,7 +402,9 @@ def _explanations(
         "trigger_timestamp_utc": pa.array(
             (plan.target - latency) * 1000, pa.timestamp("ms", tz="UTC")
         ),
-        "confidence_score": np.clip(plan.value, 0.0, 1.0).astype(np.float32),
+        "confidence_score": (stated if calibration is None else calibration.apply(stated)).astype(
+            np.float32
+        ),
         "fallback_level": levels.tolist(),
         "weight_personal": weights[:, 0].astype(np.float32),
         "weight_audience": weights[:, 1].astype(np.float32),
@@ -406,5 +417,6 @@ def _explanations(
         ],
         "exploration": exploring,
         "details": details,
+        "model_confidence": stated.astype(np.float32),
     }
     return pa.Table.from_pydict(cols, schema=EXPLANATION_SCHEMA)

@@ -31,6 +31,7 @@ import numpy.typing as npt
 
 if TYPE_CHECKING:
     from sendflowr.timing.archetypes import Archetypes
+    from sendflowr.timing.calibration import Calibration
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
@@ -106,6 +107,8 @@ class ActivityTable:
     exposure_end: IntArray  # utc s the last exposure ended, NEVER if none
     # an audience's fitted shapes (timing/archetypes.py); None for people and unfitted audiences
     archetypes: Archetypes | None = None
+    # an audience's confidence map, fitted on the tenant's past decisions (timing/calibration.py)
+    calibration: Calibration | None = None
 
     @classmethod
     def empty(cls, rows: int) -> ActivityTable:

@@ -48,6 +48,7 @@ from sendflowr.timing.activity import (
     send_time_corrected,
 )
 from sendflowr.timing.archetypes import Archetypes, fit_archetypes
+from sendflowr.timing.calibration import Calibration
 from sendflowr.timing.features import utc_offset_at
 
 MODEL_VERSION: Final = "sendflowr-timing-3"
@@ -89,6 +90,8 @@ class Decision:
     fallback_level: str
     weights: dict[str, float]  # personal / audience / global, summing to 1
     model_version: str = MODEL_VERSION
+    # the engine's own confidence before the tenant's calibration map (None: no map applied)
+    model_confidence: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,6 +105,8 @@ class BatchDecisions:
     alternative_scores: FloatArray  # same shape, nan where absent
     level: IntArray  # index into LEVELS
     weights: FloatArray  # (people, 3)
+    # the engine's confidence before the tenant's calibration map; None: no map (= confidence)
+    model_confidence: FloatArray | None = None
 
     def row(self, i: int) -> Decision:
         alts = tuple(
@@ -117,6 +122,9 @@ class BatchDecisions:
             alts,
             LEVELS[int(self.level[i])],
             w,
+            model_confidence=(
+                None if self.model_confidence is None else float(self.model_confidence[i])
+            ),
         )
 
 
@@ -261,6 +269,8 @@ class BatchScores:
     candidates: IntArray  # (C,) target minutes, unix seconds: the kinks of the score
     prob: FloatArray  # (N, C) P(engagement within the horizon) when delivered at a candidate
     weights: FloatArray  # (N, 3) personal / audience / global
+    # the tenant's confidence map (the audience's), applied to what `choose` states
+    calibration: Calibration | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -506,7 +516,7 @@ def score_batch(
         k = np.maximum(params.sittings_scale * (w_p * k_per + (1.0 - w_p) * k_aud), 1.0)
         prob[at] = _engagement(score, k)
         weights[at, 0], weights[at, 1], weights[at, 2] = w_p, w_a, w_g
-    return BatchScores(ops.candidates, prob, weights)
+    return BatchScores(ops.candidates, prob, weights, audience.calibration)
 
 
 def _decay_to(last_update: IntArray, now: int, half_life_s: float) -> FloatArray:
@@ -553,15 +563,29 @@ def choose(
     best = np.argmax(prob, axis=1)  # first maximum: the earliest minute
     target = scored.candidates[best]
     alts, alt_scores = _alternatives(prob, best, scored.candidates, params)
+    confidence = prob[np.arange(len(best)), best]
+    model_confidence = None
+    if scored.calibration is not None:  # the choice is the engine's; only what it states maps
+        model_confidence = confidence
+        confidence = calibrated(scored.calibration, confidence)
+        alt_scores = calibrated(scored.calibration, alt_scores)
     return BatchDecisions(
         target,
         target - np.asarray(latency_s, np.int64),
-        prob[np.arange(len(best)), best],
+        confidence,
         alts,
         alt_scores,
         np.argmax(scored.weights, axis=1).astype(np.int64),
         scored.weights,
+        model_confidence,
     )
+
+
+def calibrated(calibration: Calibration, scores: FloatArray) -> FloatArray:
+    """Scores through the tenant's map; negative ones (minutes a policy refused) and NaN
+    (absent alternatives) unchanged."""
+    out: FloatArray = np.where(scores >= 0, calibration.apply(scores), scores)
+    return out
 
 
 def _alternatives(

@@ -33,3 +33,5 @@ class Explanation:
     exploration: bool = False
     evidence: dict[str, Any] = field(default_factory=dict)
     details: dict[str, Any] = field(default_factory=dict)
+    # the engine's confidence before the tenant's calibration map; None: no map (as stated)
+    model_confidence: float | None = None

@@ -315,7 +315,7 @@ def apply(
                 forced[r] = ("exploration", t)
     masked = np.where(allowed, prob, prob - REFUSED)
     return Applied(
-        BatchScores(cands, masked, scores.weights),
+        BatchScores(cands, masked, scores.weights, scores.calibration),
         prob,
         allowed,
         suppressed,
@@ -402,9 +402,14 @@ def choose_allowed(applied: Applied, latency_s: int, params: EngineParams | None
     d = choose(applied.scores, latency_s, params or EngineParams())
     target = d.target.copy()
     confidence = d.confidence.copy()
+    model = None if d.model_confidence is None else d.model_confidence.copy()
+    cal = applied.scores.calibration
     for r, (_, t) in applied.forced.items():
         target[r] = t
-        confidence[r] = applied.value_at(r, t)
+        value = applied.value_at(r, t)
+        confidence[r] = value if cal is None else cal.apply_one(value)
+        if model is not None:
+            model[r] = value
     bad = ~(d.alternative_scores >= 0)  # refused (lowered below 0) or absent
     alts = np.where(bad, -1, d.alternatives)
     alt_scores = np.where(bad, np.nan, d.alternative_scores)
@@ -416,6 +421,7 @@ def choose_allowed(applied: Applied, latency_s: int, params: EngineParams | None
         alt_scores,
         d.level,
         d.weights,
+        model,
     )
     policies, details = describe(applied, target)
     return Chosen(decisions, policies, details)

@@ -383,6 +383,7 @@ def explanation(
         target_minute_utc=e.target_minute_utc if live else None,
         trigger_timestamp_utc=e.trigger_timestamp_utc if live else None,
         confidence_score=e.confidence_score if live else None,
+        model_confidence=e.model_confidence if live else None,
         fallback_level=e.fallback_level,
         context_weights={
             "personal": e.weight_personal,

@@ -90,6 +90,20 @@ class EngagementArrays:
         )
 
 
+@dataclass(frozen=True, slots=True)
+class DecisionConfidences:
+    """Past decisions as columns: `universal_ids[uid_code[i]]` is decision i's person."""
+
+    universal_ids: list[str]
+    uid_code: npt.NDArray[np.int64]
+    trigger_ms: npt.NDArray[np.int64]
+    target_ms: npt.NDArray[np.int64]
+    model_confidence: npt.NDArray[np.float64]
+
+    def __len__(self) -> int:
+        return len(self.target_ms)
+
+
 def _sorted_dictionary(values: list[str]) -> tuple[list[str], npt.NDArray[np.int64]]:
     """(values sorted, the new code of each old code)."""
     order = np.argsort(np.asarray(values, dtype=object), kind="stable")
@@ -384,6 +398,31 @@ class EventStore(DataViews):
         )
 
     # -- timing explanations ---------------------------------------------------------------
+    def decision_confidences(
+        self, tenant: str, since: datetime, until: datetime, limit: int
+    ) -> DecisionConfidences:
+        """The tenant's decisions targeted in [since, until): the most recent `limit`, as
+        columns (person, trigger and target in UTC ms, the engine's confidence before any
+        calibration), in a fixed order. What a calibration map is fitted on."""
+        table = self._arrow(
+            "SELECT universal_id AS uid, toUnixTimestamp64Milli(trigger_timestamp_utc) AS trig, "
+            "toUnixTimestamp64Milli(target_minute_utc) AS target, model_confidence "
+            f"FROM `{self.database}`.timing_explanations FINAL "
+            "WHERE tenant = {tenant:String} "
+            "AND target_minute_utc >= fromUnixTimestamp64Milli({since:Int64}, 'UTC') "
+            "AND target_minute_utc < fromUnixTimestamp64Milli({until:Int64}, 'UTC') "
+            "ORDER BY target_minute_utc DESC, decision_id LIMIT {limit:UInt32}",
+            {"tenant": tenant, "since": to_ms(since), "until": to_ms(until), "limit": limit},
+        )
+        uids, uid_code = _dictionary(table.column("uid"))
+        return DecisionConfidences(
+            uids,
+            uid_code,
+            table.column("trig").to_numpy().astype(np.int64),
+            table.column("target").to_numpy().astype(np.int64),
+            table.column("model_confidence").to_numpy().astype(np.float64),
+        )
+
     def insert_explanations(self, rows: Sequence[Explanation]) -> int:
         if not rows:
             return 0
@@ -430,7 +469,7 @@ class EventStore(DataViews):
             "toUnixTimestamp64Milli(target_minute_utc), "
             "toUnixTimestamp64Milli(trigger_timestamp_utc), confidence_score, fallback_level, "
             "weight_personal, weight_audience, weight_global, machine_opens_excluded, policies, "
-            "exploration, evidence, details "
+            "exploration, evidence, details, model_confidence "
             f"FROM `{self.database}`.timing_explanations FINAL "
             "WHERE tenant = {tenant:String} AND explanation_ref = {ref:String} LIMIT 1",
             {"tenant": tenant, "ref": explanation_ref},
@@ -458,6 +497,7 @@ class EventStore(DataViews):
             exploration=bool(r[16]),
             evidence=orjson.loads(r[17]) if r[17] else {},
             details=orjson.loads(r[18]) if r[18] else {},
+            model_confidence=float(r[19]),
         )
 
     def delete_tenant(self, tenant: str) -> None:

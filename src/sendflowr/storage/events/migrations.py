@@ -147,7 +147,20 @@ TIMING_EXPLANATIONS = CreateTable(
     partition_by="toYYYYMM(created_at)",
 )
 
+# The engine's own confidence, before the tenant's calibration map (timing/calibration.py):
+# what the next map is fitted on. Rows written before it had no map, so theirs is the stated.
+MODEL_CONFIDENCE = AddColumn(
+    "timing_explanations",
+    Column(
+        "model_confidence",
+        "Float32",
+        "confidence_score",
+        comment="confidence before the tenant's calibration map",
+    ),
+)
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "email_events", (EMAIL_EVENTS,)),
     Migration(2, "timing_explanations", (TIMING_EXPLANATIONS,)),
+    Migration(3, "explanation_model_confidence", (MODEL_CONFIDENCE,)),
 )

@@ -106,6 +106,7 @@ EXPLANATION_SCHEMA = pa.schema(
         ("policies", pa.list_(pa.string())),
         ("exploration", pa.bool_()),
         ("details", pa.string()),
+        ("model_confidence", pa.float32()),
     ]
 )
 
@@ -132,5 +133,8 @@ def explanations_to_arrow(rows: Sequence[Explanation]) -> pa.Table:
         "policies": [list(r.policies) for r in rows],
         "exploration": [r.exploration for r in rows],
         "details": [dumps(r.details).decode() for r in rows],
+        "model_confidence": [
+            r.confidence_score if r.model_confidence is None else r.model_confidence for r in rows
+        ],
     }
     return pa.Table.from_pydict(cols, schema=EXPLANATION_SCHEMA)

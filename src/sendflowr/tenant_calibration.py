@@ -1,0 +1,61 @@
+"""A tenant's confidence map, fitted on its past decisions and what followed them.
+
+The decisions come from `timing_explanations` (the engine's confidence before any map, so a
+map is never fitted on its own output); what followed comes from the events the audience
+build already read (`EngagementArrays`): a decision counts when the person was delivered a
+message between its trigger and 30 minutes after its target (the send it timed, by whichever
+ESP or caller made it), and it came true when a real engagement (not a machine open) of
+theirs followed before the target plus the horizon. The fit itself is pure:
+`timing.calibration`.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Final
+
+import numpy as np
+
+from sendflowr.events import EventType
+from sendflowr.storage.events.base import EngagementArrays, EventStore
+from sendflowr.timing.calibration import (
+    MAX_DECISIONS,
+    Calibration,
+    decision_outcomes,
+    fit_calibration,
+)
+from sendflowr.timing.features import ENGAGEMENT_WEIGHTS
+
+DELIVERED_WITHIN_S: Final = 1_800  # a delivery this long after the target still counts
+
+
+def tenant_calibration(
+    events: EventStore,
+    tenant: str,
+    arrays: EngagementArrays,
+    since: int,
+    now: int,
+    horizon_s: int,
+) -> Calibration | None:
+    """The map for `tenant` from its decisions targeted since `since` whose outcome is known
+    by `now` (UTC seconds), or None (too few acted on: confidences stand as stated)."""
+    until = now - horizon_s - DELIVERED_WITHIN_S
+    if until <= since or len(arrays) == 0:
+        return None
+    past = events.decision_confidences(
+        tenant, datetime.fromtimestamp(since, UTC), datetime.fromtimestamp(until, UTC),
+        MAX_DECISIONS,
+    )  # fmt: skip
+    if len(past) == 0:
+        return None
+    code = {uid: i for i, uid in enumerate(arrays.universal_ids)}
+    person = np.array([code.get(u, -1) for u in past.universal_ids], np.int64)[past.uid_code]
+    kind = np.asarray(arrays.event_types, dtype=object)
+    delivery = (kind == EventType.RECEIVED.value)[arrays.type_code]
+    engagement = np.isin(kind, list(ENGAGEMENT_WEIGHTS))[arrays.type_code] & ~arrays.is_machine_open
+    acted, engaged = decision_outcomes(
+        person, past.trigger_ms // 1000, past.target_ms // 1000,
+        arrays.uid_code, arrays.utc_ms // 1000, delivery, engagement, horizon_s,
+        delivered_within_s=DELIVERED_WITHIN_S,
+    )  # fmt: skip
+    return fit_calibration(past.model_confidence[acted], engaged[acted])

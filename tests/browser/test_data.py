@@ -84,6 +84,13 @@ def test_data_viewer_shows_revenue_chart_tables_and_exports(
     opened = types.get_by_role("row", name=re.compile(r"^opened")).inner_text()
     assert any(f"{s['events_by_type']['opened']:,}" in opened for s in (before, after))
 
+    # the tenant's confidence map, as the API says it
+    calibration = api.get("/timing/calibration", params={"tenant": server.tenant}).json()
+    expect(page.locator("#calibration-summary")).to_have_text(calibration["summary"])
+    expect(page.get_by_role("table", name=re.compile("The map, bin by bin"))).to_have_count(
+        1 if calibration["points"] else 0
+    )
+
     # top campaigns as the API ranks them
     top = api.get(f"{DATA}/{server.tenant}/top", params={"kind": "campaign"}).json()["items"]
     assert all(i["name"] for i in top), "the catalog names every campaign of the demo"

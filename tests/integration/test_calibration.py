@@ -24,7 +24,7 @@ from sendflowr.settings import Settings
 from sendflowr.storage.metadata.store import Tenant
 from sendflowr.timing.explanation import Explanation
 from sendflowr.timing.window import Window
-from tests.conftest import keyed_settings, open_runtime
+from tests.conftest import ADMIN_HEADERS, keyed_settings, open_runtime
 from tests.factories import email_hash
 
 ZONE = ZoneInfo("Europe/Berlin")
@@ -199,3 +199,35 @@ def test_a_schedule_states_its_planned_minutes_through_the_map(rt: Runtime) -> N
         assert e.confidence_score == pytest.approx(cal.apply_one(e.model_confidence), rel=1e-6)
         assert e.confidence_score != pytest.approx(e.model_confidence)
         assert e.details["calibration"]["decisions"] == PEOPLE * DAYS
+
+
+def test_the_api_shows_a_tenants_map_and_says_when_there_is_none(rt: Runtime) -> None:
+    from fastapi.testclient import TestClient
+
+    from sendflowr.api import create_app
+
+    _history(rt, "acme")
+    with TestClient(create_app(rt.settings, runtime=rt), headers=ADMIN_HEADERS) as api:
+        got = api.get("/timing/calibration", params={"tenant": "acme"})
+        assert got.status_code == 200, got.text
+        body = got.json()
+        cal = rt.timing.audience("acme", ZONE, int(NOW.timestamp())).calibration
+        assert cal is not None
+        assert body["calibrated"] is True
+        assert body["decisions"] == PEOPLE * DAYS
+        assert body["points"] == [
+            {"stated": pytest.approx(x), "calibrated": pytest.approx(y)}
+            for x, y in zip(cal.stated.tolist(), cal.calibrated.tolist(), strict=True)
+        ]
+        assert body["brier_after"] < body["brier_before"]
+        assert body["summary"].startswith("Calibrated on 600 past sends")
+        none = api.get("/timing/calibration", params={"tenant": "newco"}).json()
+        assert none["calibrated"] is False
+        assert none["points"] == []
+        assert none["decisions"] is None
+        assert "fewer than 200 past sends" in none["summary"]
+        missing = api.get("/timing/calibration", params={"tenant": "nobody"})
+        assert missing.status_code == 404
+        bad = api.get("/timing/calibration", params={"tenant": "Not A Tenant!"})
+        assert bad.status_code == 422
+        assert "tenant" in bad.text

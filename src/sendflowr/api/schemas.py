@@ -350,6 +350,27 @@ class ExplanationOut(BaseModel):
     summary: str = Field(description="the explanation in words")
 
 
+class CalibrationPointOut(BaseModel):
+    stated: float = Field(description="the engine's confidence (a bin's mean)")
+    calibrated: float = Field(description="what the tenant's past sends at it came to")
+
+
+class CalibrationOut(BaseModel):
+    tenant: str
+    calibrated: bool = Field(description="false: too few past sends with an outcome yet")
+    min_decisions: int = Field(description="past sends with an outcome a map needs")
+    window_days: int = Field(description="decisions targeted this many days back are read")
+    horizon_seconds: int = Field(description="an engagement this soon after the target counts")
+    decisions: int | None = Field(description="past sends the map was fitted on")
+    observed_rate: float | None = Field(description="share of them engaged within the horizon")
+    brier_before: float | None = Field(description="Brier score of the model's confidence")
+    brier_after: float | None = Field(description="Brier score through the map")
+    points: list[CalibrationPointOut] = Field(
+        description="the map: linear between points, flat beyond them"
+    )
+    summary: str = Field(description="the map in words")
+
+
 class BatchDecideIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 

@@ -22,6 +22,8 @@ from sendflowr.api.schemas import (
     BatchDecideIn,
     BatchDecisionOut,
     BatchItemOut,
+    CalibrationOut,
+    CalibrationPointOut,
     CurvePointOut,
     DecideIn,
     DecisionCurveOut,
@@ -31,6 +33,7 @@ from sendflowr.api.schemas import (
     SuppressionOut,
 )
 from sendflowr.decisions import (
+    AUDIENCE_DAYS,
     DecisionRecord,
     decide_many,
     explain_in_words,
@@ -41,6 +44,7 @@ from sendflowr.identity.identifiers import Identifier, IdentifierError, parse_lo
 from sendflowr.policy_facts import PolicyContext, gather
 from sendflowr.runtime import Runtime
 from sendflowr.storage.metadata.store import Tenant
+from sendflowr.timing.calibration import MIN_DECISIONS
 from sendflowr.timing.curve import decision_curve
 from sendflowr.timing.engine import MODEL_VERSION
 from sendflowr.timing.heatmap import DAYS, DELIVERY, GRID_TYPES, HOURS, engagement_grid
@@ -413,6 +417,53 @@ def _zone(tz: str | None, tenant_zone: str) -> ZoneInfo:
         raise InvalidInputError.at(
             ("query", "tz"), f"unknown IANA time zone {tz!r} (e.g. Europe/Paris)"
         ) from None
+
+
+@router.get("/timing/calibration", response_model=CalibrationOut)
+def calibration(runtime: RuntimeDep, tenant: str = Query(pattern=TENANT_PATTERN)) -> CalibrationOut:
+    """The tenant's confidence map: how the engine's stated confidence compared with what
+    followed the tenant's past sends, and so what its decisions now state (docs/timing.md)."""
+    t = runtime.metadata.get_tenant(tenant)
+    now = int(runtime.timing.clock().timestamp())
+    cal = runtime.timing.audience(tenant, ZoneInfo(t.timezone), now).calibration
+    horizon = runtime.timing.params.horizon_s
+    common = {
+        "tenant": tenant,
+        "min_decisions": MIN_DECISIONS,
+        "window_days": AUDIENCE_DAYS,
+        "horizon_seconds": horizon,
+    }
+    if cal is None:
+        return CalibrationOut(
+            **common,
+            calibrated=False,
+            decisions=None,
+            observed_rate=None,
+            brier_before=None,
+            brier_after=None,
+            points=[],
+            summary=(
+                f"Not calibrated yet: fewer than {MIN_DECISIONS} past sends with a known "
+                "outcome, so decisions state the model's own confidence."
+            ),
+        )
+    return CalibrationOut(
+        **common,
+        calibrated=True,
+        decisions=cal.decisions,
+        observed_rate=cal.observed_rate,
+        brier_before=cal.brier_before,
+        brier_after=cal.brier_after,
+        points=[
+            CalibrationPointOut(stated=x, calibrated=y)
+            for x, y in zip(cal.stated.tolist(), cal.calibrated.tolist(), strict=True)
+        ],
+        summary=(
+            f"Calibrated on {cal.decisions:,} past sends, {cal.observed_rate:.0%} of them "
+            f"engaged with within {horizon // 60} minutes. Brier score of the model's "
+            f"confidence {cal.brier_before:.3f}, through the map {cal.brier_after:.3f}."
+        ),
+    )
 
 
 @router.get("/timing/engagement/{universal_id}", response_model=EngagementOut)

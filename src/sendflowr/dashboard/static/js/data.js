@@ -1,6 +1,6 @@
 // Data viewer: a tenant's events by type and by day, revenue and average order value per
-// currency, machine-open share, top campaigns and flows, its orders page by page, and the
-// orders and decisions as CSV downloads.
+// currency, machine-open share, its confidence calibration map, top campaigns and flows, its
+// orders page by page, and the orders and decisions as CSV downloads.
 import { api, apiUrl } from "./api.js";
 import {
   h, clear, showError, bindFieldErrors, clearFieldErrors, fmtInt, fmtMoney, fmtPct, fmtDateTime,
@@ -74,6 +74,14 @@ function renderDaily(s) {
     { label: "Share", value: (t) => fmtPct(total ? s.events_by_type[t] / total : 0), num: true },
     { label: "Machine opens", value: (t) => (t === "opened" ? fmtInt(machine) : ""), num: true },
   ], types, { caption: `${fmtInt(total)} events over ${days.length} days` }));
+}
+
+function renderCalibration(c) {
+  $("calibration-summary").textContent = c.summary;
+  clear($("calibration")).append(c.points.length ? table([
+    { label: "Model's confidence", value: (p) => fmtPct(p.stated), num: true },
+    { label: "Stated after calibration", value: (p) => fmtPct(p.calibrated), num: true },
+  ], c.points, { caption: "The map, bin by bin (linear between the rows)" }) : "");
 }
 
 const revenueWords = (list) => (list.length
@@ -158,11 +166,13 @@ async function load(tenant) {
     sections.hidden = false; // before drawing: the chart takes the width it is given
     renderSummary(summary);
     renderDaily(summary);
-    const [campaigns, flows] = await Promise.all([
+    const [campaigns, flows, calibration] = await Promise.all([
       api(dataPath(tenant, "top"), { query: { kind: "campaign", limit: TOP_LIMIT } }),
       api(dataPath(tenant, "top"), { query: { kind: "flow", limit: TOP_LIMIT } }),
+      api("/timing/calibration", { query: { tenant } }),
     ]);
     if (mine !== state.loads) return;
+    renderCalibration(calibration);
     renderTop($("campaigns"), campaigns, "Campaign");
     renderTop($("flows"), flows, "Flow");
     await loadOrders(tenant, mine);

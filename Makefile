@@ -52,6 +52,7 @@ bench: $(STAMP)
 	$(PY) bench/bench_decisions.py
 	$(PY) bench/bench_http_decide.py
 	$(PY) bench/bench_rebuild.py
+	$(PY) bench/bench_calibration.py
 	$(PY) bench/bench_archive_erasure.py
 	$(PY) bench/bench_soak.py
 

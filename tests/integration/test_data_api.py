@@ -322,6 +322,7 @@ def test_decisions_list_newest_first_with_buffered_rows(api: TestClient, runtime
         ):
             assert d[key] == full[key], key
         assert d["confidence_score"] == pytest.approx(full["confidence_score"], abs=1e-6)
+        assert d["model_confidence"] == pytest.approx(full["model_confidence"], abs=1e-6)
 
     page = api.get(f"/api/tenants/{TENANT}/decisions", params={"limit": 2}).json()
     assert [d["explanation_ref"] for d in page["decisions"]] == refs[:2]
@@ -348,6 +349,7 @@ def test_suppressed_decisions_are_listed_as_such(api: TestClient) -> None:
     assert "bad list import" in d["suppression_reason"]
     assert d["target_minute_utc"] is None
     assert d["confidence_score"] is None
+    assert d["model_confidence"] is None
 
 
 def test_decisions_csv_pages_through_every_decision(
@@ -370,6 +372,9 @@ def test_decisions_csv_pages_through_every_decision(
     ]
     assert rows[1][col["exploration"]] in ("true", "false")
     assert rows[1][col["fallback_level"]] == listed[0]["fallback_level"]
+    assert float(rows[1][col["model_confidence"]]) == pytest.approx(
+        listed[0]["model_confidence"], abs=1e-6
+    )
 
     future = (datetime.now(UTC) + timedelta(days=1)).isoformat()
     empty = api.get(f"/api/tenants/{TENANT}/decisions.csv", params={"since": future})

@@ -48,6 +48,11 @@ class DecisionOut(BaseModel):
     suppression_policy: str | None
     suppression_reason: str | None
     policies: list[str] = Field(description="policies that moved or suppressed the time")
+    model_confidence: float | None = Field(
+        None,
+        description="the engine's confidence before the tenant's calibration map (equal to "
+        "confidence_score without a map); null when suppressed",
+    )
 
 
 class DecisionsOut(BaseModel):

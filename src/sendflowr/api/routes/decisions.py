@@ -23,7 +23,7 @@ DECISION_COLUMNS = (
     "created_at", "explanation_ref", "decision_id", "universal_id", "intent_id",
     "target_minute_utc", "trigger_timestamp_utc", "confidence_score", "fallback_level",
     "model_version", "exploration", "machine_opens_excluded", "suppressed",
-    "suppression_policy", "suppression_reason", "policies",
+    "suppression_policy", "suppression_reason", "policies", "model_confidence",
 )  # fmt: skip
 _EARLIEST = datetime(2000, 1, 1, tzinfo=UTC)
 _LATEST = datetime(2100, 1, 1, tzinfo=UTC)
@@ -60,6 +60,7 @@ def _out(d: DecisionRow) -> DecisionOut:
         suppression_policy=d.suppression_policy,
         suppression_reason=d.suppression_reason,
         policies=list(d.policies),
+        model_confidence=round(d.model_confidence, 6) if live else None,
     )
 
 
@@ -108,6 +109,7 @@ def _decision_line(row: DecisionRow) -> list[Any]:
         d.suppression_policy,
         d.suppression_reason,
         ";".join(d.policies),
+        d.model_confidence,
     ]
 
 

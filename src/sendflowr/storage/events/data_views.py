@@ -58,6 +58,7 @@ class DecisionRow:
     suppressed: bool
     suppression_policy: str | None
     suppression_reason: str | None
+    model_confidence: float  # before the tenant's calibration map (= confidence_score: none)
 
     @property
     def cursor(self) -> Cursor:
@@ -201,7 +202,7 @@ class DataViews(abc.ABC):
             "toUnixTimestamp64Milli(trigger_timestamp_utc), confidence_score, fallback_level, "
             "machine_opens_excluded, policies, exploration, JSONHas(details, 'suppressed'), "
             "JSONExtractString(details, 'suppressed', 'policy'), "
-            "JSONExtractString(details, 'suppressed', 'reason') "
+            "JSONExtractString(details, 'suppressed', 'reason'), model_confidence "
             f"FROM `{self.database}`.timing_explanations FINAL WHERE {where} "
             "ORDER BY created_at DESC, explanation_ref DESC "
             "LIMIT {limit:UInt32} OFFSET {offset:UInt64}",
@@ -225,6 +226,7 @@ class DataViews(abc.ABC):
                 suppressed=bool(int(r[13])),
                 suppression_policy=str(r[14]) if int(r[13]) else None,
                 suppression_reason=str(r[15]) if int(r[13]) else None,
+                model_confidence=float(r[16]),
             )
             for r in rows
         ]

@@ -15,11 +15,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import shutil
 import sys
-import tempfile
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 from unittest.mock import patch
@@ -27,11 +24,10 @@ from zoneinfo import ZoneInfo
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import median, write_result
+from bench.common import embedded_runtime, median, write_result
 from sendflowr import decisions
 from sendflowr.decisions import AUDIENCE_DAYS, HISTORY_TYPES
 from sendflowr.runtime import Runtime
-from sendflowr.settings import Settings
 from sendflowr.storage.metadata.store import Tenant
 from sendflowr.tenant_calibration import tenant_calibration
 
@@ -95,67 +91,52 @@ def main() -> None:
     ap.add_argument("--decisions", type=int, default=200_000)
     ap.add_argument("--runs", type=int, default=RUNS)
     args = ap.parse_args()
-    root = Path(tempfile.mkdtemp(prefix="bench-calibration-"))
-    try:
-        rt = Runtime.open(
-            Settings(
-                event_store_url=f"chdb://{root}/chdb?database=c_{uuid.uuid4().hex[:8]}",
-                metadata_url=f"sqlite:///{root}/meta.db",
-                data_dir=root,
-                hash_key="bench-calibration-hash-key-0123456789ab",
-                demo_profiles=0,
-            )
-        )
-        try:
-            rt.metadata.ensure_tenant(Tenant(TENANT, "Bench", ZONE.key))
-            now = int(time.time())
-            gen_s = generate(rt, args.events, args.people, args.decisions, now * 1000)
-            service = rt.timing
-            with_map: list[float] = []
-            without: list[float] = []
-            fitted = 0
-            service._build_audience(TENANT, ZONE, now)  # warm-up: caches and the first read
-            for run in range(args.runs):
-                for mapped in (True, False) if run % 2 == 0 else (False, True):
-                    off = patch.object(decisions, "tenant_calibration", lambda *a, **k: None)
-                    with contextlib.nullcontext() if mapped else off:
-                        t0 = time.perf_counter()
-                        audience = service._build_audience(TENANT, ZONE, now)
-                        (with_map if mapped else without).append(time.perf_counter() - t0)
-                    if mapped:
-                        assert audience.calibration is not None
-                        fitted = audience.calibration.decisions
-            since = now - AUDIENCE_DAYS * 86_400
-            arrays = rt.events.engagement_arrays(
-                TENANT, HISTORY_TYPES, service.clock().fromtimestamp(since, ZONE)
-            ).in_order()
-            fit_only: list[float] = []
-            for _ in range(args.runs):
-                t0 = time.perf_counter()
-                tenant_calibration(rt.events, TENANT, arrays, since, now, 3_600)
-                fit_only.append(time.perf_counter() - t0)
-            a, b, f = median(with_map), median(without), median(fit_only)
-            out: dict[str, Any] = {
-                "events": args.events,
-                "people": args.people,
-                "decisions": args.decisions,
-                "decisions_fitted": fitted,
-                "generate_s": round(gen_s, 2),
-                "audience_build_s_median": round(a, 3),
-                "audience_build_without_map_s_median": round(b, 3),
-                "fit_s_median": round(f, 3),
-                "build_ratio_with_to_without": round(a / b, 3),
-                "runs": {
-                    "with_map_s": [round(x, 3) for x in with_map],
-                    "without_map_s": [round(x, 3) for x in without],
-                    "fit_s": [round(x, 3) for x in fit_only],
-                },
-            }
-            write_result("calibration", out)
-        finally:
-            rt.close()
-    finally:
-        shutil.rmtree(root, ignore_errors=True)
+    with embedded_runtime("calibration") as rt:
+        rt.metadata.ensure_tenant(Tenant(TENANT, "Bench", ZONE.key))
+        now = int(time.time())
+        gen_s = generate(rt, args.events, args.people, args.decisions, now * 1000)
+        service = rt.timing
+        with_map: list[float] = []
+        without: list[float] = []
+        fitted = 0
+        service._build_audience(TENANT, ZONE, now)  # warm-up: caches and the first read
+        for run in range(args.runs):
+            for mapped in (True, False) if run % 2 == 0 else (False, True):
+                off = patch.object(decisions, "tenant_calibration", lambda *a, **k: None)
+                with contextlib.nullcontext() if mapped else off:
+                    t0 = time.perf_counter()
+                    audience = service._build_audience(TENANT, ZONE, now)
+                    (with_map if mapped else without).append(time.perf_counter() - t0)
+                if mapped:
+                    assert audience.calibration is not None
+                    fitted = audience.calibration.decisions
+        since = now - AUDIENCE_DAYS * 86_400
+        arrays = rt.events.engagement_arrays(
+            TENANT, HISTORY_TYPES, service.clock().fromtimestamp(since, ZONE)
+        ).in_order()
+        fit_only: list[float] = []
+        for _ in range(args.runs):
+            t0 = time.perf_counter()
+            tenant_calibration(rt.events, TENANT, arrays, since, now, 3_600)
+            fit_only.append(time.perf_counter() - t0)
+        a, b, f = median(with_map), median(without), median(fit_only)
+        out: dict[str, Any] = {
+            "events": args.events,
+            "people": args.people,
+            "decisions": args.decisions,
+            "decisions_fitted": fitted,
+            "generate_s": round(gen_s, 2),
+            "audience_build_s_median": round(a, 3),
+            "audience_build_without_map_s_median": round(b, 3),
+            "fit_s_median": round(f, 3),
+            "build_ratio_with_to_without": round(a / b, 3),
+            "runs": {
+                "with_map_s": [round(x, 3) for x in with_map],
+                "without_map_s": [round(x, 3) for x in without],
+                "fit_s": [round(x, 3) for x in fit_only],
+            },
+        }
+        write_result("calibration", out)
 
 
 if __name__ == "__main__":

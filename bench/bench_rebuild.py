@@ -14,20 +14,16 @@ correction) and with the correction off (deliveries only counted).
 from __future__ import annotations
 
 import argparse
-import shutil
 import sys
-import tempfile
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import median, write_result
+from bench.common import embedded_runtime, median, write_result
 from sendflowr.runtime import Runtime
-from sendflowr.settings import Settings
 from sendflowr.storage.features.rebuild import rebuild_tenant
 from sendflowr.storage.metadata.store import Tenant
 from sendflowr.timing.activity import ActivityParams
@@ -62,61 +58,44 @@ def main() -> None:
     ap.add_argument("--people", type=int, default=200_000)
     ap.add_argument("--runs", type=int, default=RUNS)
     args = ap.parse_args()
-    root = Path(tempfile.mkdtemp(prefix="bench-rebuild-"))
-    try:
-        rt = Runtime.open(
-            Settings(
-                event_store_url=f"chdb://{root}/chdb?database=r_{uuid.uuid4().hex[:8]}",
-                metadata_url=f"sqlite:///{root}/meta.db",
-                data_dir=root,
-                hash_key="bench-rebuild-hash-key-0123456789abcdef",
-                demo_profiles=0,
-            )
-        )
-        try:
-            rt.metadata.ensure_tenant(Tenant(TENANT, "Bench", ZONE.key))
-            gen_s = generate(rt, args.events, args.people)
-            out: dict[str, Any] = {
-                "events": args.events,
-                "people": args.people,
-                "generate_s": round(gen_s, 2),
-                "target_s": TARGET_S,
+    with embedded_runtime("rebuild") as rt:
+        rt.metadata.ensure_tenant(Tenant(TENANT, "Bench", ZONE.key))
+        gen_s = generate(rt, args.events, args.people)
+        out: dict[str, Any] = {
+            "events": args.events,
+            "people": args.people,
+            "generate_s": round(gen_s, 2),
+            "target_s": TARGET_S,
+        }
+        configs = {
+            "default": ActivityParams(),  # deliveries folded: send-time-bias exposure
+            "no_send_time_correction": ActivityParams(correct_send_time=False),
+        }
+        for name, params in configs.items():
+            runs: list[dict[str, Any]] = []
+            for _ in range(args.runs):
+                t0 = time.perf_counter()
+                r = rebuild_tenant(rt.events, rt.features, rt.identity, TENANT, ZONE, params=params)
+                total = time.perf_counter() - t0
+                assert r.events == args.events, r
+                assert r.profiles == args.people, r
+                runs.append(
+                    {
+                        "seconds": round(total, 2),
+                        "query_s": round(r.read_s, 2),
+                        "fold_s": round(r.fold_s, 2),
+                        "write_s": round(r.write_s, 2),
+                    }
+                )
+            s = median([x["seconds"] for x in runs])
+            out[name] = {
+                "seconds_median": s,
+                "events_per_s": round(args.events / s),
+                "ratio_to_target": round(TARGET_S / s, 2),
+                "runs": runs,
             }
-            configs = {
-                "default": ActivityParams(),  # deliveries folded: send-time-bias exposure
-                "no_send_time_correction": ActivityParams(correct_send_time=False),
-            }
-            for name, params in configs.items():
-                runs: list[dict[str, Any]] = []
-                for _ in range(args.runs):
-                    t0 = time.perf_counter()
-                    r = rebuild_tenant(
-                        rt.events, rt.features, rt.identity, TENANT, ZONE, params=params
-                    )
-                    total = time.perf_counter() - t0
-                    assert r.events == args.events, r
-                    assert r.profiles == args.people, r
-                    runs.append(
-                        {
-                            "seconds": round(total, 2),
-                            "query_s": round(r.read_s, 2),
-                            "fold_s": round(r.fold_s, 2),
-                            "write_s": round(r.write_s, 2),
-                        }
-                    )
-                s = median([x["seconds"] for x in runs])
-                out[name] = {
-                    "seconds_median": s,
-                    "events_per_s": round(args.events / s),
-                    "ratio_to_target": round(TARGET_S / s, 2),
-                    "runs": runs,
-                }
-            out["profiles_cached"] = rt.features.health().info["profiles"]
-            write_result("rebuild", out)
-        finally:
-            rt.close()
-    finally:
-        shutil.rmtree(root, ignore_errors=True)
+        out["profiles_cached"] = rt.features.health().info["profiles"]
+        write_result("rebuild", out)
 
 
 if __name__ == "__main__":

@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
+import shutil
 import statistics
+import tempfile
 import time
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from sendflowr.runtime import Runtime
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -36,6 +43,32 @@ def write_result(name: str, result: dict[str, Any]) -> Path:
     path.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
     return path
+
+
+@contextlib.contextmanager
+def embedded_runtime(name: str) -> Iterator[Runtime]:
+    """A runtime on the embedded default (chDB, SQLite) in a fresh temporary directory, closed
+    and deleted afterwards."""
+    from sendflowr.runtime import Runtime
+    from sendflowr.settings import Settings
+
+    root = Path(tempfile.mkdtemp(prefix=f"bench-{name}-"))
+    try:
+        rt = Runtime.open(
+            Settings(
+                event_store_url=f"chdb://{root}/chdb?database=b_{uuid.uuid4().hex[:8]}",
+                metadata_url=f"sqlite:///{root}/meta.db",
+                data_dir=root,
+                hash_key=f"bench-{name}-hash-key-0123456789abcdef",
+                demo_profiles=0,
+            )
+        )
+        try:
+            yield rt
+        finally:
+            rt.close()
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def cpu_seconds(pid: int) -> float:

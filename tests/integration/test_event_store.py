@@ -312,6 +312,33 @@ def test_explanations_round_trip_and_dedup(store: EventStore) -> None:
     )
 
 
+def test_rows_written_before_model_confidence_read_their_stated_confidence(
+    new_store: Callable[[], EventStore],
+) -> None:
+    """A store migrated before 0003 keeps its explanation rows: after it, their
+    model_confidence is what they stated (no calibration map existed then)."""
+    s = new_store()
+    try:
+        assert s.migrate(MIGRATIONS[:2]) == [m.id for m in MIGRATIONS[:2]]
+        s._command(
+            f"INSERT INTO `{s.database}`.timing_explanations (tenant, explanation_ref, "
+            "decision_id, universal_id, intent_id, created_at, model_version, "
+            "target_minute_utc, trigger_timestamp_utc, confidence_score, fallback_level, "
+            "weight_personal, weight_audience, weight_global, evidence, "
+            "machine_opens_excluded, policies, exploration, details) VALUES ('acme', 'exp_old', "
+            "'dec_old', 'sf_0123456789abcdef', '', now64(3), 'old', now64(3), now64(3), 0.375, "
+            "'global', 0, 0, 1, '{}', 0, [], false, '{}')"
+        )
+        assert s.migrate() == [MIGRATIONS[2].id]
+        old = s.get_explanation("acme", "exp_old")
+        assert old is not None
+        assert old.confidence_score == 0.375
+        assert old.model_confidence == 0.375
+    finally:
+        _drop(s)
+        s.close()
+
+
 @pytest.mark.network
 def test_an_unreachable_clickhouse_server_is_one_clear_error() -> None:
     from sendflowr.storage.events import open_event_store

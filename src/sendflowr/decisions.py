@@ -601,10 +601,7 @@ def explanation_table(
         "policies": _string_lists(policies),
         "exploration": np.asarray(exploring, np.bool_),
         "details": pa.array(detail_json, pa.string()),
-        "model_confidence": np.asarray(
-            batch.confidence if batch.model_confidence is None else batch.model_confidence,
-            np.float64,
-        ).astype(np.float32),
+        "model_confidence": np.asarray(batch.engine_confidence, np.float64).astype(np.float32),
     }
     return pa.Table.from_pydict(cols, schema=EXPLANATION_SCHEMA)
 

@@ -12,21 +12,19 @@ theirs followed before the target plus the horizon. The fit itself is pure:
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Final
 
 import numpy as np
 
 from sendflowr.events import EventType
 from sendflowr.storage.events.base import EngagementArrays, EventStore
 from sendflowr.timing.calibration import (
+    DELIVERED_WITHIN_S,
     MAX_DECISIONS,
     Calibration,
     decision_outcomes,
     fit_calibration,
 )
 from sendflowr.timing.features import ENGAGEMENT_WEIGHTS
-
-DELIVERED_WITHIN_S: Final = 1_800  # a delivery this long after the target still counts
 
 
 def tenant_calibration(
@@ -56,6 +54,5 @@ def tenant_calibration(
     acted, engaged = decision_outcomes(
         person, past.trigger_ms // 1000, past.target_ms // 1000,
         arrays.uid_code, arrays.utc_ms // 1000, delivery, engagement, horizon_s,
-        delivered_within_s=DELIVERED_WITHIN_S,
     )  # fmt: skip
     return fit_calibration(past.model_confidence[acted], engaged[acted])

@@ -17,6 +17,8 @@ from zoneinfo import ZoneInfo
 import numpy as np
 import numpy.typing as npt
 
+from sendflowr.timing.calibration import any_between
+
 IntArray = npt.NDArray[np.int64]
 FloatArray = npt.NDArray[np.float64]
 BoolArray = npt.NDArray[np.bool_]
@@ -271,13 +273,7 @@ def replay_times(windows: Windows, policy: Policy) -> tuple[IntArray, FloatArray
 def successes(windows: Windows, t: IntArray) -> BoolArray:
     """Whether each window's user has an event in [t, t + HORIZON)."""
     ev = windows.events
-    base = min(int(ev.unix_ts[0]), int(t.min()))
-    span = max(int(ev.unix_ts[-1]), int(t.max()) + HORIZON) - base + 1
-    keys = np.sort(ev.users * span + (ev.unix_ts - base))
-    lo = windows.users * span + (t - base)
-    hits = np.searchsorted(keys, lo + HORIZON) - np.searchsorted(keys, lo)
-    out: BoolArray = hits > 0
-    return out
+    return any_between(windows.users, t, t + HORIZON, ev.users, ev.unix_ts)
 
 
 def bootstrap_ci(

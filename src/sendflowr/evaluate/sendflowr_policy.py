@@ -91,8 +91,9 @@ class SendflowrPolicy:
             day.start,
             self.params,
         )
-        stated = got.confidence if got.model_confidence is None else got.model_confidence
-        self._decided.append(_Decided(day.zone, day.start, day.end, day.users, got.target, stated))
+        self._decided.append(
+            _Decided(day.zone, day.start, day.end, day.users, got.target, got.engine_confidence)
+        )
         return Decisions(got.target, got.confidence)
 
     def _calibration(self, day: Day) -> Calibration | None:

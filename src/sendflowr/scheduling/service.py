@@ -380,7 +380,7 @@ def _explanations(
                 if isinstance(info, dict) and "chosen_minute_utc" in info:
                     info = {**info, "chosen_minute_utc": _iso(target[i])}
                 d[name] = info
-        if calibration is not None:
+        if described is not None:
             d["calibration"] = described
         details.append(dumps(d).decode())
     known_ev = evidence.tolist()

@@ -38,6 +38,7 @@ MAX_BINS: Final = 20
 MIN_PER_BIN: Final = 50
 PRIOR_STRENGTH: Final = 20.0  # pseudo-decisions per bin at the stated rate
 MAX_DECISIONS: Final = 200_000  # the most recent decisions a fit reads, at most
+DELIVERED_WITHIN_S: Final = 1_800  # a delivery this long after the target still counts
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,7 +140,7 @@ def decision_outcomes(
     is_engagement: BoolArray,
     horizon_s: int,
     *,
-    delivered_within_s: int = 1_800,
+    delivered_within_s: int = DELIVERED_WITHIN_S,
 ) -> tuple[BoolArray, BoolArray]:
     """Per past decision: whether it was acted on (a delivery to the person between its
     trigger and `delivered_within_s` after its target) and whether a real engagement of

@@ -108,6 +108,11 @@ class BatchDecisions:
     # the engine's confidence before the tenant's calibration map; None: no map (= confidence)
     model_confidence: FloatArray | None = None
 
+    @property
+    def engine_confidence(self) -> FloatArray:
+        """The engine's own confidence per row, whether a map was applied or not."""
+        return self.confidence if self.model_confidence is None else self.model_confidence
+
     def row(self, i: int) -> Decision:
         alts = tuple(
             (int(t), float(s))

@@ -117,7 +117,10 @@ def main() -> None:
         fit_only: list[float] = []
         for _ in range(args.runs):
             t0 = time.perf_counter()
-            tenant_calibration(rt.events, TENANT, arrays, since, now, 3_600)
+            tenant_calibration(
+                rt.events, TENANT, arrays, since, now, service.params.horizon_s,
+                rt.identity.alias_map(TENANT), service.params.activity.machine_open_s,
+            )  # fmt: skip
             fit_only.append(time.perf_counter() - t0)
         a, b, f = median(with_map), median(without), median(fit_only)
         out: dict[str, Any] = {

@@ -260,7 +260,8 @@ class TimingService:
             audience.archetypes = audience_archetypes(people, zone, now, self.params)
             audience.calibration = tenant_calibration(
                 self.events, tenant, arrays, now - AUDIENCE_DAYS * 86_400, now,
-                self.params.horizon_s,
+                self.params.horizon_s, self.identity.alias_map(tenant),
+                self.params.activity.machine_open_s,
             )  # fmt: skip
         return audience
 

@@ -5,18 +5,23 @@ map is never fitted on its own output); what followed comes from the events the 
 build already read (`EngagementArrays`): a decision counts when the person was delivered a
 message between its trigger and 30 minutes after its target (the send it timed, by whichever
 ESP or caller made it), and it came true when a real engagement (not a machine open) of
-theirs followed before the target plus the horizon. The fit itself is pure:
-`timing.calibration`.
+theirs followed before the target plus the horizon (flagged machine opens, and engagements
+within seconds of the person's latest delivery, are not). People are matched as they are
+now: a decision's id and each stored event's id are taken to the person they were merged
+into, so the events of a merged person count for the decisions made for either id. The fit
+itself is pure: `timing.calibration`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import UTC, datetime
 
 import numpy as np
 
 from sendflowr.events import EventType
 from sendflowr.storage.events.base import EngagementArrays, EventStore
+from sendflowr.storage.features.rebuild import resolve_aliases
 from sendflowr.timing.calibration import (
     DELIVERED_WITHIN_S,
     MAX_DECISIONS,
@@ -34,9 +39,12 @@ def tenant_calibration(
     since: int,
     now: int,
     horizon_s: int,
+    aliases: Mapping[str, str],
+    machine_open_s: float,
 ) -> Calibration | None:
     """The map for `tenant` from its decisions targeted since `since` whose outcome is known
-    by `now` (UTC seconds), or None (too few acted on: confidences stand as stated)."""
+    by `now` (UTC seconds), or None (too few acted on: confidences stand as stated).
+    `aliases`: merged-away id -> the id it was merged into (IdentityGraphStore.alias_map)."""
     until = now - horizon_s - DELIVERED_WITHIN_S
     if until <= since or len(arrays) == 0:
         return None
@@ -46,13 +54,21 @@ def tenant_calibration(
     )  # fmt: skip
     if len(past) == 0:
         return None
-    code = {uid: i for i, uid in enumerate(arrays.universal_ids)}
-    person = np.array([code.get(u, -1) for u in past.universal_ids], np.int64)[past.uid_code]
+    # everyone as the person they are now: stored ids and decisions' ids to their survivor
+    code: dict[str, int] = {}
+    root_code = np.fromiter(
+        (code.setdefault(resolve_aliases(aliases, u), len(code)) for u in arrays.universal_ids),
+        np.int64, len(arrays.universal_ids),
+    )  # fmt: skip
+    decided = [code.get(resolve_aliases(aliases, u), -1) for u in past.universal_ids]
+    person = np.array(decided, np.int64)[past.uid_code]
+    event_person = root_code[arrays.uid_code]
     kind = np.asarray(arrays.event_types, dtype=object)
     delivery = (kind == EventType.RECEIVED.value)[arrays.type_code]
     engagement = np.isin(kind, list(ENGAGEMENT_WEIGHTS))[arrays.type_code] & ~arrays.is_machine_open
     acted, engaged = decision_outcomes(
         person, past.trigger_ms // 1000, past.target_ms // 1000,
-        arrays.uid_code, arrays.utc_ms // 1000, delivery, engagement, horizon_s,
+        event_person, arrays.utc_ms // 1000, delivery, engagement, horizon_s,
+        machine_open_s=machine_open_s,
     )  # fmt: skip
     return fit_calibration(past.model_confidence[acted], engaged[acted])

@@ -42,14 +42,17 @@ def rt(settings: Settings) -> Iterator[Runtime]:
         yield runtime
 
 
-def _event(tenant: str, n: int, person: int, kind: EventType, at: datetime, **kw: Any) -> Any:
+def _event(
+    tenant: str, n: int, person: int, kind: EventType, at: datetime,
+    ids: Identifiers | None = None, **kw: Any,
+) -> Any:  # fmt: skip
     return CanonicalEvent(
         tenant=tenant,
         esp="klaviyo",
         esp_event_id=f"evt-{tenant}-{n}",
         event_type=kind,
         occurred_at=at,
-        identifiers=Identifiers(email_hash=email_hash(person)),
+        identifiers=ids or Identifiers(email_hash=email_hash(person)),
         **kw,
     )
 
@@ -58,11 +61,14 @@ def _stated(p: int) -> float:
     return 0.3 + 0.6 * p / (PEOPLE - 1)
 
 
-def _history(rt: Runtime, tenant: str) -> tuple[list[str], int, int]:
+def _history(rt: Runtime, tenant: str, *, split_ids: bool = False) -> tuple[list[str], int, int]:
     """Each person was sent a timed message at 10:00 UTC on each of DAYS days, stated at
     `_stated(p)`; on a share of half that of the days they opened it at 10:07 (really), on
-    the others a machine fetched it at delivery. One more decision each, at 15:00, was never
-    sent (no delivery). Returns the ids, the decisions acted on and how many came true."""
+    the others a machine fetched it at delivery (flagged by the connector on even days, not on
+    odd ones). One more decision each, at 15:00, was never sent (no delivery). With
+    `split_ids`, the real opens arrived under another identifier (a second universal id),
+    merged into the person afterwards. Returns the ids, the decisions acted on and how many
+    came true."""
     events, rows, n, acted, hits = [], [], 0, 0, 0
     for p in range(PEOPLE):
         opened_days = round(DAYS * _stated(p) / 2)
@@ -72,16 +78,34 @@ def _history(rt: Runtime, tenant: str) -> tuple[list[str], int, int]:
             n += 1
             if d < opened_days:
                 at = target + timedelta(minutes=7)
-                events.append(_event(tenant, n, p, EventType.OPENED, at))
+                other = Identifiers(esp_profile_id=f"K{p}") if split_ids else None
+                events.append(_event(tenant, n, p, EventType.OPENED, at, other))
                 hits += 1
             else:
                 at = target + timedelta(seconds=21)
-                events.append(_event(tenant, n, p, EventType.OPENED, at, is_machine_open=True))
+                flagged = d % 2 == 0
+                events.append(_event(tenant, n, p, EventType.OPENED, at, is_machine_open=flagged))
             n += 1
             acted += 1
             rows.append((p, target))
         rows.append((p, (NOW - timedelta(days=3)).replace(hour=15, minute=0, second=0)))
     rt.pipeline.process(events)
+    if split_ids:  # an event naming both identifiers merges the two ids of each person
+        link = (NOW - timedelta(days=1)).replace(hour=3)
+        rt.pipeline.process(
+            [
+                _event(
+                    tenant,
+                    n + p,
+                    p,
+                    EventType.SITE_VISIT,
+                    link,
+                    Identifiers(email_hash=email_hash(p), esp_profile_id=f"K{p}"),
+                )
+                for p in range(PEOPLE)
+            ]
+        )
+        assert len(rt.identity.alias_map(tenant)) == PEOPLE
     uids = []
     for p in range(PEOPLE):
         uid = rt.identity.owner(tenant, Identifier(EMAIL, email_hash(p)))
@@ -231,3 +255,13 @@ def test_the_api_shows_a_tenants_map_and_says_when_there_is_none(rt: Runtime) ->
         bad = api.get("/timing/calibration", params={"tenant": "Not A Tenant!"})
         assert bad.status_code == 422
         assert "tenant" in bad.text
+
+
+def test_a_merged_persons_engagements_under_their_other_id_count(rt: Runtime) -> None:
+    """The opens arrived under a second id, merged into the person the decisions were made
+    for after they were made: they are the person's outcomes all the same."""
+    _, acted, hits = _history(rt, "acme", split_ids=True)
+    cal = rt.timing.audience("acme", ZONE, int(NOW.timestamp())).calibration
+    assert cal is not None
+    assert cal.decisions == acted
+    assert cal.observed_rate == pytest.approx(hits / acted)

@@ -15,6 +15,7 @@ from sendflowr.timing.calibration import (
     any_between,
     decision_outcomes,
     fit_calibration,
+    since_latest,
 )
 from sendflowr.timing.engine import BatchScores, choose, score_batch
 
@@ -138,6 +139,32 @@ def test_a_decision_counts_only_when_delivered_and_succeeds_on_a_real_engagement
     )
     assert acted.tolist() == [True, False, True, False]
     assert engaged.tolist() == [True, True, False, False]
+
+
+def test_since_latest_is_per_person_and_counts_a_delivery_at_the_same_second() -> None:
+    person = np.array([0, 0, 0, 1, 1, 2, 0], np.int64)
+    at = np.array([100, 103, 200, 50, 90, 10, 300], np.int64)
+    delivery = np.array([True, False, False, False, True, False, True])
+    got = since_latest(person, at, delivery)
+    # person 1's event at 50 precedes their only delivery; person 2 has none; person 0's
+    # delivery at 300 follows their other events
+    assert got.tolist() == [0.0, 3.0, 100.0, np.inf, 0.0, np.inf, 0.0]
+    assert since_latest(person, at, np.zeros(7, np.bool_)).tolist() == [np.inf] * 7
+
+
+def test_an_engagement_within_seconds_of_delivery_is_no_outcome() -> None:
+    # each person delivered at 1,000; person 0 "engaged" 3 s later only (a fetch on
+    # arrival the connector did not flag), person 1 at 3 s and again at 10 s
+    decision_person = np.array([0, 1], np.int64)
+    trigger, target = np.array([950, 950], np.int64), np.array([1_000, 1_000], np.int64)
+    ev_person = np.array([0, 0, 1, 1, 1], np.int64)
+    ev_s = np.array([1_000, 1_003, 1_000, 1_003, 1_010], np.int64)
+    delivery = np.array([True, False, True, False, False])
+    args = (decision_person, trigger, target, ev_person, ev_s, delivery, ~delivery, 3_600)
+    acted, engaged = decision_outcomes(*args, machine_open_s=5.0)
+    assert acted.tolist() == [True, True]
+    assert engaged.tolist() == [False, True]
+    assert decision_outcomes(*args)[1].tolist() == [True, True]  # without the rule
 
 
 def test_the_map_changes_what_is_stated_never_the_chosen_minute() -> None:

@@ -7,7 +7,9 @@ stated confidences are mapped through a monotone curve fitted on its own past de
 what followed them:
 
 - `decision_outcomes`: which past decisions were acted on (delivered near their target) and
-  whether an engagement followed within the horizon;
+  whether a real engagement followed within the horizon (an engagement within
+  `machine_open_s` of the person's latest delivery is a machine fetching the message as it
+  arrives, as the activity profile counts it, flagged by the connector or not);
 - `fit_calibration`: stated confidences sorted into equal-count bins; each bin's observed rate
   shrunk toward what the bin stated (`prior_strength` pseudo-decisions), then made
   non-decreasing by pooling adjacent violators (isotonic regression over the bins, weighted by
@@ -141,13 +143,18 @@ def decision_outcomes(
     horizon_s: int,
     *,
     delivered_within_s: int = DELIVERED_WITHIN_S,
+    machine_open_s: float = 0.0,
 ) -> tuple[BoolArray, BoolArray]:
     """Per past decision: whether it was acted on (a delivery to the person between its
     trigger and `delivered_within_s` after its target) and whether a real engagement of
     theirs followed between the trigger and the target plus the horizon.
 
     Persons are integer codes shared by both sides (-1: a person without events);
-    engagements must already exclude machine opens."""
+    engagements must already exclude flagged machine opens, and those less than
+    `machine_open_s` after the person's latest delivery are excluded here."""
+    if machine_open_s > 0:
+        lag = since_latest(event_person, event_s, is_delivery)
+        is_engagement = is_engagement & ~(lag < machine_open_s)
     acted = any_between(
         decision_person, trigger_s, target_s + delivered_within_s,
         event_person[is_delivery], event_s[is_delivery],
@@ -157,6 +164,24 @@ def decision_outcomes(
         event_person[is_engagement], event_s[is_engagement],
     )  # fmt: skip
     return acted, engaged
+
+
+def since_latest(person: IntArray, at_s: IntArray, is_delivery: BoolArray) -> FloatArray:
+    """Per event: seconds since the same person's latest delivery at or before it (inf when
+    there is none). A delivery's own value is 0."""
+    out: FloatArray = np.full(len(at_s), np.inf)
+    if len(at_s) == 0 or not is_delivery.any():
+        return out
+    base = int(at_s.min())
+    span = int(at_s.max()) - base + 1
+    key = person.astype(np.int64) * span + (at_s - base)
+    deliveries = np.sort(key[is_delivery])
+    i = np.searchsorted(deliveries, key, side="right") - 1
+    found = i >= 0
+    latest = deliveries[np.maximum(i, 0)]
+    same = found & (latest // span == person)
+    out[same] = (key[same] - latest[same]).astype(np.float64)
+    return out
 
 
 def any_between(

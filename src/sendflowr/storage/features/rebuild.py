@@ -5,7 +5,7 @@ written to the cache in one `put_table`."""
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from zoneinfo import ZoneInfo
 
@@ -35,7 +35,7 @@ class RebuildResult:
     write_s: float  # into the cache
 
 
-def resolve_aliases(aliases: dict[str, str], uid: str) -> str:
+def resolve_aliases(aliases: Mapping[str, str], uid: str) -> str:
     """The surviving id of a (possibly repeatedly) merged person."""
     seen = 0
     while uid in aliases and seen < 64:

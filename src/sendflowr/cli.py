@@ -204,7 +204,8 @@ def _warm_in_background(rt: Runtime) -> None:
 def migrate(
     status: Annotated[bool, typer.Option("--status", help="Only show what has run.")] = False,
 ) -> None:
-    """Apply the event-store and metadata migrations (idempotent)."""
+    """Apply the event-store and metadata migrations (idempotent) and the explanation
+    retention (SENDFLOWR_EXPLANATION_RETENTION_DAYS)."""
     from sendflowr.storage.events import open_event_store
     from sendflowr.storage.metadata import open_metadata_store
 
@@ -217,6 +218,8 @@ def migrate(
     try:
         applied_events = [] if status else events.migrate()
         applied_meta = [] if status else metadata.migrate()
+        if not status:
+            events.set_explanation_retention(settings.explanation_retention_days)
         table = Table(title="migrations")
         table.add_column("store")
         table.add_column("migration")
@@ -233,6 +236,11 @@ def migrate(
             "head" if rev == metadata.head_revision() else "pending",
         )
         console.print(table)
+        kept = events.explanation_retention()
+        console.print(
+            f"decision explanations are kept {kept} days" if kept else
+            "decision explanations are kept for ever"
+        )  # fmt: skip
     except Exception as exc:
         _fail(f"migration failed: {str(exc).splitlines()[0]}", code=1)
     finally:

@@ -113,6 +113,7 @@ class Runtime:
             if migrate:
                 metadata.migrate()
                 events.migrate()
+                events.set_explanation_retention(settings.explanation_retention_days)
             features = open_feature_cache(settings.feature_cache, settings)
             identity = IdentityGraphStore(
                 metadata, hash_key, identity_limits(settings), identity_blocklist(settings)

@@ -22,6 +22,7 @@ from pydantic_settings import (
 )
 
 CONFIG_ENV = "SENDFLOWR_CONFIG"
+MIN_EXPLANATION_RETENTION_DAYS = 200
 DEFAULT_CONFIG_FILE = Path("sendflowr.toml")
 
 
@@ -213,6 +214,15 @@ class Settings(BaseSettings):
     feature_cache_ttl_seconds: int = Field(
         0, ge=0, le=365 * 86_400, description="Redis feature entries expire after this; 0 never"
     )
+    explanation_retention_days: int = Field(
+        400,
+        ge=0,
+        le=36_500,
+        description="decision explanations (timing_explanations) are deleted this many days "
+        "after they were made, by the table's TTL; 0 keeps them for ever. At least "
+        f"{MIN_EXPLANATION_RETENTION_DAYS}: the confidence map is fitted on 180 days of past "
+        "decisions, targeted up to 14 days after they were made",
+    )
     intake_linger_ms: int = Field(
         200,
         ge=0,
@@ -386,6 +396,17 @@ class Settings(BaseSettings):
             from sendflowr.secrets import parse_keys
 
             parse_keys(v.get_secret_value())
+        return v
+
+    @field_validator("explanation_retention_days")
+    @classmethod
+    def _check_retention(cls, v: int) -> int:
+        if 0 < v < MIN_EXPLANATION_RETENTION_DAYS:
+            raise ValueError(
+                f"{v} days is too short: 0 (keep for ever) or at least "
+                f"{MIN_EXPLANATION_RETENTION_DAYS} (the confidence map reads 180 days of "
+                "decisions targeted up to 14 days after they were made)"
+            )
         return v
 
     @field_validator("rate_limit_read", "rate_limit_write", "rate_limit_admin")

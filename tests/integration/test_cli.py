@@ -28,12 +28,21 @@ def test_migrate_twice_then_status(env: dict[str, str]) -> None:
     assert first.exit_code == 0, first.output
     assert "0001_email_events (now)" in first.output
     assert "0002_timing_explanations (now)" in first.output
+    assert "decision explanations are kept 400 days" in first.output
     second = runner.invoke(app, ["migrate"], env=env)
     assert second.exit_code == 0
     assert "(now)" not in second.output
     status = runner.invoke(app, ["migrate", "--status"], env=env)
     assert "0001_email_events" in status.output
     assert "pending" not in status.output
+    kept = runner.invoke(app, ["migrate"], env={**env, "SENDFLOWR_EXPLANATION_RETENTION_DAYS": "0"})
+    assert kept.exit_code == 0, kept.output
+    assert "decision explanations are kept for ever" in kept.output
+    short = runner.invoke(
+        app, ["migrate"], env={**env, "SENDFLOWR_EXPLANATION_RETENTION_DAYS": "7"}
+    )
+    assert short.exit_code == 2
+    assert "SENDFLOWR_EXPLANATION_RETENTION_DAYS" in short.output
 
 
 def test_simulate_writes_and_loads(env: dict[str, str], tmp_path: Path) -> None:

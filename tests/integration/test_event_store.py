@@ -312,6 +312,44 @@ def test_explanations_round_trip_and_dedup(store: EventStore) -> None:
     )
 
 
+def test_explanations_older_than_the_retention_are_deleted(store: EventStore) -> None:
+    """The retention is the table's TTL: set once, kept when unchanged, applied as the parts
+    merge (forced here), removable."""
+    from datetime import UTC, datetime
+
+    from sendflowr.timing.explanation import Explanation
+
+    now = datetime.now(UTC).replace(microsecond=0)
+
+    def row(ref: str, age_days: int) -> Explanation:
+        at = now - timedelta(days=age_days)
+        return Explanation(
+            tenant="acme", explanation_ref=ref, decision_id=ref, universal_id="sf_1",
+            intent_id="", created_at=at, model_version="test", target_minute_utc=at,
+            trigger_timestamp_utc=at, confidence_score=0.5, fallback_level="personal",
+            weight_personal=1.0, weight_audience=0.0, weight_global=0.0,
+            machine_opens_excluded=0,
+        )  # fmt: skip
+
+    store.insert_explanations([row("exp_old", 500), row("exp_kept", 300), row("exp_new", 1)])
+    assert store.explanation_retention() == 0  # none until set
+    assert store.set_explanation_retention(400) is True
+    assert store.set_explanation_retention(400) is False  # unchanged: no ALTER
+    assert store.explanation_retention() == 400
+    store._command(f"OPTIMIZE TABLE `{store.database}`.timing_explanations FINAL")
+    assert store.get_explanation("acme", "exp_old") is None
+    assert store.get_explanation("acme", "exp_kept") is not None
+    assert store.get_explanation("acme", "exp_new") is not None
+
+    assert store.set_explanation_retention(0) is True
+    assert store.explanation_retention() == 0
+    store.insert_explanations([row("exp_ancient", 2_000)])
+    store._command(f"OPTIMIZE TABLE `{store.database}`.timing_explanations FINAL")
+    assert store.get_explanation("acme", "exp_ancient") is not None
+    with pytest.raises(ValueError, match="negative"):
+        store.set_explanation_retention(-1)
+
+
 def test_rows_written_before_model_confidence_read_their_stated_confidence(
     new_store: Callable[[], EventStore],
 ) -> None:

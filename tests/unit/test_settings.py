@@ -374,3 +374,18 @@ def test_identity_guardrail_settings_are_checked(monkeypatch: pytest.MonkeyPatch
         load_settings()
     monkeypatch.setenv("SENDFLOWR_IDENTITY_LIMITS", '{"email": 3}')
     assert load_settings().identity_limits == {"email": 3}
+
+
+def test_explanation_retention_is_zero_or_long_enough_for_the_confidence_map(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    assert load_settings().explanation_retention_days == 400
+    monkeypatch.setenv("SENDFLOWR_EXPLANATION_RETENTION_DAYS", "30")
+    with pytest.raises(SettingsError, match=r"SENDFLOWR_EXPLANATION_RETENTION_DAYS.*too short"):
+        load_settings()
+    monkeypatch.setenv("SENDFLOWR_EXPLANATION_RETENTION_DAYS", "-1")
+    with pytest.raises(SettingsError, match="SENDFLOWR_EXPLANATION_RETENTION_DAYS"):
+        load_settings()
+    for ok in ("0", "200", "3650"):
+        monkeypatch.setenv("SENDFLOWR_EXPLANATION_RETENTION_DAYS", ok)
+        assert load_settings().explanation_retention_days == int(ok)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import abc
 import logging
+import re
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -35,6 +36,9 @@ _EVENT_COLUMNS = (
 
 
 log = logging.getLogger(__name__)
+
+# the TTL set_explanation_retention writes, as system.tables.engine_full spells it back
+_EXPLANATION_TTL = re.compile(r"TTL toDateTime\(created_at\) \+ toIntervalDay\((\d+)\)")
 
 
 class EventStoreError(RuntimeError):
@@ -190,6 +194,35 @@ class EventStore(DataViews):
                 )
                 applied.append(migration.id)
             return applied
+
+    # -- retention --------------------------------------------------------------------------
+    def explanation_retention(self) -> int:
+        """Days after which explanation rows are deleted (the table's TTL); 0: kept for ever."""
+        rows = self._rows(
+            "SELECT engine_full FROM system.tables "
+            "WHERE database = {db:String} AND name = 'timing_explanations'",
+            {"db": self.database},
+        )
+        found = _EXPLANATION_TTL.search(str(rows[0][0])) if rows else None
+        return int(found.group(1)) if found else 0
+
+    def set_explanation_retention(self, days: int) -> bool:
+        """Delete explanation rows `days` after they were made (0: keep them for ever), by a
+        TTL that ClickHouse applies as it merges the table's parts. Altered only when it
+        differs from the table's (a change rewrites the parts once, to drop what is already
+        older). Returns whether it changed."""
+        if days < 0:
+            raise ValueError(f"explanation retention: {days} days is negative")
+        if self.explanation_retention() == days:
+            return False
+        table = f"`{self.database}`.timing_explanations"
+        if days == 0:
+            self._command(f"ALTER TABLE {table} REMOVE TTL")
+        else:
+            self._command(
+                f"ALTER TABLE {table} MODIFY TTL toDateTime(created_at) + INTERVAL {int(days)} DAY"
+            )
+        return True
 
     def applied_migrations(self) -> list[AppliedMigration]:
         try:

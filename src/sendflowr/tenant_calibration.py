@@ -55,11 +55,10 @@ def tenant_calibration(
     if len(past) == 0:
         return None
     # everyone as the person they are now: stored ids and decisions' ids to their survivor
-    code: dict[str, int] = {}
-    root_code = np.fromiter(
-        (code.setdefault(resolve_aliases(aliases, u), len(code)) for u in arrays.universal_ids),
-        np.int64, len(arrays.universal_ids),
-    )  # fmt: skip
+    code = {u: i for i, u in enumerate(arrays.universal_ids)}  # stored ids are distinct
+    root_code = np.arange(len(code), dtype=np.int64)
+    for merged in aliases.keys() & code.keys():  # few: the ids merged away
+        root_code[code[merged]] = code.setdefault(resolve_aliases(aliases, merged), len(code))
     decided = [code.get(resolve_aliases(aliases, u), -1) for u in past.universal_ids]
     person = np.array(decided, np.int64)[past.uid_code]
     event_person = root_code[arrays.uid_code]

@@ -142,14 +142,15 @@ def test_a_decision_counts_only_when_delivered_and_succeeds_on_a_real_engagement
 
 
 def test_since_latest_is_per_person_and_counts_a_delivery_at_the_same_second() -> None:
-    person = np.array([0, 0, 0, 1, 1, 2, 0], np.int64)
-    at = np.array([100, 103, 200, 50, 90, 10, 300], np.int64)
-    delivery = np.array([True, False, False, False, True, False, True])
-    got = since_latest(person, at, delivery)
+    del_person = np.array([0, 1, 0], np.int64)
+    del_s = np.array([100, 90, 300], np.int64)
+    person = np.array([0, 0, 0, 1, 1, 2], np.int64)
+    at = np.array([100, 103, 200, 50, 95, 10], np.int64)
+    got = since_latest(person, at, del_person, del_s)
     # person 1's event at 50 precedes their only delivery; person 2 has none; person 0's
-    # delivery at 300 follows their other events
-    assert got.tolist() == [0.0, 3.0, 100.0, np.inf, 0.0, np.inf, 0.0]
-    assert since_latest(person, at, np.zeros(7, np.bool_)).tolist() == [np.inf] * 7
+    # delivery at 300 follows their events
+    assert got.tolist() == [0.0, 3.0, 100.0, np.inf, 5.0, np.inf]
+    assert since_latest(person, at, del_person[:0], del_s[:0]).tolist() == [np.inf] * 6
 
 
 def test_an_engagement_within_seconds_of_delivery_is_no_outcome() -> None:

@@ -153,8 +153,12 @@ def decision_outcomes(
     engagements must already exclude flagged machine opens, and those less than
     `machine_open_s` after the person's latest delivery are excluded here."""
     if machine_open_s > 0:
-        lag = since_latest(event_person, event_s, is_delivery)
-        is_engagement = is_engagement & ~(lag < machine_open_s)
+        is_engagement = is_engagement.copy()
+        at = np.flatnonzero(is_engagement)
+        lag = since_latest(
+            event_person[at], event_s[at], event_person[is_delivery], event_s[is_delivery]
+        )
+        is_engagement[at[lag < machine_open_s]] = False
     acted = any_between(
         decision_person, trigger_s, target_s + delivered_within_s,
         event_person[is_delivery], event_s[is_delivery],
@@ -166,20 +170,21 @@ def decision_outcomes(
     return acted, engaged
 
 
-def since_latest(person: IntArray, at_s: IntArray, is_delivery: BoolArray) -> FloatArray:
-    """Per event: seconds since the same person's latest delivery at or before it (inf when
-    there is none). A delivery's own value is 0."""
+def since_latest(
+    person: IntArray, at_s: IntArray, del_person: IntArray, del_s: IntArray
+) -> FloatArray:
+    """Per event (`person` at `at_s`): seconds since the same person's latest delivery (of
+    `del_person` at `del_s`) at or before it; inf when there is none."""
     out: FloatArray = np.full(len(at_s), np.inf)
-    if len(at_s) == 0 or not is_delivery.any():
+    if len(at_s) == 0 or len(del_s) == 0:
         return out
-    base = int(at_s.min())
-    span = int(at_s.max()) - base + 1
+    base = int(min(at_s.min(), del_s.min()))
+    span = int(max(at_s.max(), del_s.max())) - base + 1
     key = person.astype(np.int64) * span + (at_s - base)
-    deliveries = np.sort(key[is_delivery])
+    deliveries = np.sort(del_person.astype(np.int64) * span + (del_s - base))
     i = np.searchsorted(deliveries, key, side="right") - 1
-    found = i >= 0
     latest = deliveries[np.maximum(i, 0)]
-    same = found & (latest // span == person)
+    same = (i >= 0) & (latest // span == person)
     out[same] = (key[same] - latest[same]).astype(np.float64)
     return out
 

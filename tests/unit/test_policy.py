@@ -248,3 +248,17 @@ def test_no_policies_change_nothing() -> None:
     chosen = choose_allowed(applied, 60)
     assert chosen.policies == [()] * 4
     assert all(s is None for s in applied.suppressed)
+
+
+def test_boundary_columns_are_inserted_by_linear_interpolation() -> None:
+    from sendflowr.timing.policy import _with_columns
+
+    rng = np.random.default_rng(4)
+    cands = np.array([0, 300, 900, 1_200, 3_000], np.int64)
+    prob = rng.random((6, len(cands)))
+    new = np.array([60, 120, 1_000, 2_940], np.int64)  # two in one gap, none in some
+    got = _with_columns(prob, cands, new)
+    every = np.union1d(cands, new)
+    want = np.stack([np.interp(every, cands, row) for row in prob])
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-15)
+    np.testing.assert_array_equal(got[:, np.isin(every, cands)], prob)  # copied exactly

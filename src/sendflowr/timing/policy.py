@@ -175,7 +175,7 @@ class Applied:
     suppressed: list[Suppression | None]
     moved_by: list[tuple[str, ...]]  # per row: mask policies that refused the preferred minute
     preferred: IntArray  # (N,) index of the best candidate before masking
-    reasons: list[dict[str, str]]  # per row: policy -> why it refused the preferred minute
+    reasons: dict[int, dict[str, str]]  # moved rows: policy -> why it refused the preferred minute
     forced: dict[int, tuple[str, int]]  # row -> (hot_path | exploration, target minute)
     hot_path: dict[int, HotPathHit]
     exploration: BoolArray  # (N,)
@@ -209,7 +209,7 @@ def apply(
     decision_ids: Sequence[str],
 ) -> Applied:
     """Masks, suppressions and forced minutes for a batch (see the module notes)."""
-    n, c0 = scores.prob.shape
+    n = len(scores.prob)
     cands = scores.candidates
     first, last = int(cands[0]), int(cands[-1])
     zone = recipient_zone(zone)
@@ -241,16 +241,10 @@ def apply(
     if bounds:
         b = np.asarray(bounds, np.int64)
         b = b[(b >= first) & (b <= last)]
-        new = np.setdiff1d(b, cands)
+        new = np.setdiff1d(b, cands)  # strictly between two candidates: c0 > 1
         if len(new):
-            cands2 = np.union1d(cands, new)
-            if c0 > 1:
-                j = np.clip(np.searchsorted(cands, cands2, side="right") - 1, 0, c0 - 2)
-                w = (cands2 - cands[j]) / (cands[j + 1] - cands[j])
-                prob = prob[:, j] * (1.0 - w) + prob[:, j + 1] * w
-                exact = np.isin(cands2, cands)
-                prob[:, exact] = scores.prob
-            cands = cands2
+            prob = _with_columns(prob, cands, new)
+            cands = np.union1d(cands, new)
     c = len(cands)
     quiet = quiet_mask(cands, zone, cfg)  # (C,) one zone for the batch today
     masks: dict[str, BoolArray] = {}  # refused, per policy, (N, C) only where used
@@ -288,17 +282,22 @@ def apply(
         )
     # -- what moved the preferred minute
     moved_by: list[tuple[str, ...]] = [()] * n
-    reasons: list[dict[str, str]] = [{} for _ in range(n)]
+    reasons: dict[int, dict[str, str]] = {}
     for name, m in masks.items():
         hit = m[np.arange(n), preferred]
         same = _why(name, 0, cfg, facts, zone) if name == "quiet_hours" else None  # no row in it
         for r in np.flatnonzero(hit).tolist():
             if suppressed[r] is None:
                 moved_by[r] = (*moved_by[r], name)
-                reasons[r][name] = same if same is not None else _why(name, r, cfg, facts, zone)
+                why_r = same if same is not None else _why(name, r, cfg, facts, zone)
+                reasons.setdefault(r, {})[name] = why_r
     # -- forced minutes: hot paths first, then exploration
     forced: dict[int, tuple[str, int]] = {}
-    live = np.fromiter((x is None for x in suppressed), np.bool_, n)
+    live = np.ones(n, np.bool_)  # not suppressed: by a breaker, or with no allowed minute
+    if facts.tenant_breaker is not None:
+        live[:] = False
+    live[list(facts.breaker)] = False
+    live[empty] = False
     earliest = np.argmax(allowed, axis=1)
     hot = {r: h for r, h in facts.hot_path.items() if live[r]}
     for r in hot:
@@ -313,7 +312,8 @@ def apply(
             picked = _uniform_minutes(cands, allowed[rows], pick[rows])
             for r, t in zip(rows.tolist(), picked, strict=True):
                 forced[r] = ("exploration", t)
-    masked = np.where(allowed, prob, prob - REFUSED)
+    masked = prob.copy()
+    np.subtract(masked, REFUSED, out=masked, where=refused)
     return Applied(
         BatchScores(cands, masked, scores.weights, scores.calibration),
         prob,
@@ -367,6 +367,24 @@ class _IsoCache(dict[int, str]):
 
 def _hhmm(m: int) -> str:
     return f"{m // 60:02d}:{m % 60:02d}"
+
+
+def _with_columns(prob: FloatArray, cands: IntArray, new: IntArray) -> FloatArray:
+    """`prob` over `cands` with columns for `new` minutes (sorted, each strictly between two
+    candidates) inserted, valued by linear interpolation: the existing columns are copied
+    slice by slice, only the new ones are computed."""
+    n, c0 = prob.shape
+    j = np.searchsorted(cands, new, side="right") - 1
+    w = (new - cands[j]) / (cands[j + 1] - cands[j])
+    values = prob[:, j] * (1.0 - w) + prob[:, j + 1] * w
+    out: FloatArray = np.empty((n, c0 + len(new)), np.result_type(prob, values))
+    prev = 0
+    for i, at in enumerate((j + 1).tolist()):  # new[i] goes before old column j[i] + 1
+        out[:, prev + i : at + i] = prob[:, prev:at]
+        out[:, at + i] = values[:, i]
+        prev = at
+    out[:, prev + len(new) :] = prob[:, prev:]
+    return out
 
 
 def _uniform_minutes(cands: IntArray, allowed: BoolArray, u: FloatArray) -> list[int]:
@@ -442,10 +460,18 @@ def describe(
     final = np.asarray(target, np.int64)
     at = np.clip(np.searchsorted(cands, final), 0, len(cands) - 1)
     on_candidate = cands[at] == final
-    touched = {r for r in range(n) if applied.moved_by[r]} | set(applied.forced)
+    touched = set(applied.reasons) | set(applied.forced)  # moved or placed
     if applied.suppressed.count(None) < n:
-        touched |= {r for r in range(n) if applied.suppressed[r] is not None}
-    for r in sorted(touched):
+        touched |= {r for r, s in enumerate(applied.suppressed) if s is not None}
+    rows = np.array(sorted(touched), np.int64)
+    # per touched row, as Python numbers: what the loop below reads
+    best = applied.preferred[rows]
+    pref_l = cands[best].tolist()
+    raw_pref_l = applied.raw[rows, best].tolist()
+    raw_at_l = applied.raw[rows, at[rows]].tolist()
+    on_l = on_candidate[rows].tolist()
+    chosen_l = final[rows].tolist()
+    for i, r in enumerate(rows.tolist()):
         s = applied.suppressed[r]
         if s is not None:
             policies[r] = tuple(s.policy.split("+"))
@@ -453,19 +479,18 @@ def describe(
             continue
         names: list[str] = []
         info: dict[str, Any] = {}
-        pref = int(cands[applied.preferred[r]])
-        chosen = int(target[r])
+        pref, chosen = pref_l[i], chosen_l[i]
         forced = applied.forced.get(r)
         if applied.moved_by[r] and pref != chosen and forced is None:
-            here = float(applied.raw[r, at[r]]) if on_candidate[r] else applied.value_at(r, chosen)
-            lost = applied.raw[r, applied.preferred[r]] - here
+            here = raw_at_l[i] if on_l[i] else applied.value_at(r, chosen)
+            lost = raw_pref_l[i] - here
             for name in applied.moved_by[r]:
                 names.append(name)
                 info[name] = {
                     "preferred_minute_utc": iso(pref),
                     "chosen_minute_utc": iso(chosen),
-                    "engagement_preferred": round(float(applied.raw[r, applied.preferred[r]]), 6),
-                    "engagement_lost": round(float(lost), 6),
+                    "engagement_preferred": round(raw_pref_l[i], 6),
+                    "engagement_lost": round(lost, 6),
                     "reason": applied.reasons[r][name],
                 }
         if forced is not None:  # placed by a rule, within the allowed minutes

@@ -118,8 +118,8 @@ def main() -> None:
         for _ in range(args.runs):
             t0 = time.perf_counter()
             tenant_calibration(
-                rt.events, TENANT, arrays, since, now, service.params.horizon_s,
-                rt.identity.alias_map(TENANT), service.params.activity.machine_open_s,
+                rt.events, rt.identity, TENANT, arrays, since, now, service.params.horizon_s,
+                service.params.activity.machine_open_s,
             )  # fmt: skip
             fit_only.append(time.perf_counter() - t0)
         a, b, f = median(with_map), median(without), median(fit_only)

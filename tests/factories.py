@@ -25,6 +25,7 @@ def make_event(
     event_type: EventType = EventType.OPENED,
     at: datetime | None = None,
     machine: bool = False,
+    identifiers: Identifiers | None = None,  # default: the person's email hash
     **extra: Any,
 ) -> CanonicalEvent:
     return CanonicalEvent(
@@ -33,7 +34,7 @@ def make_event(
         esp_event_id=f"evt-{n}",
         event_type=event_type,
         occurred_at=at or T0 + timedelta(minutes=n),
-        identifiers=Identifiers(email_hash=email_hash(person)),
+        identifiers=identifiers or Identifiers(email_hash=email_hash(person)),
         is_machine_open=machine,
         **extra,
     )

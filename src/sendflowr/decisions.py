@@ -259,9 +259,8 @@ class TimingService:
             audience = summed(people, now, self.params.activity.half_life_s)
             audience.archetypes = audience_archetypes(people, zone, now, self.params)
             audience.calibration = tenant_calibration(
-                self.events, tenant, arrays, now - AUDIENCE_DAYS * 86_400, now,
-                self.params.horizon_s, self.identity.alias_map(tenant),
-                self.params.activity.machine_open_s,
+                self.events, self.identity, tenant, arrays, now - AUDIENCE_DAYS * 86_400, now,
+                self.params.horizon_s, self.params.activity.machine_open_s,
             )  # fmt: skip
         return audience
 

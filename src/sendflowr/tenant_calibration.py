@@ -14,12 +14,12 @@ itself is pure: `timing.calibration`.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from datetime import UTC, datetime
 
 import numpy as np
 
 from sendflowr.events import EventType
+from sendflowr.identity.store import IdentityGraphStore
 from sendflowr.storage.events.base import EngagementArrays, EventStore
 from sendflowr.storage.features.rebuild import resolve_aliases
 from sendflowr.timing.calibration import (
@@ -34,17 +34,17 @@ from sendflowr.timing.features import ENGAGEMENT_WEIGHTS
 
 def tenant_calibration(
     events: EventStore,
+    identity: IdentityGraphStore,
     tenant: str,
     arrays: EngagementArrays,
     since: int,
     now: int,
     horizon_s: int,
-    aliases: Mapping[str, str],
     machine_open_s: float,
 ) -> Calibration | None:
     """The map for `tenant` from its decisions targeted since `since` whose outcome is known
-    by `now` (UTC seconds), or None (too few acted on: confidences stand as stated).
-    `aliases`: merged-away id -> the id it was merged into (IdentityGraphStore.alias_map)."""
+    by `now` (UTC seconds), or None (too few acted on: confidences stand as stated). The
+    merged ids (`identity.alias_map`) are read only when there are decisions to match."""
     until = now - horizon_s - DELIVERED_WITHIN_S
     if until <= since or len(arrays) == 0:
         return None
@@ -54,6 +54,7 @@ def tenant_calibration(
     )  # fmt: skip
     if len(past) == 0:
         return None
+    aliases = identity.alias_map(tenant)
     # everyone as the person they are now: stored ids and decisions' ids to their survivor
     code = {u: i for i, u in enumerate(arrays.universal_ids)}  # stored ids are distinct
     root_code = np.arange(len(code), dtype=np.int64)

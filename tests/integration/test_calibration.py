@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from sendflowr.decisions import decide_many, explain_in_words
-from sendflowr.events import CanonicalEvent, EventType, Identifiers
+from sendflowr.events import EventType, Identifiers
 from sendflowr.identity.identifiers import EMAIL, Identifier
 from sendflowr.intents import Intent
 from sendflowr.runtime import Runtime
@@ -25,7 +25,7 @@ from sendflowr.storage.metadata.store import Tenant
 from sendflowr.timing.explanation import Explanation
 from sendflowr.timing.window import Window
 from tests.conftest import ADMIN_HEADERS, keyed_settings, open_runtime
-from tests.factories import email_hash
+from tests.factories import email_hash, make_event
 
 ZONE = ZoneInfo("Europe/Berlin")
 NOW = datetime(2026, 3, 20, 9, 30, tzinfo=UTC)
@@ -42,19 +42,8 @@ def rt(settings: Settings) -> Iterator[Runtime]:
         yield runtime
 
 
-def _event(
-    tenant: str, n: int, person: int, kind: EventType, at: datetime,
-    ids: Identifiers | None = None, **kw: Any,
-) -> Any:  # fmt: skip
-    return CanonicalEvent(
-        tenant=tenant,
-        esp="klaviyo",
-        esp_event_id=f"evt-{tenant}-{n}",
-        event_type=kind,
-        occurred_at=at,
-        identifiers=ids or Identifiers(email_hash=email_hash(person)),
-        **kw,
-    )
+def _event(tenant: str, n: int, person: int, kind: EventType, at: datetime, **kw: Any) -> Any:
+    return make_event(n, tenant=tenant, person=person, event_type=kind, at=at, **kw)
 
 
 def _stated(p: int) -> float:
@@ -79,12 +68,12 @@ def _history(rt: Runtime, tenant: str, *, split_ids: bool = False) -> tuple[list
             if d < opened_days:
                 at = target + timedelta(minutes=7)
                 other = Identifiers(esp_profile_id=f"K{p}") if split_ids else None
-                events.append(_event(tenant, n, p, EventType.OPENED, at, other))
+                events.append(_event(tenant, n, p, EventType.OPENED, at, identifiers=other))
                 hits += 1
             else:
                 at = target + timedelta(seconds=21)
                 flagged = d % 2 == 0
-                events.append(_event(tenant, n, p, EventType.OPENED, at, is_machine_open=flagged))
+                events.append(_event(tenant, n, p, EventType.OPENED, at, machine=flagged))
             n += 1
             acted += 1
             rows.append((p, target))
@@ -100,7 +89,7 @@ def _history(rt: Runtime, tenant: str, *, split_ids: bool = False) -> tuple[list
                     p,
                     EventType.SITE_VISIT,
                     link,
-                    Identifiers(email_hash=email_hash(p), esp_profile_id=f"K{p}"),
+                    identifiers=Identifiers(email_hash=email_hash(p), esp_profile_id=f"K{p}"),
                 )
                 for p in range(PEOPLE)
             ]
@@ -185,7 +174,10 @@ def test_past_decisions_and_their_outcomes_calibrate_what_is_stated(rt: Runtime)
 def test_a_tenant_without_enough_past_sends_states_the_model_confidence(rt: Runtime) -> None:
     _history(rt, "acme")  # another tenant's history does not count
     rt.pipeline.process(
-        [_event("newco", i, 1, EventType.CLICKED, NOW - timedelta(days=i + 1)) for i in range(9)]
+        [
+            _event("newco", 100_000 + i, 1, EventType.CLICKED, NOW - timedelta(days=i + 1))
+            for i in range(9)
+        ]
     )
     uid = rt.identity.owner("newco", Identifier(EMAIL, email_hash(1)))
     assert uid is not None

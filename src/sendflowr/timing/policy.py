@@ -455,22 +455,21 @@ def describe(
     details: list[dict[str, Any]] = [{} for _ in range(n)]
     cands = applied.candidates
     iso = _IsoCache()
-    # the unmasked value at each row's final minute: a candidate's own value where it is one
-    # (what value_at's interpolation gives there), interpolated otherwise
-    final = np.asarray(target, np.int64)
-    at = np.clip(np.searchsorted(cands, final), 0, len(cands) - 1)
-    on_candidate = cands[at] == final
     touched = set(applied.reasons) | set(applied.forced)  # moved or placed
     if applied.suppressed.count(None) < n:
         touched |= {r for r, s in enumerate(applied.suppressed) if s is not None}
     rows = np.array(sorted(touched), np.int64)
-    # per touched row, as Python numbers: what the loop below reads
+    # per touched row, as Python numbers: what the loop below reads; the unmasked value at
+    # the final minute is a candidate's own value where it is one (what value_at's
+    # interpolation gives there), interpolated otherwise
+    final = np.asarray(target, np.int64)[rows]
+    at = np.clip(np.searchsorted(cands, final), 0, len(cands) - 1)
     best = applied.preferred[rows]
     pref_l = cands[best].tolist()
     raw_pref_l = applied.raw[rows, best].tolist()
-    raw_at_l = applied.raw[rows, at[rows]].tolist()
-    on_l = on_candidate[rows].tolist()
-    chosen_l = final[rows].tolist()
+    raw_at_l = applied.raw[rows, at].tolist()
+    on_l = (cands[at] == final).tolist()
+    chosen_l = final.tolist()
     for i, r in enumerate(rows.tolist()):
         s = applied.suppressed[r]
         if s is not None:
